@@ -1,0 +1,94 @@
+//! The `#[neuron_model]` compiler.
+//!
+//! A neuron model is written as one discrete time step in plain Rust. This crate parses it
+//! (`parse`), lowers the step into a hash-consed expression DAG (`lower`, `dag`),
+//! differentiates it symbolically (`diff`), classifies every partial derivative as zero,
+//! constant or dynamic and chooses the eligibility-trace layout (`sparsity`), and emits
+//! specialised kernels (`emit`). Use it through `plasticity_runtime`, which re-exports the
+//! macro; the language is documented in `docs/dsl.md`.
+
+mod ctxt;
+mod dag;
+mod diff;
+mod emit;
+mod lower;
+mod parse;
+mod sparsity;
+
+use proc_macro::TokenStream;
+use quote::quote;
+
+/// Compiles a neuron model: see the crate documentation of `plasticity_runtime` and
+/// `docs/dsl.md` for the language.
+///
+/// ```ignore
+/// #[neuron_model(surrogate = triangle(0.3, 1.0))]
+/// pub mod lif {
+///     pub struct Lif {
+///         #[param(default = 0.9)] pub alpha: f64,
+///         #[param(default = 1.0)] pub v_th: f64,
+///         #[state(init = 0.0)] v: f64,
+///         #[input] i: f64,
+///     }
+///     fn step() {
+///         let reset = detach(spike(v - v_th));
+///         let v = alpha * v + i - reset * v_th;
+///         Next { v: v, spike: spike(v - v_th) }
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn neuron_model(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand(args.into(), item.into()).into()
+}
+
+fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let mut cx = ctxt::Ctxt::default();
+    let default_surrogate = parse::parse_args(&mut cx, args);
+    let module: syn::ItemMod = match syn::parse2(item.clone()) {
+        Ok(m) => m,
+        Err(_) => {
+            cx.error_spanned_by(
+                &item,
+                "#[neuron_model] goes on a module: `mod name { struct Name { .. } fn step() { .. } }`",
+            );
+            return cx.into_compile_errors().unwrap_or_default();
+        }
+    };
+    let Some(def) = parse::parse_model(&mut cx, module, default_surrogate) else {
+        return cx.into_compile_errors().unwrap_or_default();
+    };
+    let lowered = lower::lower(&mut cx, &def);
+    match (lowered, cx.has_errors()) {
+        (Some(mut low), false) => {
+            let analysis = sparsity::analyse(&mut low, def.states.len(), def.inputs.len(), def.params.iter().filter(|p| p.learnable).count());
+            emit::expand(&def, &low, &analysis)
+        }
+        _ => {
+            let errors = cx.into_compile_errors().unwrap_or_default();
+            let fallback = fallback(&def);
+            quote!(#errors #fallback)
+        }
+    }
+}
+
+/// On error, the model struct is still emitted (parameters only) so that code using it
+/// reports no further errors than the ones in the model.
+fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
+    let mod_attrs = &def.module.attrs;
+    let mod_vis = &def.module.vis;
+    let mod_ident = &def.module.ident;
+    let name = &def.strukt.ident;
+    let vis = &def.strukt.vis;
+    let fields = def.params.iter().map(|p| {
+        let (v, id) = (&p.vis, &p.ident);
+        quote!(#v #id: f64)
+    });
+    quote! {
+        #(#mod_attrs)*
+        #mod_vis mod #mod_ident {
+            #[derive(Clone, Debug, Default, PartialEq)]
+            #vis struct #name { #(#fields,)* }
+        }
+    }
+}

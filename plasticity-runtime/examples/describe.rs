@@ -1,0 +1,2 @@
+use plasticity_runtime::models::bellec::lif::BellecLif;
+fn main() { println!("{}", BellecLif::describe()); }

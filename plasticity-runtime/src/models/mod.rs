@@ -1,0 +1,3 @@
+//! The neuron models shipped with plasticity, each written with [`crate::neuron_model`].
+
+pub mod bellec;
