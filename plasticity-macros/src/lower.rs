@@ -16,6 +16,14 @@ const ALLOWED: &str = "allowed: float literals, names, `let`, `+ - * /`, unary `
 `&& || !`, `if`/`else`, and the functions exp ln sqrt powi powf abs tanh sigmoid min max clamp \
 spike detach";
 
+fn surrogate_list() -> String {
+    SurrogateKind::ALL
+        .iter()
+        .map(|(n, _, a)| format!("{n}({})", a.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const FUNCTIONS: &str = "exp, ln, sqrt, powi, powf, abs, tanh, sigmoid, min, max, clamp, spike, detach";
 
 /// The lowered model: one DAG holding the step, its outputs and the initial values.
@@ -33,24 +41,40 @@ pub struct Lowered {
 enum Val {
     Num(NodeId),
     Bool(NodeId),
+    /// A surrogate, as produced by `triangle(..)` etc.: usable only as `spike`'s second
+    /// argument, directly or through a `let` binding.
+    Surr(Surrogate),
+}
+
+impl Val {
+    fn what(&self) -> &'static str {
+        match self {
+            Val::Num(_) => "a number",
+            Val::Bool(_) => "a condition",
+            Val::Surr(_) => "a surrogate",
+        }
+    }
 }
 
 struct Lowerer<'a> {
     cx: &'a mut Ctxt,
     dag: Dag,
-    scopes: Vec<HashMap<String, NodeId>>,
+    /// Let bindings; `None` marks a binding whose value had an error, so that its uses
+    /// report nothing more.
+    scopes: Vec<HashMap<String, Option<Val>>>,
     globals: HashMap<String, NodeId>,
     default_surrogate: Option<Surrogate>,
     known_names: Vec<String>,
 }
 
 impl<'a> Lowerer<'a> {
-    fn lookup(&self, name: &str) -> Option<NodeId> {
+    /// `Some(binding)` when the name is known (`binding` is `None` if it is poisoned).
+    fn lookup(&self, name: &str) -> Option<Option<Val>> {
         self.scopes
             .iter()
             .rev()
             .find_map(|s| s.get(name).copied())
-            .or_else(|| self.globals.get(name).copied())
+            .or_else(|| self.globals.get(name).map(|&id| Some(Val::Num(id))))
     }
 
     fn num(&mut self, e: &Expr) -> Option<NodeId> {
@@ -63,16 +87,23 @@ impl<'a> Lowerer<'a> {
                 );
                 None
             }
+            Val::Surr(_) => {
+                self.cx.error_spanned_by(
+                    e,
+                    "expected a number, found a surrogate; a surrogate is only the second argument of `spike(x, surrogate)`",
+                );
+                None
+            }
         }
     }
 
     fn cond(&mut self, e: &Expr) -> Option<NodeId> {
         match self.expr(e)? {
             Val::Bool(n) => Some(n),
-            Val::Num(_) => {
+            other => {
                 self.cx.error_spanned_by(
                     e,
-                    "expected a condition (a comparison such as `v > v_th`), found a number",
+                    format!("expected a condition (a comparison such as `v > v_th`), found {}", other.what()),
                 );
                 None
             }
@@ -116,7 +147,7 @@ impl<'a> Lowerer<'a> {
                 let ident = p.path.get_ident().expect("checked above");
                 let name = ident.to_string();
                 match self.lookup(&name) {
-                    Some(id) => Some(Val::Num(id)),
+                    Some(binding) => binding,
                     None => {
                         let known = self.known_names.join(", ");
                         self.cx.error_spanned_by(
@@ -357,23 +388,27 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// `spike`'s second argument: a surrogate call or a name bound to one.
     fn surrogate(&mut self, e: &Expr) -> Option<Surrogate> {
-        let fail = |cx: &mut Ctxt| {
-            let names: Vec<String> = SurrogateKind::ALL
-                .iter()
-                .map(|(n, _, a)| format!("{n}({})", a.join(", ")))
-                .collect();
-            cx.error_spanned_by(e, format!("expected a surrogate, one of: {}", names.join(", ")));
-            None
-        };
-        let Expr::Call(call) = e else { return fail(self.cx) };
-        let Expr::Path(p) = &*call.func else { return fail(self.cx) };
-        let Some(name) = p.path.get_ident().map(|i| i.to_string()) else { return fail(self.cx) };
-        let Some((kind, arg_names)) = SurrogateKind::lookup(&name) else { return fail(self.cx) };
+        match self.expr(e)? {
+            Val::Surr(s) => Some(s),
+            other => {
+                self.cx.error_spanned_by(
+                    e,
+                    format!("expected a surrogate, found {}; surrogates: {}", other.what(), surrogate_list()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `family(args..)`: builds a surrogate value.
+    fn surrogate_call(&mut self, name: &str, call: &syn::ExprCall) -> Option<Val> {
+        let (kind, arg_names) = SurrogateKind::lookup(name)?;
         let args: Vec<&Expr> = call.args.iter().collect();
         if args.len() != arg_names.len() {
             self.cx.error_spanned_by(
-                e,
+                call,
                 format!(
                     "surrogate `{name}` takes {} argument(s): {name}({})",
                     arg_names.len(),
@@ -383,7 +418,7 @@ impl<'a> Lowerer<'a> {
             return None;
         }
         let v = self.args(&args)?;
-        Some(Surrogate { kind, args: [v[0], *v.get(1).unwrap_or(&v[0])] })
+        Some(Val::Surr(Surrogate { kind, args: [v[0], *v.get(1).unwrap_or(&v[0])] }))
     }
 
     fn call(&mut self, call: &syn::ExprCall, span: Span) -> Option<Val> {
@@ -400,11 +435,7 @@ impl<'a> Lowerer<'a> {
             }
         };
         if SurrogateKind::lookup(&name).is_some() {
-            self.cx.error_spanned_by(
-                call,
-                format!("`{name}(..)` is a surrogate: it can only appear as the second argument of `spike(x, {name}(..))`"),
-            );
-            return None;
+            return self.surrogate_call(&name, call);
         }
         let args: Vec<&Expr> = call.args.iter().collect();
         self.math(&name, &args, span, &call.func)
@@ -441,6 +472,10 @@ impl<'a> Lowerer<'a> {
         let els = self.expr(els);
         match (then?, els?) {
             (Val::Num(a), Val::Num(b)) => Some(Val::Num(self.make(Op::Select(cond?, a, b), span))),
+            (Val::Surr(_), _) | (_, Val::Surr(_)) => {
+                self.cx.error_spanned_by(i, "a surrogate cannot be chosen at run time; pick one surrogate per `spike`");
+                None
+            }
             _ => {
                 self.cx.error_spanned_by(i, "both branches of `if` must be numbers");
                 None
@@ -478,11 +513,19 @@ impl<'a> Lowerer<'a> {
         if crate::parse::RESERVED.contains(&name.as_str()) {
             self.cx.error_spanned_by(ident, format!("`{name}` is a built-in and cannot be rebound"));
         }
-        if let Some(v) = self.num(&init.expr) {
-            self.scopes.last_mut().expect("a scope is open").insert(name.clone(), v);
-            if !self.known_names.contains(&name) {
-                self.known_names.push(name);
+        let value = match self.expr(&init.expr) {
+            Some(Val::Bool(_)) => {
+                self.cx.error_spanned_by(
+                    &init.expr,
+                    "a condition cannot be bound with `let`; use it directly in `if cond { a } else { b }`",
+                );
+                None
             }
+            v => v,
+        };
+        self.scopes.last_mut().expect("a scope is open").insert(name.clone(), value);
+        if !self.known_names.contains(&name) {
+            self.known_names.push(name);
         }
     }
 

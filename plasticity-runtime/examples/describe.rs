@@ -1,2 +1,8 @@
-use plasticity_runtime::models::bellec::lif::BellecLif;
-fn main() { println!("{}", BellecLif::describe()); }
+use plasticity_runtime::models::*;
+fn main() {
+    println!("{}", BellecLif::describe());
+    println!("{}", BellecAlif::describe());
+    println!("{}", CubaLif::describe());
+    println!("{}", SigmaDelta::describe());
+    println!("{}", LeakyIntegrator::describe());
+}
