@@ -427,7 +427,8 @@ mod tests {
         let one = d.constant(1.0, s());
         assert_eq!(d.make(Op::Add(v, zero), s()), v);
         assert_eq!(d.make(Op::Mul(one, v), s()), v);
-        assert!(d.is_zero(d.make(Op::Mul(v, zero), s())));
+        let prod = d.make(Op::Mul(v, zero), s());
+        assert!(d.is_zero(prod));
         let n = d.make(Op::Neg(v), s());
         assert_eq!(d.make(Op::Neg(n), s()), v);
         let two = d.constant(2.0, s());

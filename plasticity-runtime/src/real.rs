@@ -155,3 +155,9 @@ macro_rules! impl_real {
 
 impl_real!(f32, libm::erff);
 impl_real!(f64, libm::erf);
+
+/// The float types networks are built with: [`Real`] plus what matrix products need.
+pub trait Float: Real + ndarray::LinalgScalar + ndarray::ScalarOperand + std::iter::Sum {}
+
+impl Float for f32 {}
+impl Float for f64 {}

@@ -1,0 +1,88 @@
+//! The few dense products the time loop needs, written so that they never allocate (a
+//! general GEMM allocates packing buffers on every call). Rows are independent, so they run
+//! in parallel over the batch or the output rows.
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use crate::real::{Float, Real};
+
+/// `out[b, j] = beta·out[b, j] + Σ_i a[b, i] · w[j, i]` (`out = β out + a wᵀ`), skipping
+/// zero entries of `a` (sparse spikes cost nothing).
+pub(crate) fn gemm_nt<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
+    debug_assert_eq!(a.ncols(), w.ncols());
+    debug_assert_eq!(out.ncols(), w.nrows());
+    out.axis_iter_mut(Axis(0)).into_par_iter().zip(a.axis_iter(Axis(0)).into_par_iter()).for_each(|(mut o, a)| {
+        if beta == <F as Real>::zero() {
+            o.fill(<F as Real>::zero());
+        } else if beta != <F as Real>::one() {
+            o.mapv_inplace(|v| v * beta);
+        }
+        for (i, &ai) in a.iter().enumerate() {
+            if ai == <F as Real>::zero() {
+                continue;
+            }
+            for (oj, &wji) in o.iter_mut().zip(w.column(i).iter()) {
+                *oj += ai * wji;
+            }
+        }
+    });
+}
+
+/// `out[b, j] = beta·out[b, j] + Σ_k a[b, k] · w[k, j]` (`out = β out + a w`).
+pub(crate) fn gemm_nn<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
+    debug_assert_eq!(a.ncols(), w.nrows());
+    out.axis_iter_mut(Axis(0)).into_par_iter().zip(a.axis_iter(Axis(0)).into_par_iter()).for_each(|(mut o, a)| {
+        if beta == <F as Real>::zero() {
+            o.fill(<F as Real>::zero());
+        } else if beta != <F as Real>::one() {
+            o.mapv_inplace(|v| v * beta);
+        }
+        for (k, &ak) in a.iter().enumerate() {
+            if ak == <F as Real>::zero() {
+                continue;
+            }
+            o.scaled_add(ak, &w.row(k));
+        }
+    });
+}
+
+/// `out[i, j] += Σ_b a[b, i] · c[b, j]` (`out += aᵀ c`), in parallel over rows of `out`.
+pub(crate) fn gemm_tn_acc<F: Float>(out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, c: &ArrayView2<F>) {
+    debug_assert_eq!(a.nrows(), c.nrows());
+    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut o)| {
+        for (a_row, c_row) in a.axis_iter(Axis(0)).zip(c.axis_iter(Axis(0))) {
+            let s = a_row[i];
+            if s != <F as Real>::zero() {
+                o.scaled_add(s, &c_row);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn products_match_ndarray() {
+        let a = Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f64 * 0.1 - 0.5);
+        let w = Array2::from_shape_fn((5, 4), |(i, j)| ((i + 2 * j) % 7) as f64 - 3.0);
+        let mut out = Array2::from_elem((3, 5), 1.0);
+        gemm_nt(2.0, &mut out.view_mut(), &a.view(), &w.view());
+        let want = a.dot(&w.t()) + 2.0;
+        assert!((&out - &want).iter().all(|d| d.abs() < 1e-12));
+
+        let w2 = w.t().to_owned();
+        let mut out = Array2::zeros((3, 5));
+        gemm_nn(0.0, &mut out.view_mut(), &a.view(), &w2.view());
+        assert!((&out - &a.dot(&w2)).iter().all(|d| d.abs() < 1e-12));
+
+        let c = Array2::from_shape_fn((3, 5), |(i, j)| (i + j) as f64);
+        let mut out = Array2::from_elem((4, 5), 1.0);
+        gemm_tn_acc(&mut out.view_mut(), &a.view(), &c.view());
+        let want = a.t().dot(&c) + 1.0;
+        assert!((&out - &want).iter().all(|d| d.abs() < 1e-12));
+    }
+}

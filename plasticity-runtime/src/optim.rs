@@ -1,0 +1,244 @@
+//! Optimisers, learning-rate schedules and gradient clipping.
+
+use crate::error::{Result, invalid};
+use crate::gradients::Gradients;
+use crate::model::NeuronModel;
+use crate::network::Network;
+use crate::real::{Float, Real};
+
+/// An update rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// Stochastic gradient descent with (heavy-ball) momentum.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum in `[0, 1)`; 0 is plain SGD.
+        momentum: f64,
+    },
+    /// Adam (Kingma & Ba 2015).
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator offset.
+        eps: f64,
+    },
+    /// AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.
+    AdamW {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator offset.
+        eps: f64,
+        /// Decoupled weight decay per step (multiplied by the learning rate).
+        weight_decay: f64,
+    },
+}
+
+impl Optimizer {
+    /// Adam with the usual defaults (β₁ = 0.9, β₂ = 0.999, ε = 1e-8).
+    pub fn adam(lr: f64) -> Self {
+        Optimizer::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+    /// AdamW with the usual defaults.
+    pub fn adamw(lr: f64, weight_decay: f64) -> Self {
+        Optimizer::AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+    }
+    /// SGD with momentum.
+    pub fn sgd(lr: f64, momentum: f64) -> Self {
+        Optimizer::Sgd { lr, momentum }
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::AdamW { lr, .. } => lr,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let lr = self.lr();
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(invalid("learning rate", lr, "a finite number >= 0"));
+        }
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(invalid(name, v, "a number in [0, 1)")) }
+        };
+        match *self {
+            Optimizer::Sgd { momentum, .. } => unit("momentum", momentum),
+            Optimizer::Adam { beta1, beta2, eps, .. } | Optimizer::AdamW { beta1, beta2, eps, .. } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(invalid("eps", eps, "a finite number > 0"));
+                }
+                if let Optimizer::AdamW { weight_decay, .. } = *self {
+                    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                        return Err(invalid("weight decay", weight_decay, "a finite number >= 0"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Learning rate over update steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// The optimiser's learning rate throughout.
+    Constant,
+    /// Linear warm-up over `warmup` updates, then cosine decay to `min_factor · lr` at
+    /// update `total` (and constant after).
+    Cosine {
+        /// Warm-up updates.
+        warmup: usize,
+        /// Updates until the end of the decay.
+        total: usize,
+        /// Final learning rate as a fraction of the base rate.
+        min_factor: f64,
+    },
+}
+
+impl Schedule {
+    /// The factor applied to the base learning rate at update `step` (0-based).
+    pub fn factor(&self, step: usize) -> f64 {
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine { warmup, total, min_factor } => {
+                if step < warmup {
+                    (step + 1) as f64 / warmup as f64
+                } else if step >= total {
+                    min_factor
+                } else {
+                    let span = (total - warmup).max(1) as f64;
+                    let progress = (step - warmup) as f64 / span;
+                    min_factor + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+                }
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Schedule::Cosine { warmup, total, min_factor } = *self {
+            if total < warmup {
+                return Err(invalid("cosine schedule total", total, "total >= warmup"));
+            }
+            if !(0.0..=1.0).contains(&min_factor) {
+                return Err(invalid("cosine schedule min_factor", min_factor, "a number in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Optimiser state (moments), shaped like the parameters.
+#[derive(Clone, Debug)]
+pub struct OptimizerState<F> {
+    step: usize,
+    m: Vec<Vec<F>>,
+    v: Vec<Vec<F>>,
+}
+
+impl<F: Float> OptimizerState<F> {
+    /// Fresh state for `net`.
+    pub fn new<M: NeuronModel>(net: &mut Network<M, F>) -> Self {
+        let shapes: Vec<usize> = net.param_slices_mut().iter().map(|s| s.len()).collect();
+        OptimizerState {
+            step: 0,
+            m: shapes.iter().map(|&n| vec![<F as Real>::zero(); n]).collect(),
+            v: shapes.iter().map(|&n| vec![<F as Real>::zero(); n]).collect(),
+        }
+    }
+
+    /// Number of updates applied so far.
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+
+    /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
+    /// Returns the gradient norm before clipping.
+    pub fn update<M: NeuronModel>(
+        &mut self,
+        net: &mut Network<M, F>,
+        grads: &Gradients<F>,
+        opt: &Optimizer,
+        schedule: &Schedule,
+        clip: Option<f64>,
+    ) -> f64 {
+        let norm = grads.norm();
+        let scale = match clip {
+            Some(c) if norm > c && norm > 0.0 => c / norm,
+            _ => 1.0,
+        };
+        let lr = opt.lr() * schedule.factor(self.step);
+        self.step += 1;
+        let t = self.step as i32;
+        let params = net.param_slices_mut();
+        for (((p, g), m), v) in params.into_iter().zip(grads.slices()).zip(&mut self.m).zip(&mut self.v) {
+            match *opt {
+                Optimizer::Sgd { momentum, .. } => {
+                    let (mu, lr) = (F::from_f64(momentum), F::from_f64(lr));
+                    for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                        *m = mu * *m + g * F::from_f64(scale);
+                        *p -= lr * *m;
+                    }
+                }
+                Optimizer::Adam { beta1, beta2, eps, .. } | Optimizer::AdamW { beta1, beta2, eps, .. } => {
+                    let wd = match *opt {
+                        Optimizer::AdamW { weight_decay, .. } => weight_decay,
+                        _ => 0.0,
+                    };
+                    let c1 = 1.0 - beta1.powi(t);
+                    let c2 = 1.0 - beta2.powi(t);
+                    let (b1, b2) = (F::from_f64(beta1), F::from_f64(beta2));
+                    let (lr_f, eps_f, s) = (F::from_f64(lr), F::from_f64(eps), F::from_f64(scale));
+                    let (c1, c2) = (F::from_f64(c1), F::from_f64(c2));
+                    let decay = F::from_f64(1.0 - lr * wd);
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let g = g * s;
+                        *m = b1 * *m + (<F as Real>::one() - b1) * g;
+                        *v = b2 * *v + (<F as Real>::one() - b2) * g * g;
+                        let mhat = *m / c1;
+                        let vhat = *v / c2;
+                        *p = *p * decay - lr_f * mhat / (vhat.sqrt() + eps_f);
+                    }
+                }
+            }
+        }
+        for layer in &mut net.layers {
+            layer.apply_mask();
+        }
+        norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_warms_up_and_decays() {
+        let s = Schedule::Cosine { warmup: 10, total: 110, min_factor: 0.1 };
+        assert!((s.factor(0) - 0.1).abs() < 1e-12);
+        assert!((s.factor(9) - 1.0).abs() < 1e-12);
+        assert!((s.factor(10) - 1.0).abs() < 1e-12);
+        assert!((s.factor(60) - 0.55).abs() < 1e-12);
+        assert!((s.factor(500) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        assert!(Optimizer::adam(-1.0).validate().is_err());
+        assert!(Optimizer::sgd(0.1, 1.0).validate().is_err());
+        assert!(Optimizer::adamw(0.1, f64::NAN).validate().is_err());
+        assert!(Schedule::Cosine { warmup: 5, total: 2, min_factor: 0.0 }.validate().is_err());
+    }
+}

@@ -1,0 +1,548 @@
+//! Training: one network, one model, e-prop or BPTT, an optimiser.
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+
+use crate::bptt;
+use crate::eprop::{Eprop, Feedback, RateRegularization};
+use crate::error::{Error, Result, check_finite, invalid};
+use crate::gradients::Gradients;
+use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
+use crate::model::NeuronModel;
+use crate::network::Network;
+use crate::optim::{Optimizer, OptimizerState, Schedule};
+use crate::real::{Float, Real};
+
+/// How gradients are computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Algorithm {
+    /// Online e-prop: memory independent of the sequence length; exact without recurrent
+    /// weights and with symmetric feedback.
+    Eprop(Feedback),
+    /// Exact backpropagation through time: memory linear in the sequence length.
+    Bptt,
+}
+
+/// Everything that configures training.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// e-prop or BPTT.
+    pub algorithm: Algorithm,
+    /// The loss.
+    pub loss: Loss,
+    /// The update rule.
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule over updates.
+    pub schedule: Schedule,
+    /// Clip gradients to this global L2 norm before each update.
+    pub clip_norm: Option<f64>,
+    /// Firing-rate regularisation (applied to every layer).
+    pub rate_regularization: Option<RateRegularization>,
+    /// e-prop only: apply an update every this many steps within a sequence (truly online
+    /// learning) instead of once per batch.
+    pub update_every: Option<usize>,
+}
+
+impl TrainConfig {
+    /// A configuration with a constant learning rate, no clipping, no regularisation,
+    /// one update per batch.
+    pub fn new(algorithm: Algorithm, loss: Loss, optimizer: Optimizer) -> Self {
+        TrainConfig {
+            algorithm,
+            loss,
+            optimizer,
+            schedule: Schedule::Constant,
+            clip_norm: None,
+            rate_regularization: None,
+            update_every: None,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        if let Some(c) = self.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid("clip_norm", c, "a finite number > 0"));
+            }
+        }
+        if let Some(r) = self.rate_regularization {
+            if !(r.strength.is_finite() && r.strength >= 0.0) {
+                return Err(invalid("rate regularization strength", r.strength, "a finite number >= 0"));
+            }
+            if !(0.0..=1.0).contains(&r.target) {
+                return Err(invalid("rate regularization target", r.target, "a rate per step in [0, 1]"));
+            }
+        }
+        match (self.algorithm, self.update_every, self.loss) {
+            (_, Some(0), _) => Err(invalid("update_every", 0, "at least 1 step")),
+            (Algorithm::Bptt, Some(k), _) => {
+                Err(invalid("update_every", k, "None with BPTT (updates within a sequence need e-prop)"))
+            }
+            (Algorithm::Eprop(_), _, Loss::CrossEntropySummed(_)) => Err(invalid(
+                "loss",
+                "CrossEntropySummed with e-prop",
+                "a per-step loss (CrossEntropy or MeanSquared): the summed loss's error is known only at the end \
+                 of the sequence; use BPTT for it",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Loss and accuracy over a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchStats {
+    /// Mean loss per sample.
+    pub loss: f64,
+    /// Correct predictions (classification): per sample, the arg-max of the readout summed
+    /// over the loss window; per step and sample for per-step class targets.
+    pub correct: usize,
+    /// Number of predictions `correct` counts.
+    pub predictions: usize,
+    /// Global gradient norm before clipping (0 when no update was made).
+    pub grad_norm: f64,
+}
+
+impl BatchStats {
+    /// `correct / predictions`, or 0 without predictions.
+    pub fn accuracy(&self) -> f64 {
+        if self.predictions == 0 { 0.0 } else { self.correct as f64 / self.predictions as f64 }
+    }
+}
+
+/// What a step hook sees.
+#[derive(Debug)]
+pub struct StepInfo<'a, F> {
+    /// Step index within the sequence.
+    pub t: usize,
+    /// Readout at this step, `[B, n_out]`.
+    pub readout: ArrayView2<'a, F>,
+    /// Loss contribution of this step.
+    pub loss: f64,
+}
+
+type Hook<F> = Box<dyn FnMut(&StepInfo<'_, F>) + Send>;
+
+struct Stream {
+    t: usize,
+    t_len: usize,
+    window: (usize, usize),
+    scale: f64,
+    stats: BatchStats,
+    since_update: usize,
+}
+
+/// Trains a [`Network`].
+pub struct Trainer<M, F> {
+    net: Network<M, F>,
+    config: TrainConfig,
+    opt: OptimizerState<F>,
+    grads: Gradients<F>,
+    eprop: Option<Eprop<F>>,
+    probs: Array2<F>,
+    err: Array2<F>,
+    ysum: Array2<F>,
+    hook: Option<Hook<F>>,
+    stream: Option<Stream>,
+}
+
+impl<M: NeuronModel, F: Float> Trainer<M, F> {
+    /// A trainer for `net` with `config`.
+    pub fn new(mut net: Network<M, F>, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        net.validate()?;
+        let opt = OptimizerState::new(&mut net);
+        let grads = Gradients::zeros(&net);
+        Ok(Trainer {
+            net,
+            config,
+            opt,
+            grads,
+            eprop: None,
+            probs: Array2::zeros((0, 0)),
+            err: Array2::zeros((0, 0)),
+            ysum: Array2::zeros((0, 0)),
+            hook: None,
+            stream: None,
+        })
+    }
+
+    /// The network being trained.
+    pub fn network(&self) -> &Network<M, F> {
+        &self.net
+    }
+    /// Gives the network back.
+    pub fn into_network(self) -> Network<M, F> {
+        self.net
+    }
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    /// Number of optimiser updates applied so far.
+    pub fn updates(&self) -> usize {
+        self.opt.steps()
+    }
+    /// The gradients of the last computation.
+    pub fn gradients(&self) -> &Gradients<F> {
+        &self.grads
+    }
+
+    /// Calls `hook` after every step of every sequence (training and evaluation).
+    pub fn set_step_hook(&mut self, hook: impl FnMut(&StepInfo<'_, F>) + Send + 'static) {
+        self.hook = Some(Box::new(hook));
+    }
+
+    /// Bytes of training state the algorithm keeps for batch size `batch` and sequence
+    /// length `t_len`: e-prop's traces, filtered traces and gradient accumulators (independent
+    /// of `t_len`), or BPTT's tape (linear in `t_len`) plus its gradients.
+    pub fn state_bytes(&mut self, batch: usize, t_len: usize) -> usize {
+        let f = std::mem::size_of::<F>();
+        let grads: usize = self.grads.slices().iter().map(|s| s.len()).sum::<usize>() * f;
+        match self.config.algorithm {
+            Algorithm::Eprop(fb) => {
+                self.ensure_eprop(batch, fb);
+                self.eprop.as_ref().map_or(0, |e| e.state_bytes())
+            }
+            Algorithm::Bptt => {
+                let per_step: usize = self
+                    .net
+                    .layers
+                    .iter()
+                    .map(|l| batch * (l.size() * M::NUM_DYNAMIC).max(1) + batch * l.size())
+                    .sum::<usize>()
+                    + 2 * batch * self.net.n_out();
+                per_step * t_len * f + grads
+            }
+        }
+    }
+
+    fn ensure_eprop(&mut self, batch: usize, feedback: Feedback) {
+        if self.eprop.as_ref().is_none_or(|e| e.batch != batch) {
+            self.eprop = Some(Eprop::new(&self.net, batch, feedback));
+        }
+    }
+
+    fn ensure_scratch(&mut self, batch: usize) {
+        let n_out = self.net.n_out();
+        if self.err.dim() != (batch, n_out) {
+            self.probs = Array2::zeros((batch, n_out));
+            self.err = Array2::zeros((batch, n_out));
+            self.ysum = Array2::zeros((batch, n_out));
+        }
+    }
+
+    fn reg(&self, batch: usize, t_len: usize) -> Option<(RateRegularization, F)> {
+        self.config
+            .rate_regularization
+            .map(|r| (r, F::from_f64(1.0 / (batch * t_len.max(1)) as f64)))
+    }
+
+    /// Computes the gradients of the loss on one batch (`inputs` `[T, B, n_in]`) without
+    /// updating the network; returns them with the batch's loss and accuracy.
+    pub fn compute_gradients(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<(&Gradients<F>, BatchStats)> {
+        let stats = self.gradients_inner(inputs, targets, false)?;
+        Ok((&self.grads, stats))
+    }
+
+    /// Computes the gradients on one batch and applies the optimiser (with e-prop and
+    /// `update_every`, several times within the sequence).
+    pub fn train_batch(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
+        self.gradients_inner(inputs, targets, true)
+    }
+
+    /// Loss and accuracy of the network on one batch, without gradients.
+    pub fn evaluate(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
+        let inputs = inputs.as_standard_layout();
+        let (t_len, batch) = self.check_batch(&inputs.view(), &targets)?;
+        let out = self.net.run(inputs.view())?;
+        self.ensure_scratch(batch);
+        let (w0, w1) = self.config.loss.window().bounds(t_len);
+        let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
+        let stats = loss_over(&self.config.loss, &out.readout.view(), &targets, (w0, w1), &mut errs, &mut self.probs, &mut self.ysum);
+        if let Some(hook) = &mut self.hook {
+            for t in 0..t_len {
+                hook(&StepInfo { t, readout: out.readout.index_axis(Axis(0), t), loss: 0.0 });
+            }
+        }
+        Ok(stats)
+    }
+
+    fn check_batch(&self, inputs: &ArrayView3<F>, targets: &Targets<'_, F>) -> Result<(usize, usize)> {
+        self.net.check_inputs(inputs)?;
+        let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
+        if t_len == 0 {
+            return Err(invalid("sequence length", 0, "at least 1 step"));
+        }
+        targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
+        let (w0, w1) = self.config.loss.window().bounds(t_len);
+        if w1 <= w0 {
+            return Err(invalid("loss window", format!("{:?}", self.config.loss.window()), &format!("a non-empty window within {t_len} steps")));
+        }
+        Ok((t_len, batch))
+    }
+
+    fn gradients_inner(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>, update: bool) -> Result<BatchStats> {
+        let inputs = inputs.as_standard_layout();
+        let inputs = inputs.view();
+        let (t_len, batch) = self.check_batch(&inputs, &targets)?;
+        self.ensure_scratch(batch);
+        match self.config.algorithm {
+            Algorithm::Bptt => {
+                let window = self.config.loss.window().bounds(t_len);
+                let reg = self.reg(batch, t_len);
+                let mut stats = BatchStats::default();
+                let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
+                bptt::gradients(&self.net, inputs, reg, &mut self.grads, |ys, errs| {
+                    stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
+                    if let Some(hook) = hook {
+                        for t in 0..t_len {
+                            hook(&StepInfo { t, readout: ys.index_axis(Axis(0), t), loss: 0.0 });
+                        }
+                    }
+                });
+                stats.grad_norm = if update {
+                    self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm)
+                } else {
+                    self.grads.norm()
+                };
+                Ok(stats)
+            }
+            Algorithm::Eprop(_) => {
+                self.begin_inner(batch, t_len, update)?;
+                for t in 0..t_len {
+                    let step_targets = targets.at(t);
+                    self.step_inner(inputs.index_axis(Axis(0), t), Some(step_targets), update)?;
+                }
+                let stats = self.end_inner(update, Some(&targets));
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Starts a streamed e-prop sequence of `t_len` steps for a batch of `batch` samples:
+    /// feed it with [`Trainer::step`] and finish with [`Trainer::end_sequence`]. Nothing per
+    /// step is kept, so `t_len` can be arbitrarily long; it fixes the loss window and scale.
+    pub fn begin_sequence(&mut self, batch: usize, t_len: usize) -> Result<()> {
+        if !matches!(self.config.algorithm, Algorithm::Eprop(_)) {
+            return Err(invalid("algorithm", "BPTT", "e-prop for streamed sequences (BPTT needs the whole sequence)"));
+        }
+        if batch == 0 || t_len == 0 {
+            return Err(invalid("batch / sequence length", format!("{batch} / {t_len}"), "both at least 1"));
+        }
+        let (w0, w1) = self.config.loss.window().bounds(t_len);
+        if w1 <= w0 {
+            return Err(invalid("loss window", format!("{:?}", self.config.loss.window()), &format!("a non-empty window within {t_len} steps")));
+        }
+        self.ensure_scratch(batch);
+        self.begin_inner(batch, t_len, true)
+    }
+
+    /// One streamed step: inputs `[B, n_in]`, targets for this step (required inside the
+    /// loss window). Applies an update every `update_every` steps if configured. Returns
+    /// this step's readout.
+    pub fn step(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>) -> Result<ArrayView2<'_, F>> {
+        let s = self.stream.as_ref().ok_or_else(|| Error::State("Trainer::step before begin_sequence".into()))?;
+        let batch = self.err.nrows();
+        if x.shape() != [batch, self.net.n_in] {
+            return Err(Error::Shape { what: "step inputs".into(), expected: format!("[{batch}, {}]", self.net.n_in), found: x.shape().to_vec() });
+        }
+        check_finite("step inputs", x.iter().copied())?;
+        if s.t >= s.t_len {
+            return Err(Error::State(format!("Trainer::step: the sequence has only {} steps", s.t_len)));
+        }
+        if let Some(t) = &targets {
+            match (t, self.config.loss.is_classification()) {
+                (StepTargets::Classes(c), true) => {
+                    if c.len() != batch {
+                        return Err(Error::Shape { what: "step targets".into(), expected: format!("[{batch}]"), found: vec![c.len()] });
+                    }
+                    for (sample, &class) in c.iter().enumerate() {
+                        if class >= self.net.n_out() {
+                            return Err(Error::Class { sample, class, classes: self.net.n_out() });
+                        }
+                    }
+                }
+                (StepTargets::Values(v), false) => {
+                    if v.shape() != [batch, self.net.n_out()] {
+                        return Err(Error::Shape { what: "step targets".into(), expected: format!("[{batch}, {}]", self.net.n_out()), found: v.shape().to_vec() });
+                    }
+                    check_finite("step targets", v.iter().copied())?;
+                }
+                _ => return Err(invalid("step targets", "the wrong kind", "class labels for cross-entropy, values for mean squared error")),
+            }
+        } else if (s.window.0..s.window.1).contains(&s.t) {
+            return Err(invalid("step targets", "None", &format!("targets at step {} (inside the loss window)", s.t)));
+        }
+        let x = x.as_standard_layout();
+        self.step_inner(x.view(), targets, true)?;
+        Ok(self.eprop.as_ref().expect("begun").y.view())
+    }
+
+    /// Ends a streamed sequence: applies the update for the gradients accumulated since
+    /// the last one, and returns the sequence's loss and accuracy.
+    pub fn end_sequence(&mut self) -> Result<BatchStats> {
+        if self.stream.is_none() {
+            return Err(Error::State("Trainer::end_sequence before begin_sequence".into()));
+        }
+        Ok(self.end_inner(true, None))
+    }
+
+    fn begin_inner(&mut self, batch: usize, t_len: usize, _update: bool) -> Result<()> {
+        let Algorithm::Eprop(fb) = self.config.algorithm else {
+            return Err(invalid("algorithm", "BPTT", "e-prop"));
+        };
+        self.ensure_eprop(batch, fb);
+        let e = self.eprop.as_mut().expect("built");
+        e.begin_sequence(&self.net);
+        e.zero_gradients();
+        let window = self.config.loss.window().bounds(t_len);
+        self.ysum.fill(<F as Real>::zero());
+        self.stream = Some(Stream {
+            t: 0,
+            t_len,
+            window,
+            scale: 1.0 / (batch * (window.1 - window.0)) as f64,
+            stats: BatchStats::default(),
+            since_update: 0,
+        });
+        Ok(())
+    }
+
+    fn step_inner(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>, update: bool) -> Result<()> {
+        let batch = self.err.nrows();
+        let reg = self.reg(batch, self.stream.as_ref().map_or(1, |s| s.t_len));
+        let s = self.stream.as_mut().expect("begun");
+        let e = self.eprop.as_mut().expect("built");
+        let y = e.forward(&self.net, x);
+        let in_window = (s.window.0..s.window.1).contains(&s.t);
+        let mut loss = 0.0;
+        match (in_window, targets) {
+            (true, Some(tg)) => {
+                let (l, correct) = step_error(&self.config.loss, &y, tg, F::from_f64(s.scale), &mut self.probs, &mut self.err);
+                loss = l;
+                s.stats.loss += l;
+                self.ysum += &y;
+                if let StepTargets::Classes(c) = tg {
+                    // Per-step accuracy; replaced by the per-sample one when the targets are
+                    // one class per sample.
+                    s.stats.correct += correct;
+                    s.stats.predictions += c.len();
+                }
+            }
+            _ => self.err.fill(<F as Real>::zero()),
+        }
+        if let Some(hook) = &mut self.hook {
+            hook(&StepInfo { t: s.t, readout: y, loss });
+        }
+        e.learn(&self.net, x, &self.err.view(), reg);
+        s.t += 1;
+        s.since_update += 1;
+        if update {
+            if let Some(k) = self.config.update_every {
+                if s.since_update >= k {
+                    e.gradients(&self.net, &mut self.grads);
+                    s.stats.grad_norm = self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm);
+                    e.zero_gradients();
+                    s.since_update = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end_inner(&mut self, update: bool, targets: Option<&Targets<'_, F>>) -> BatchStats {
+        let mut s = self.stream.take().expect("begun");
+        let e = self.eprop.as_mut().expect("built");
+        if let Some(Targets::Classes(c)) = targets {
+            s.stats.correct = count_correct(&self.ysum, c, &mut self.probs);
+            s.stats.predictions = c.len();
+        }
+        if s.since_update > 0 || !update {
+            e.gradients(&self.net, &mut self.grads);
+            if update {
+                s.stats.grad_norm = self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm);
+                e.zero_gradients();
+            } else {
+                s.stats.grad_norm = self.grads.norm();
+            }
+        }
+        s.stats
+    }
+}
+
+/// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
+fn loss_over<F: Float>(
+loss_fn: &Loss,
+ys: &ArrayView3<F>,
+targets: &Targets<'_, F>,
+window: (usize, usize),
+errs: &mut Array3<F>,
+probs: &mut Array2<F>,
+ysum: &mut Array2<F>,
+) -> BatchStats {
+    let (t_len, batch) = (ys.shape()[0], ys.shape()[1]);
+    let (w0, w1) = window;
+    let mut stats = BatchStats::default();
+    match *loss_fn {
+        Loss::CrossEntropySummed(_) => {
+            let mut sum = Array2::<F>::zeros((batch, ys.shape()[2]));
+            for t in w0..w1 {
+                sum += &ys.index_axis(Axis(0), t);
+            }
+            let scale = F::from_f64(1.0 / batch as f64);
+            let mut err = Array2::zeros(sum.raw_dim());
+            let classes = match targets {
+                Targets::Classes(c) => StepTargets::Classes(ndarray::ArrayView1::from(*c)),
+                other => other.at(t_len - 1),
+            };
+            let (loss, correct) = step_error(&loss_fn, &sum.view(), classes, scale, probs, &mut err);
+            stats.loss = loss;
+            stats.correct = correct;
+            stats.predictions = batch;
+            for t in w0..w1 {
+                errs.index_axis_mut(Axis(0), t).assign(&err);
+            }
+        }
+        _ => {
+            let scale = F::from_f64(1.0 / (batch * (w1 - w0)) as f64);
+            ysum.fill(<F as Real>::zero());
+            for t in w0..w1 {
+                let y = ys.index_axis(Axis(0), t);
+                let mut err = errs.index_axis_mut(Axis(0), t);
+                let mut e = Array2::zeros((batch, ys.shape()[2]));
+                let (loss, correct) = step_error(&loss_fn, &y, targets.at(t), scale, probs, &mut e);
+                err.assign(&e);
+                stats.loss += loss;
+                *ysum += &y;
+                if matches!(targets, Targets::ClassSeries(_)) {
+                    stats.correct += correct;
+                    stats.predictions += batch;
+                }
+            }
+            if let Targets::Classes(c) = targets {
+                stats.correct = count_correct(ysum, c, probs);
+                stats.predictions = batch;
+            }
+        }
+    }
+    stats
+}
+
+
+fn count_correct<F: Float>(ysum: &Array2<F>, classes: &[usize], probs: &mut Array2<F>) -> usize {
+    softmax(&ysum.view(), probs);
+    probs
+        .outer_iter()
+        .zip(classes)
+        .filter(|(p, c)| {
+            let mut best = 0;
+            for (i, &v) in p.iter().enumerate() {
+                if v > p[best] {
+                    best = i;
+                }
+            }
+            best == **c
+        })
+        .count()
+}
