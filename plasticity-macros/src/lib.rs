@@ -89,6 +89,45 @@ fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
         #mod_vis mod #mod_ident {
             #[derive(Clone, Debug, Default, PartialEq)]
             #vis struct #name { #(#fields,)* }
+
+            // Never runs: the crate does not compile while the model has errors. It exists
+            // so that code using the model reports nothing beyond the model's own errors.
+            #[allow(unused_variables)]
+            impl ::plasticity_runtime::__private::NeuronModel for #name {
+                const NUM_STATES: usize = 0;
+                const NUM_INPUTS: usize = 0;
+                const NUM_LEARNABLE: usize = 0;
+                const NUM_CONSTS: usize = 0;
+                const NUM_DYNAMIC: usize = 0;
+                const PATTERN: ::plasticity_runtime::__private::Pattern = ::plasticity_runtime::__private::Pattern {
+                    model: "", states: &[], inputs: &[], learnable: &[], entries: &[], ports: &[],
+                    num_consts: 0, num_dynamic: 0,
+                };
+                fn initial_state<T: ::plasticity_runtime::__private::Real>(&self, out: &mut [T]) { unreachable!() }
+                fn learnable_init<T: ::plasticity_runtime::__private::Real>(&self, out: &mut [T]) { unreachable!() }
+                fn set_learnable(&mut self, values: &[f64]) { unreachable!() }
+                fn eval<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(
+                    &self, learn: &[T], state: &[T], input: &[T], next: &mut [T], mode: &mut M,
+                ) -> T { unreachable!() }
+                fn constants<T: ::plasticity_runtime::__private::Real>(&self, consts: &mut [T]) { unreachable!() }
+                fn eval_partials<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(
+                    &self, learn: &[T], state: &[T], input: &[T], next: &mut [T], dynv: &mut [T], mode: &mut M,
+                ) -> T { unreachable!() }
+                fn dense_partials<T: ::plasticity_runtime::__private::Real>(
+                    consts: &[T], dynv: &[T], j: &mut [T], jz: &mut [T], b: &mut [T], bz: &mut [T], p: &mut [T], pz: &mut [T],
+                ) { unreachable!() }
+                fn vjp<T: ::plasticity_runtime::__private::Real>(
+                    consts: &[T], dynv: &[T], dh: &[T], dz: T, dh_prev: &mut [T], d_input: &mut [T], d_learn: &mut [T],
+                ) { unreachable!() }
+                fn synapse_traces<T: ::plasticity_runtime::__private::Real>(
+                    port: usize, consts: &[T], dynv: &[T], pre: &[T], fact: &[T], syn: &mut [T],
+                    ebar: &mut [T], grad: &mut [T], l: T, kappa: T,
+                ) { unreachable!() }
+                fn factorised_traces<T: ::plasticity_runtime::__private::Real>(port: usize, consts: &[T], pre: &[T], fact: &mut [T]) { unreachable!() }
+                fn param_traces<T: ::plasticity_runtime::__private::Real>(
+                    consts: &[T], dynv: &[T], eps: &mut [T], ebar: &mut [T], grad: &mut [T], l: T, kappa: T,
+                ) { unreachable!() }
+            }
         }
     }
 }

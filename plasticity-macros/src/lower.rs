@@ -390,6 +390,20 @@ impl<'a> Lowerer<'a> {
 
     /// `spike`'s second argument: a surrogate call or a name bound to one.
     fn surrogate(&mut self, e: &Expr) -> Option<Surrogate> {
+        // In this position a call of a surrogate family is always the surrogate, including
+        // `sigmoid(slope)`, which elsewhere is the logistic function.
+        if let Expr::Call(call) = e {
+            if let Expr::Path(p) = &*call.func {
+                if let Some(name) = p.path.get_ident().map(|i| i.to_string()) {
+                    if SurrogateKind::lookup(&name).is_some() {
+                        return match self.surrogate_call(&name, call)? {
+                            Val::Surr(s) => Some(s),
+                            _ => None,
+                        };
+                    }
+                }
+            }
+        }
         match self.expr(e)? {
             Val::Surr(s) => Some(s),
             other => {
@@ -434,7 +448,8 @@ impl<'a> Lowerer<'a> {
                 return None;
             }
         };
-        if SurrogateKind::lookup(&name).is_some() {
+        // `sigmoid(x)` outside `spike(.., here)` is the logistic function.
+        if name != "sigmoid" && SurrogateKind::lookup(&name).is_some() {
             return self.surrogate_call(&name, call);
         }
         let args: Vec<&Expr> = call.args.iter().collect();

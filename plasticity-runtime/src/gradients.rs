@@ -70,37 +70,56 @@ impl<F: Float> Gradients<F> {
         out
     }
 
-    /// Every gradient array as a flat mutable slice, in the order of
-    /// [`Network::param_slices_mut`].
-    pub fn slices_mut(&mut self) -> Vec<&mut [F]> {
-        let mut out: Vec<&mut [F]> = Vec::new();
-        for l in &mut self.layers {
-            out.extend(l.w_in.iter_mut().map(|w| w.as_slice_mut().expect("standard layout")));
-            if let Some(w) = &mut l.w_rec {
-                out.extend(w.iter_mut().map(|w| w.as_slice_mut().expect("standard layout")));
+    /// Calls `f` on every gradient array, in [`Gradients::slices`] order, without allocating.
+    pub fn for_each(&self, mut f: impl FnMut(&[F])) {
+        self.for_each_ref(&mut |s| f(s));
+    }
+
+    /// The `index`-th gradient array in [`Gradients::slices`] order.
+    pub(crate) fn get(&self, index: usize) -> &[F] {
+        let mut i = 0;
+        let mut found: &[F] = &[];
+        self.for_each_ref(&mut |s| {
+            if i == index {
+                found = s;
             }
-            if let Some(b) = &mut l.bias {
-                out.extend(b.iter_mut().map(|b| b.as_slice_mut().expect("standard layout")));
-            }
-            out.push(l.learn.as_slice_mut().expect("standard layout"));
+            i += 1;
+        });
+        found
+    }
+
+    fn for_each_ref<'a>(&'a self, f: &mut dyn FnMut(&'a [F])) {
+        for l in &self.layers {
+            l.w_in.iter().for_each(|w| f(w.as_slice().expect("standard layout")));
+            l.w_rec.iter().flatten().for_each(|w| f(w.as_slice().expect("standard layout")));
+            l.bias.iter().flatten().for_each(|b| f(b.as_slice().expect("standard layout")));
+            f(l.learn.as_slice().expect("standard layout"));
         }
-        out.push(self.readout_w.as_slice_mut().expect("standard layout"));
-        if let Some(b) = &mut self.readout_b {
-            out.push(b.as_slice_mut().expect("standard layout"));
+        f(self.readout_w.as_slice().expect("standard layout"));
+        if let Some(b) = &self.readout_b {
+            f(b.as_slice().expect("standard layout"));
         }
-        out
     }
 
     /// Sets every gradient to zero.
     pub fn fill_zero(&mut self) {
-        for s in self.slices_mut() {
-            s.fill(<F as Real>::zero());
+        for l in &mut self.layers {
+            l.w_in.iter_mut().for_each(|w| w.fill(<F as Real>::zero()));
+            l.w_rec.iter_mut().flatten().for_each(|w| w.fill(<F as Real>::zero()));
+            l.bias.iter_mut().flatten().for_each(|b| b.fill(<F as Real>::zero()));
+            l.learn.fill(<F as Real>::zero());
+        }
+        self.readout_w.fill(<F as Real>::zero());
+        if let Some(b) = &mut self.readout_b {
+            b.fill(<F as Real>::zero());
         }
     }
 
     /// The global L2 norm.
     pub fn norm(&self) -> f64 {
-        self.slices().iter().flat_map(|s| s.iter()).map(|x| x.to_f64() * x.to_f64()).sum::<f64>().sqrt()
+        let mut sum = 0.0;
+        self.for_each(|s| sum += s.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>());
+        sum.sqrt()
     }
 
     /// The largest relative difference to `other` over every entry,
@@ -119,6 +138,26 @@ impl<F: Float> Gradients<F> {
 }
 
 impl<M: NeuronModel, F: Float> Network<M, F> {
+    /// Calls `f(index, params)` on every parameter array, in [`Gradients::slices`] order,
+    /// without allocating.
+    pub fn for_each_param_mut(&mut self, mut f: impl FnMut(usize, &mut [F])) {
+        let mut i = 0;
+        let mut call = |s: &mut [F]| {
+            f(i, s);
+            i += 1;
+        };
+        for l in &mut self.layers {
+            l.w_in.iter_mut().for_each(|w| call(w.as_slice_mut().expect("standard layout")));
+            l.w_rec.iter_mut().flatten().for_each(|w| call(w.as_slice_mut().expect("standard layout")));
+            l.bias.iter_mut().flatten().for_each(|b| call(b.as_slice_mut().expect("standard layout")));
+            call(l.learn.as_slice_mut().expect("standard layout"));
+        }
+        call(self.readout.w.as_slice_mut().expect("standard layout"));
+        if let Some(b) = &mut self.readout.b {
+            call(b.as_slice_mut().expect("standard layout"));
+        }
+    }
+
     /// Every parameter array as a flat mutable slice, in the same order as
     /// [`Gradients::slices`].
     pub fn param_slices_mut(&mut self) -> Vec<&mut [F]> {

@@ -150,7 +150,8 @@ pub struct OptimizerState<F> {
 impl<F: Float> OptimizerState<F> {
     /// Fresh state for `net`.
     pub fn new<M: NeuronModel>(net: &mut Network<M, F>) -> Self {
-        let shapes: Vec<usize> = net.param_slices_mut().iter().map(|s| s.len()).collect();
+        let mut shapes = Vec::new();
+        net.for_each_param_mut(|_, s| shapes.push(s.len()));
         OptimizerState {
             step: 0,
             m: shapes.iter().map(|&n| vec![<F as Real>::zero(); n]).collect(),
@@ -181,8 +182,9 @@ impl<F: Float> OptimizerState<F> {
         let lr = opt.lr() * schedule.factor(self.step);
         self.step += 1;
         let t = self.step as i32;
-        let params = net.param_slices_mut();
-        for (((p, g), m), v) in params.into_iter().zip(grads.slices()).zip(&mut self.m).zip(&mut self.v) {
+        let (ms, vs) = (&mut self.m, &mut self.v);
+        net.for_each_param_mut(|index, p| {
+            let (g, m, v) = (grads.get(index), &mut ms[index], &mut vs[index]);
             match *opt {
                 Optimizer::Sgd { momentum, .. } => {
                     let (mu, lr) = (F::from_f64(momentum), F::from_f64(lr));
@@ -212,7 +214,7 @@ impl<F: Float> OptimizerState<F> {
                     }
                 }
             }
-        }
+        });
         for layer in &mut net.layers {
             layer.apply_mask();
         }

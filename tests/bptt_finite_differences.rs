@@ -1,0 +1,110 @@
+//! With recurrent weights, BPTT equals central finite differences of the loss on a model
+//! whose spike is smooth (the integral of a sigmoid surrogate), to 1e-6 relative.
+
+use ndarray::Array3;
+use plasticity_runtime::{
+    neuron_model, Algorithm, Init, LayerSpec, Loss, Network, NetworkBuilder, Optimizer, ReadoutSpec, TrainConfig,
+    Trainer, Targets, Window,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[neuron_model]
+mod smooth_alif {
+    /// Bellec's ALIF with `H` replaced by its smooth counterpart `σ(β x)` and a learnable
+    /// membrane decay.
+    pub struct SmoothAlif {
+        #[param(default = 0.9, learnable)]
+        pub alpha: f64,
+        #[param(default = 0.97)]
+        pub rho: f64,
+        #[param(default = 1.7)]
+        pub beta: f64,
+        #[param(default = 0.6)]
+        pub v_th: f64,
+        #[param(default = 5.0)]
+        pub steepness: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[state(init = 0.0)]
+        a: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        let z_prev = sigmoid(steepness * (v - v_th - beta * a));
+        let v_next = alpha * v + i - z_prev * v_th;
+        let a_next = rho * a + z_prev;
+        Next { v: v_next, a: a_next, spike: sigmoid(steepness * (v_next - v_th - beta * a_next)) }
+    }
+}
+
+use smooth_alif::SmoothAlif;
+
+fn loss_of(net: &Network<SmoothAlif, f64>, x: &Array3<f64>, classes: &[usize], loss: Loss) -> f64 {
+    let mut tr = Trainer::new(net.clone(), TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3))).unwrap();
+    tr.evaluate(x.view(), Targets::Classes(classes)).unwrap().loss
+}
+
+fn check(loss: Loss, kappa: f64, layers: usize) {
+    let mut b = NetworkBuilder::new(4);
+    for _ in 0..layers {
+        b = b.layer(LayerSpec::new(SmoothAlif::default(), 6).recurrent(true).bias(true).init_in(Init::Gaussian { gain: 2.0 }));
+    }
+    let net: Network<SmoothAlif, f64> = b.readout(ReadoutSpec::new(3, kappa)).seed(11).build().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let x = Array3::from_shape_fn((25, 2, 4), |_| if rng.random_bool(0.3) { 1.0 } else { 0.0 });
+    let classes = [0, 2];
+    let mut tr = Trainer::new(net.clone(), TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3))).unwrap();
+    let (grads, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
+    let grads = grads.clone();
+    // Masked self-connections are not parameters: mark them to skip them.
+    let mut marked = net.clone();
+    for layer in &mut marked.layers {
+        for w in layer.w_rec.iter_mut().flatten() {
+            w.diag_mut().fill(f64::NAN);
+        }
+    }
+    let masked: Vec<Vec<bool>> = marked.param_slices_mut().iter().map(|s| s.iter().map(|v| v.is_nan()).collect()).collect();
+    let mut worst: f64 = 0.0;
+    let mut checked = 0;
+    for (s, g) in grads.slices().iter().enumerate() {
+        for i in 0..g.len() {
+            if masked[s][i] {
+                assert_eq!(g[i], 0.0, "a masked self-connection has a gradient");
+                continue;
+            }
+            // Fourth-order central differences.
+            let h = 1e-5;
+            let at = |d: f64| {
+                let mut moved = net.clone();
+                moved.param_slices_mut()[s][i] += d;
+                loss_of(&moved, &x, &classes, loss)
+            };
+            let fd = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
+            let err = (g[i] - fd).abs() / g[i].abs().max(fd.abs()).max(1e-3);
+            worst = worst.max(err);
+            checked += 1;
+            assert!(err <= 1e-6, "array {s} entry {i}: BPTT {} vs finite differences {fd} (rel {err:e})", g[i]);
+        }
+    }
+    assert!(checked >= 80, "only {checked} entries checked");
+    eprintln!("{loss:?} κ={kappa} layers={layers}: {checked} entries, worst relative error {worst:e}");
+}
+
+#[test]
+fn recurrent_per_step_cross_entropy() {
+    check(Loss::CrossEntropy(Window::All), 0.6, 1);
+}
+
+#[test]
+fn recurrent_window_and_summed_losses() {
+    check(Loss::CrossEntropy(Window::Last(5)), 0.0, 1);
+    check(Loss::CrossEntropySummed(Window::Last(10)), 0.8, 1);
+}
+
+#[test]
+fn two_recurrent_layers() {
+    check(Loss::CrossEntropy(Window::All), 0.5, 2);
+}
