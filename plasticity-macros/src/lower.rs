@@ -65,6 +65,8 @@ struct Lowerer<'a> {
     globals: HashMap<String, NodeId>,
     default_surrogate: Option<Surrogate>,
     known_names: Vec<String>,
+    /// Lowering initial values or the default surrogate (parameters only).
+    in_init: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -149,11 +151,19 @@ impl<'a> Lowerer<'a> {
                 match self.lookup(&name) {
                     Some(binding) => binding,
                     None => {
-                        let known = self.known_names.join(", ");
-                        self.cx.error_spanned_by(
-                            ident,
-                            format!("unknown name `{name}`; known here: {known}"),
-                        );
+                        let known = if self.known_names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            self.known_names.join(", ")
+                        };
+                        let msg = if self.in_init {
+                            format!(
+                                "unknown name `{name}`: initial values and the default surrogate can use parameters only (parameters: {known})"
+                            )
+                        } else {
+                            format!("unknown name `{name}`; known here: {known}")
+                        };
+                        self.cx.error_spanned_by(ident, msg);
                         None
                     }
                 }
@@ -401,6 +411,13 @@ impl<'a> Lowerer<'a> {
                             _ => None,
                         };
                     }
+                    if !FUNCTIONS.split(", ").any(|f| f == name) {
+                        self.cx.error_spanned_by(
+                            &call.func,
+                            format!("unknown surrogate `{name}`; surrogates: {}", surrogate_list()),
+                        );
+                        return None;
+                    }
                 }
             }
         }
@@ -556,6 +573,9 @@ impl<'a> Lowerer<'a> {
                     "a statement without `let` has no effect; bind its value with `let name = ...;`",
                 ),
             },
+            Stmt::Expr(e @ (Expr::Assign(_) | Expr::ForLoop(_) | Expr::While(_) | Expr::Loop(_)), None) => {
+                self.expr(e);
+            }
             Stmt::Expr(e, None) => {
                 self.cx.error_spanned_by(e, "only the last expression of a block gives its value");
             }
@@ -625,6 +645,7 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
         globals: init_globals,
         default_surrogate: None,
         known_names: param_names,
+        in_init: true,
     };
     // Initial values and the default surrogate: expressions of the parameters only.
     let mut init = Vec::new();
@@ -636,6 +657,7 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     }
     lw.globals = step_globals;
     lw.known_names = names;
+    lw.in_init = false;
 
     let step = def.step.as_ref()?;
     let stmts = &step.block.stmts;

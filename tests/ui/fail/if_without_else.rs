@@ -1,0 +1,18 @@
+use plasticity_runtime::neuron_model;
+
+#[neuron_model(surrogate = fast_sigmoid(10.0))]
+mod m {
+    struct M {
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+    fn step() {
+        let u = if v > 1.0 { 0.0 };
+        let w = if v { 1.0 } else { 0.0 };
+        Next { v: v + i, spike: spike(v) }
+    }
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use plasticity_runtime::neuron_model;
+
+#[neuron_model(surrogate = fast_sigmoid(10.0))]
+mod m {
+    struct M {
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+}
+
+fn main() {}

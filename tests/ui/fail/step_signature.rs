@@ -1,0 +1,16 @@
+use plasticity_runtime::neuron_model;
+
+#[neuron_model(surrogate = fast_sigmoid(10.0))]
+mod m {
+    struct M {
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+    fn step(x: f64) -> f64 {
+        Next { v: v + i, spike: spike(v) }
+    }
+}
+
+fn main() {}

@@ -1,0 +1,18 @@
+use plasticity_runtime::neuron_model;
+
+#[neuron_model]
+mod m {
+    struct M {
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+    fn step() {
+        let psi = triangle(0.3, 1.0);
+        let u = v + psi;
+        Next { v: v + i, spike: spike(v, 2.0) }
+    }
+}
+
+fn main() {}

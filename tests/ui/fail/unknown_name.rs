@@ -1,0 +1,19 @@
+use plasticity_runtime::neuron_model;
+
+#[neuron_model(surrogate = fast_sigmoid(10.0))]
+mod m {
+    struct M {
+        #[param(default = 0.9)]
+        alpha: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+    fn step() {
+        let u = alpha * v + i + beta;
+        Next { v: u, spike: spike(u) }
+    }
+}
+
+fn main() {}
