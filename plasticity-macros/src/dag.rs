@@ -193,7 +193,6 @@ impl Dag {
         &self.nodes[id.0 as usize]
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -28,8 +28,37 @@ fn float_lit(v: f64) -> TokenStream {
     }
 }
 
+/// The generated name of a node: the user's name for parameters, states, inputs and
+/// `let`-bound values (with the node number, since `let` may shadow), `n<id>` otherwise.
 fn node_ident(id: NodeId) -> Ident {
-    format_ident!("n{}", id.0)
+    NODE_NAMES.with(|names| match names.borrow().get(&id) {
+        Some(name) => format_ident!("{}", name),
+        None => format_ident!("n{}", id.0),
+    })
+}
+
+thread_local! {
+    static NODE_NAMES: std::cell::RefCell<std::collections::HashMap<NodeId, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Sets the names [`node_ident`] uses for one expansion.
+fn set_node_names(def: &ModelDef, low: &Lowered, learnable: &[usize]) {
+    let mut names = std::collections::HashMap::new();
+    for id in (0..low.dag.len() as u32).map(NodeId) {
+        let name = match low.dag.node(id).op {
+            Op::Var(Var::Param(i)) => format!("p_{}", def.params[i].ident),
+            Op::Var(Var::Learn(i)) => format!("p_{}", def.params[learnable[i]].ident),
+            Op::Var(Var::State(i)) => format!("s_{}", def.states[i].ident),
+            Op::Var(Var::Input(i)) => format!("in_{}", def.inputs[i].ident),
+            _ => match low.names.get(&id) {
+                Some(n) => format!("{n}_{}", id.0),
+                None => continue,
+            },
+        };
+        names.insert(id, name);
+    }
+    NODE_NAMES.with(|n| *n.borrow_mut() = names);
 }
 
 struct Names<'a> {
@@ -289,6 +318,7 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
         .map(|(i, _)| i)
         .collect();
     let names = Names { def, learnable: learnable.clone() };
+    set_node_names(def, low, &learnable);
     let g = Gen { dag, a };
     let (k, p, q) = (a.k, a.p, a.q);
     let name = &def.strukt.ident;

@@ -14,6 +14,8 @@ mod emit;
 mod lower;
 mod parse;
 mod sparsity;
+#[cfg(test)]
+mod tests;
 
 use proc_macro::TokenStream;
 use quote::quote;

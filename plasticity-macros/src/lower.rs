@@ -35,6 +35,8 @@ pub struct Lowered {
     pub spike: NodeId,
     /// Initial value of each state variable (depends on parameters only).
     pub init: Vec<NodeId>,
+    /// The user's `let` name of a node (the first binding of it), for readable code.
+    pub names: HashMap<NodeId, String>,
 }
 
 #[derive(Clone, Copy)]
@@ -67,6 +69,7 @@ struct Lowerer<'a> {
     known_names: Vec<String>,
     /// Lowering initial values or the default surrogate (parameters only).
     in_init: bool,
+    names: HashMap<NodeId, String>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -555,6 +558,11 @@ impl<'a> Lowerer<'a> {
             }
             v => v,
         };
+        if let Some(Val::Num(id)) = value {
+            if !matches!(self.dag.node(id).op, Op::Var(_) | Op::Const(_)) {
+                self.names.entry(id).or_insert_with(|| name.clone());
+            }
+        }
         self.scopes.last_mut().expect("a scope is open").insert(name.clone(), value);
         if !self.known_names.contains(&name) {
             self.known_names.push(name);
@@ -646,6 +654,7 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
         default_surrogate: None,
         known_names: param_names,
         in_init: true,
+        names: HashMap::new(),
     };
     // Initial values and the default surrogate: expressions of the parameters only.
     let mut init = Vec::new();
@@ -730,7 +739,7 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
         }
     }
     let _ = span;
-    let Lowerer { cx, dag, .. } = lw;
+    let Lowerer { cx, dag, names: let_names, .. } = lw;
     if !outputs_ok || cx.has_errors() {
         return None;
     }
@@ -752,5 +761,5 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     if cx.has_errors() {
         return None;
     }
-    Some(Lowered { dag, next, spike, init })
+    Some(Lowered { dag, next, spike, init, names: let_names })
 }
