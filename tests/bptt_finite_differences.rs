@@ -3,8 +3,8 @@
 
 use ndarray::Array3;
 use plasticity_runtime::{
-    neuron_model, Algorithm, Init, LayerSpec, Loss, Network, NetworkBuilder, Optimizer, ReadoutSpec, TrainConfig,
-    Trainer, Targets, Window,
+    Algorithm, Init, LayerSpec, Loss, Network, NetworkBuilder, Optimizer, ReadoutSpec, Targets, TrainConfig, Trainer,
+    Window, neuron_model,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -36,27 +36,44 @@ mod smooth_alif {
         let z_prev = sigmoid(steepness * (v - v_th - beta * a));
         let v_next = alpha * v + i - z_prev * v_th;
         let a_next = rho * a + z_prev;
-        Next { v: v_next, a: a_next, spike: sigmoid(steepness * (v_next - v_th - beta * a_next)) }
+        Next {
+            v: v_next,
+            a: a_next,
+            spike: sigmoid(steepness * (v_next - v_th - beta * a_next)),
+        }
     }
 }
 
 use smooth_alif::SmoothAlif;
 
 fn loss_of(net: &Network<SmoothAlif, f64>, x: &Array3<f64>, classes: &[usize], loss: Loss) -> f64 {
-    let mut tr = Trainer::new(net.clone(), TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3))).unwrap();
+    let mut tr = Trainer::new(
+        net.clone(),
+        TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3)),
+    )
+    .unwrap();
     tr.evaluate(x.view(), Targets::Classes(classes)).unwrap().loss
 }
 
 fn check(loss: Loss, kappa: f64, layers: usize) {
     let mut b = NetworkBuilder::new(4);
     for _ in 0..layers {
-        b = b.layer(LayerSpec::new(SmoothAlif::default(), 6).recurrent(true).bias(true).init_in(Init::Gaussian { gain: 2.0 }));
+        b = b.layer(
+            LayerSpec::new(SmoothAlif::default(), 6)
+                .recurrent(true)
+                .bias(true)
+                .init_in(Init::Gaussian { gain: 2.0 }),
+        );
     }
     let net: Network<SmoothAlif, f64> = b.readout(ReadoutSpec::new(3, kappa)).seed(11).build().unwrap();
     let mut rng = StdRng::seed_from_u64(5);
     let x = Array3::from_shape_fn((25, 2, 4), |_| if rng.random_bool(0.3) { 1.0 } else { 0.0 });
     let classes = [0, 2];
-    let mut tr = Trainer::new(net.clone(), TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3))).unwrap();
+    let mut tr = Trainer::new(
+        net.clone(),
+        TrainConfig::new(Algorithm::Bptt, loss, Optimizer::adam(1e-3)),
+    )
+    .unwrap();
     let (grads, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
     let grads = grads.clone();
     // Masked self-connections are not parameters: mark them to skip them.
@@ -66,7 +83,11 @@ fn check(loss: Loss, kappa: f64, layers: usize) {
             w.diag_mut().fill(f64::NAN);
         }
     }
-    let masked: Vec<Vec<bool>> = marked.param_slices_mut().iter().map(|s| s.iter().map(|v| v.is_nan()).collect()).collect();
+    let masked: Vec<Vec<bool>> = marked
+        .param_slices_mut()
+        .iter()
+        .map(|s| s.iter().map(|v| v.is_nan()).collect())
+        .collect();
     let mut worst: f64 = 0.0;
     let mut checked = 0;
     for (s, g) in grads.slices().iter().enumerate() {
@@ -86,7 +107,11 @@ fn check(loss: Loss, kappa: f64, layers: usize) {
             let err = (g[i] - fd).abs() / g[i].abs().max(fd.abs()).max(1e-3);
             worst = worst.max(err);
             checked += 1;
-            assert!(err <= 1e-6, "array {s} entry {i}: BPTT {} vs finite differences {fd} (rel {err:e})", g[i]);
+            assert!(
+                err <= 1e-6,
+                "array {s} entry {i}: BPTT {} vs finite differences {fd} (rel {err:e})",
+                g[i]
+            );
         }
     }
     assert!(checked >= 80, "only {checked} entries checked");

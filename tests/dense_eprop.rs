@@ -7,7 +7,7 @@ use ndarray::Array3;
 use plasticity_runtime::models::*;
 use plasticity_runtime::{
     Algorithm, Feedback, Gradients, Init, LayerSpec, Loss, Network, NetworkBuilder, NeuronModel, Optimizer, Plain,
-    ReadoutSpec, TrainConfig, Trainer, Targets, Window,
+    ReadoutSpec, Targets, TrainConfig, Trainer, Window,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -53,7 +53,17 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
         for t in 0..t_len {
             let xt: Vec<f64> = (0..n_in).map(|i| x[[t, b, i]]).collect();
             let mut z = vec![0.0; n];
-            let mut jac = vec![(vec![0.0; k * k], vec![0.0; k], vec![0.0; k * p], vec![0.0; p], vec![0.0; k * q], vec![0.0; q]); n];
+            let mut jac = vec![
+                (
+                    vec![0.0; k * k],
+                    vec![0.0; k],
+                    vec![0.0; k * p],
+                    vec![0.0; p],
+                    vec![0.0; k * q],
+                    vec![0.0; q]
+                );
+                n
+            ];
             for j in 0..n {
                 let mut input = vec![0.0; p];
                 for (port, v) in input.iter_mut().enumerate() {
@@ -68,13 +78,23 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                 let learn: Vec<f64> = (0..q).map(|qi| layer.learn[[j, qi]]).collect();
                 let mut next = vec![0.0; k];
                 let mut dynv = vec![0.0; M::NUM_DYNAMIC];
-                z[j] = layer.model.eval_partials(&learn, &state[j * k..(j + 1) * k], &input, &mut next, &mut dynv, &mut Plain);
+                z[j] = layer.model.eval_partials(
+                    &learn,
+                    &state[j * k..(j + 1) * k],
+                    &input,
+                    &mut next,
+                    &mut dynv,
+                    &mut Plain,
+                );
                 state[j * k..(j + 1) * k].copy_from_slice(&next);
                 let jj = &mut jac[j];
-                M::dense_partials(&consts, &dynv, &mut jj.0, &mut jj.1, &mut jj.2, &mut jj.3, &mut jj.4, &mut jj.5);
+                M::dense_partials(
+                    &consts, &dynv, &mut jj.0, &mut jj.1, &mut jj.2, &mut jj.3, &mut jj.4, &mut jj.5,
+                );
             }
             for o in 0..n_out {
-                y[o] = kappa * y[o] + (0..n).map(|j| net.readout.w[[o, j]] * z[j]).sum::<f64>()
+                y[o] = kappa * y[o]
+                    + (0..n).map(|j| net.readout.w[[o, j]] * z[j]).sum::<f64>()
                     + net.readout.b.as_ref().map_or(0.0, |b| b[o]);
             }
             let max = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -82,7 +102,9 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
             let err: Vec<f64> = (0..n_out)
                 .map(|o| scale * ((y[o] - max).exp() / sum - if o == classes[b] { 1.0 } else { 0.0 }))
                 .collect();
-            let signal: Vec<f64> = (0..n).map(|j| (0..n_out).map(|o| err[o] * net.readout.w[[o, j]]).sum()).collect();
+            let signal: Vec<f64> = (0..n)
+                .map(|j| (0..n_out).map(|o| err[o] * net.readout.w[[o, j]]).sum())
+                .collect();
             for (s, &(port, m, kind)) in sources.iter().enumerate() {
                 for j in 0..n {
                     let (jm, jz, bm, bz, _, _) = &jac[j];
@@ -115,7 +137,8 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                     let e_old = eps_p[(j * q + qi) * k..(j * q + qi + 1) * k].to_vec();
                     let e: f64 = (0..k).map(|c| jz[c] * e_old[c]).sum::<f64>() + pz[qi];
                     for r in 0..k {
-                        eps_p[(j * q + qi) * k + r] = (0..k).map(|c| jm[r * k + c] * e_old[c]).sum::<f64>() + pm[r * q + qi];
+                        eps_p[(j * q + qi) * k + r] =
+                            (0..k).map(|c| jm[r * k + c] * e_old[c]).sum::<f64>() + pm[r * q + qi];
                     }
                     let eb = kappa * ebar_p[j * q + qi] + e;
                     ebar_p[j * q + qi] = eb;
@@ -164,14 +187,22 @@ fn check<M: NeuronModel>(model: M, gain: f64) {
         let classes = [0, 1, 2];
         let mut tr = Trainer::new(
             net.clone(),
-            TrainConfig::new(Algorithm::Eprop(Feedback::Symmetric), Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3)),
+            TrainConfig::new(
+                Algorithm::Eprop(Feedback::Symmetric),
+                Loss::CrossEntropy(Window::All),
+                Optimizer::adam(1e-3),
+            ),
         )
         .unwrap();
         let (sparse, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
         let dense = dense_eprop(&net, &x, &classes);
         assert!(dense.norm() > 0.0);
         let diff = sparse.max_rel_diff(&dense, 1e-12);
-        assert!(diff <= 1e-12, "{} κ={kappa}: sparse vs dense e-prop {diff:e}", M::PATTERN.model);
+        assert!(
+            diff <= 1e-12,
+            "{} κ={kappa}: sparse vs dense e-prop {diff:e}",
+            M::PATTERN.model
+        );
         let spikes: f64 = net.run(x.view()).unwrap().spikes[0].iter().sum();
         assert!(spikes != 0.0, "{}: no activity", M::PATTERN.model);
     }

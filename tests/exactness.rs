@@ -5,8 +5,8 @@
 use ndarray::Array3;
 use plasticity_runtime::models::*;
 use plasticity_runtime::{
-    Algorithm, Feedback, Float, Init, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec,
-    TrainConfig, Trainer, Targets, Window,
+    Algorithm, Feedback, Float, Init, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, Targets,
+    TrainConfig, Trainer, Window,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -19,13 +19,23 @@ struct Case {
     batch: usize,
 }
 
-const CASE: Case = Case { n_in: 5, hidden: 7, n_out: 3, steps: 30, batch: 2 };
+const CASE: Case = Case {
+    n_in: 5,
+    hidden: 7,
+    n_out: 3,
+    steps: 30,
+    batch: 2,
+};
 
 /// Gradients by e-prop and by BPTT on the same network and data; returns the largest
 /// relative difference and the number of output spikes (to check the case is not trivial).
 fn compare<M: NeuronModel, F: Float>(model: M, gain: f64, input_scale: f64, kappa: f64, seed: u64) -> (f64, f64) {
     let net = NetworkBuilder::new(CASE.n_in)
-        .layer(LayerSpec::new(model, CASE.hidden).bias(true).init_in(Init::Gaussian { gain }))
+        .layer(
+            LayerSpec::new(model, CASE.hidden)
+                .bias(true)
+                .init_in(Init::Gaussian { gain }),
+        )
         .readout(ReadoutSpec::new(CASE.n_out, kappa))
         .seed(seed)
         .build::<F>()
@@ -43,7 +53,10 @@ fn compare<M: NeuronModel, F: Float>(model: M, gain: f64, input_scale: f64, kapp
     };
     let e = run(Algorithm::Eprop(Feedback::Symmetric));
     let b = run(Algorithm::Bptt);
-    let spikes = net.run(x.view()).unwrap().spikes[0].iter().map(|v| v.to_f64().abs()).sum::<f64>();
+    let spikes = net.run(x.view()).unwrap().spikes[0]
+        .iter()
+        .map(|v| v.to_f64().abs())
+        .sum::<f64>();
     assert!(b.norm() > 0.0);
     (e.max_rel_diff(&b, 1e-12), spikes)
 }
@@ -51,17 +64,36 @@ fn compare<M: NeuronModel, F: Float>(model: M, gain: f64, input_scale: f64, kapp
 fn check<M: NeuronModel>(model: M, gain: f64, input_scale: f64) {
     for (i, kappa) in [0.0, 0.5, 0.8].into_iter().enumerate() {
         let (diff, spikes) = compare::<M, f64>(model.clone(), gain, input_scale, kappa, 7 + i as u64);
-        assert!(spikes > 0.0, "{}: no output activity, the case proves nothing", M::PATTERN.model);
-        assert!(diff <= 1e-9, "{} κ={kappa}: e-prop vs BPTT relative difference {diff:e} (f64)", M::PATTERN.model);
+        assert!(
+            spikes > 0.0,
+            "{}: no output activity, the case proves nothing",
+            M::PATTERN.model
+        );
+        assert!(
+            diff <= 1e-9,
+            "{} κ={kappa}: e-prop vs BPTT relative difference {diff:e} (f64)",
+            M::PATTERN.model
+        );
         let (diff32, _) = compare::<M, f32>(model.clone(), gain, input_scale, kappa, 7 + i as u64);
-        assert!(diff32 <= 1e-4, "{} κ={kappa}: e-prop vs BPTT relative difference {diff32:e} (f32)", M::PATTERN.model);
+        assert!(
+            diff32 <= 1e-4,
+            "{} κ={kappa}: e-prop vs BPTT relative difference {diff32:e} (f32)",
+            M::PATTERN.model
+        );
     }
 }
 
 #[test]
 fn bellec() {
     check(BellecLif::default(), 3.0, 1.0);
-    check(BellecLif { n_ref: 2.0, ..BellecLif::default() }, 3.0, 1.0);
+    check(
+        BellecLif {
+            n_ref: 2.0,
+            ..BellecLif::default()
+        },
+        3.0,
+        1.0,
+    );
     check(BellecAlif::default(), 3.0, 1.0);
     check(BellecLifDiffReset::default(), 3.0, 1.0);
     check(BellecAlifDiffReset::default(), 3.0, 1.0);

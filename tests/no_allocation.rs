@@ -74,6 +74,10 @@ fn allocations_during_steps(threads: usize, kappa: f64, update_every: Option<usi
 #[test]
 fn eprop_steps_do_not_allocate() {
     assert_eq!(allocations_during_steps(1, 0.0, None), 0, "single thread, κ = 0");
-    assert_eq!(allocations_during_steps(1, 0.8, Some(10)), 0, "single thread, κ > 0, online updates");
+    assert_eq!(
+        allocations_during_steps(1, 0.8, Some(10)),
+        0,
+        "single thread, κ > 0, online updates"
+    );
     assert_eq!(allocations_during_steps(2, 0.8, Some(10)), 0, "two threads");
 }

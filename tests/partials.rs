@@ -25,7 +25,9 @@ fn check<M: NeuronModel>(m: &M, spread: &[f64], input_scale: f64, seed: u64) {
     let mut fd_total = 0;
     for n in 0..POINTS {
         let pt = Point {
-            state: (0..k).map(|i| init[i] + spread[i] * rng.random_range(-1.0..1.0)).collect(),
+            state: (0..k)
+                .map(|i| init[i] + spread[i] * rng.random_range(-1.0..1.0))
+                .collect(),
             input: (0..p).map(|_| input_scale * rng.random_range(-1.0..1.0)).collect(),
             learn: learn0.iter().map(|v| v * rng.random_range(0.8..1.2)).collect(),
         };
@@ -66,14 +68,25 @@ fn check<M: NeuronModel>(m: &M, spread: &[f64], input_scale: f64, seed: u64) {
 #[test]
 fn bellec_lif() {
     check(&BellecLif::default(), &[1.0, 0.0], 1.0, 1);
-    let refractory = BellecLif { n_ref: 3.0, ..BellecLif::default() };
+    let refractory = BellecLif {
+        n_ref: 3.0,
+        ..BellecLif::default()
+    };
     check(&refractory, &[1.0, 2.0], 1.0, 2);
 }
 
 #[test]
 fn bellec_alif() {
     check(&BellecAlif::default(), &[1.0, 0.5, 0.0], 1.0, 3);
-    check(&BellecAlif { n_ref: 2.0, ..BellecAlif::default() }, &[1.0, 0.5, 2.0], 1.0, 4);
+    check(
+        &BellecAlif {
+            n_ref: 2.0,
+            ..BellecAlif::default()
+        },
+        &[1.0, 0.5, 2.0],
+        1.0,
+        4,
+    );
 }
 
 #[test]

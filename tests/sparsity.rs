@@ -17,8 +17,11 @@ fn pattern<M: NeuronModel>() -> Vec<String> {
     let (k, p, q) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE);
     (0..=k)
         .map(|r| {
-            let (mj, mb, mp, row) =
-                if r < k { (Matrix::J, Matrix::B, Matrix::P, r) } else { (Matrix::Jz, Matrix::Bz, Matrix::Pz, 0) };
+            let (mj, mb, mp, row) = if r < k {
+                (Matrix::J, Matrix::B, Matrix::P, r)
+            } else {
+                (Matrix::Jz, Matrix::Bz, Matrix::Pz, 0)
+            };
             let mut s = String::new();
             s.extend((0..k).map(|c| kind::<M>(mj, row, c)));
             s.push('|');

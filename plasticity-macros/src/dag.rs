@@ -32,14 +32,15 @@ impl SurrogateKind {
     ];
 
     pub fn lookup(name: &str) -> Option<(SurrogateKind, &'static [&'static str])> {
-        Self::ALL
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, k, a)| (*k, *a))
+        Self::ALL.iter().find(|(n, _, _)| *n == name).map(|(_, k, a)| (*k, *a))
     }
 
     pub fn arg_names(self) -> &'static [&'static str] {
-        Self::ALL.iter().find(|(_, k, _)| *k == self).map(|(_, _, a)| *a).unwrap_or(&[])
+        Self::ALL
+            .iter()
+            .find(|(_, k, _)| *k == self)
+            .map(|(_, _, a)| *a)
+            .unwrap_or(&[])
     }
 
     pub fn variant(self) -> &'static str {
@@ -142,10 +143,27 @@ impl Op {
         use Op::*;
         match *self {
             Const(_) | Var(_) => vec![],
-            Neg(a) | Exp(a) | Ln(a) | Sqrt(a) | Powi(a, _) | Abs(a) | Signum(a) | Tanh(a)
-            | Sigmoid(a) | Detach(a) | Not(a) => vec![a],
-            Add(a, b) | Sub(a, b) | Mul(a, b) | Div(a, b) | Powf(a, b) | Min(a, b)
-            | Max(a, b) | Cmp(_, a, b) | And(a, b) | Or(a, b) => vec![a, b],
+            Neg(a)
+            | Exp(a)
+            | Ln(a)
+            | Sqrt(a)
+            | Powi(a, _)
+            | Abs(a)
+            | Signum(a)
+            | Tanh(a)
+            | Sigmoid(a)
+            | Detach(a)
+            | Not(a) => vec![a],
+            Add(a, b)
+            | Sub(a, b)
+            | Mul(a, b)
+            | Div(a, b)
+            | Powf(a, b)
+            | Min(a, b)
+            | Max(a, b)
+            | Cmp(_, a, b)
+            | And(a, b)
+            | Or(a, b) => vec![a, b],
             Clamp(a, b, c) | Select(a, b, c) => vec![a, b, c],
             Spike(x, s) | SurrogateGrad(x, s) => {
                 let mut v = vec![x, s.args[0]];
@@ -314,7 +332,16 @@ impl Dag {
             },
             Abs(a) => k(self, a).and_then(|x| num(self, x.abs())),
             Signum(a) => k(self, a).and_then(|x| {
-                num(self, if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 })
+                num(
+                    self,
+                    if x > 0.0 {
+                        1.0
+                    } else if x < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    },
+                )
             }),
             Tanh(a) => k(self, a).and_then(|x| num(self, x.tanh())),
             Sigmoid(a) => k(self, a).and_then(|x| num(self, 1.0 / (1.0 + (-x).exp()))),

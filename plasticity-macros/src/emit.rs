@@ -9,7 +9,7 @@ use syn::Ident;
 use crate::dag::{CmpOp, Dag, NodeId, Op, Surrogate, Var};
 use crate::lower::Lowered;
 use crate::parse::ModelDef;
-use crate::sparsity::{formula, Analysis, EntryInfo, Kind, Layout, Matrix};
+use crate::sparsity::{Analysis, EntryInfo, Kind, Layout, Matrix, formula};
 
 fn rt() -> TokenStream {
     quote!(::plasticity_runtime::__private)
@@ -137,8 +137,7 @@ fn emit_nodes(dag: &Dag, ids: &[NodeId], names: &Names) -> TokenStream {
                 let a = v(a);
                 quote!(-#a)
             }
-            Op::Exp(a) | Op::Ln(a) | Op::Sqrt(a) | Op::Abs(a) | Op::Tanh(a) | Op::Sigmoid(a)
-            | Op::Signum(a) => {
+            Op::Exp(a) | Op::Ln(a) | Op::Sqrt(a) | Op::Abs(a) | Op::Tanh(a) | Op::Sigmoid(a) | Op::Signum(a) => {
                 let f = format_ident!(
                     "{}",
                     match node.op {
@@ -317,7 +316,10 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
         .filter(|(_, p)| p.learnable)
         .map(|(i, _)| i)
         .collect();
-    let names = Names { def, learnable: learnable.clone() };
+    let names = Names {
+        def,
+        learnable: learnable.clone(),
+    };
     set_node_names(def, low, &learnable);
     let g = Gen { dag, a };
     let (k, p, q) = (a.k, a.p, a.q);

@@ -63,7 +63,12 @@ fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
     let lowered = lower::lower(&mut cx, &def);
     match (lowered, cx.has_errors()) {
         (Some(mut low), false) => {
-            let analysis = sparsity::analyse(&mut low, def.states.len(), def.inputs.len(), def.params.iter().filter(|p| p.learnable).count());
+            let analysis = sparsity::analyse(
+                &mut low,
+                def.states.len(),
+                def.inputs.len(),
+                def.params.iter().filter(|p| p.learnable).count(),
+            );
             emit::expand(&def, &low, &analysis)
         }
         _ => {

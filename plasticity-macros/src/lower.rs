@@ -108,7 +108,10 @@ impl<'a> Lowerer<'a> {
             other => {
                 self.cx.error_spanned_by(
                     e,
-                    format!("expected a condition (a comparison such as `v > v_th`), found {}", other.what()),
+                    format!(
+                        "expected a condition (a comparison such as `v > v_th`), found {}",
+                        other.what()
+                    ),
                 );
                 None
             }
@@ -128,7 +131,8 @@ impl<'a> Lowerer<'a> {
                         Some(Val::Num(self.dag.constant(v, span)))
                     }
                     _ => {
-                        self.cx.error_spanned_by(e, "unsupported literal suffix; write a plain float such as `0.5`");
+                        self.cx
+                            .error_spanned_by(e, "unsupported literal suffix; write a plain float such as `0.5`");
                         None
                     }
                 },
@@ -144,7 +148,8 @@ impl<'a> Lowerer<'a> {
                     None
                 }
                 _ => {
-                    self.cx.error_spanned_by(e, "only float literals are allowed in a neuron model");
+                    self.cx
+                        .error_spanned_by(e, "only float literals are allowed in a neuron model");
                     None
                 }
             },
@@ -183,7 +188,8 @@ impl<'a> Lowerer<'a> {
                     Some(Val::Bool(self.make(Op::Not(a), span)))
                 }
                 _ => {
-                    self.cx.error_spanned_by(e, format!("dereference is not supported; {ALLOWED}"));
+                    self.cx
+                        .error_spanned_by(e, format!("dereference is not supported; {ALLOWED}"));
                     None
                 }
             },
@@ -218,15 +224,20 @@ impl<'a> Lowerer<'a> {
                 None
             }
             Expr::Cast(_) => {
-                self.cx.error_spanned_by(e, "casts are not supported: every value is already a float");
+                self.cx
+                    .error_spanned_by(e, "casts are not supported: every value is already a float");
                 None
             }
             Expr::Macro(_) => {
-                self.cx.error_spanned_by(e, format!("macros are not supported inside `step`; {ALLOWED}"));
+                self.cx
+                    .error_spanned_by(e, format!("macros are not supported inside `step`; {ALLOWED}"));
                 None
             }
             _ => {
-                self.cx.error_spanned_by(e, format!("this expression is not supported in a neuron model; {ALLOWED}"));
+                self.cx.error_spanned_by(
+                    e,
+                    format!("this expression is not supported in a neuron model; {ALLOWED}"),
+                );
                 None
             }
         }
@@ -262,7 +273,11 @@ impl<'a> Lowerer<'a> {
         match b.op {
             BinOp::And(_) | BinOp::Or(_) => {
                 let (l, r) = (self.cond(&b.left), self.cond(&b.right));
-                let op = if matches!(b.op, BinOp::And(_)) { Op::And(l?, r?) } else { Op::Or(l?, r?) };
+                let op = if matches!(b.op, BinOp::And(_)) {
+                    Op::And(l?, r?)
+                } else {
+                    Op::Or(l?, r?)
+                };
                 Some(Val::Bool(self.make(op, span)))
             }
             BinOp::AddAssign(_) | BinOp::SubAssign(_) | BinOp::MulAssign(_) | BinOp::DivAssign(_) => {
@@ -289,10 +304,8 @@ impl<'a> Lowerer<'a> {
 
     fn arity(&mut self, what: &str, found: usize, expected: usize, span_of: &dyn ToTokens) -> bool {
         if found != expected {
-            self.cx.error_spanned_by(
-                span_of,
-                format!("`{what}` takes {expected} argument(s), found {found}"),
-            );
+            self.cx
+                .error_spanned_by(span_of, format!("`{what}` takes {expected} argument(s), found {found}"));
             false
         } else {
             true
@@ -326,7 +339,9 @@ impl<'a> Lowerer<'a> {
                 let base = self.num(all[0]);
                 let n = match all[1] {
                     Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<i32>().ok(),
-                    Expr::Unary(syn::ExprUnary { op: UnOp::Neg(_), expr, .. }) => match &**expr {
+                    Expr::Unary(syn::ExprUnary {
+                        op: UnOp::Neg(_), expr, ..
+                    }) => match &**expr {
                         Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<i32>().ok().map(|v| -v),
                         _ => None,
                     },
@@ -429,7 +444,11 @@ impl<'a> Lowerer<'a> {
             other => {
                 self.cx.error_spanned_by(
                     e,
-                    format!("expected a surrogate, found {}; surrogates: {}", other.what(), surrogate_list()),
+                    format!(
+                        "expected a surrogate, found {}; surrogates: {}",
+                        other.what(),
+                        surrogate_list()
+                    ),
                 );
                 None
             }
@@ -452,7 +471,10 @@ impl<'a> Lowerer<'a> {
             return None;
         }
         let v = self.args(&args)?;
-        Some(Val::Surr(Surrogate { kind, args: [v[0], *v.get(1).unwrap_or(&v[0])] }))
+        Some(Val::Surr(Surrogate {
+            kind,
+            args: [v[0], *v.get(1).unwrap_or(&v[0])],
+        }))
     }
 
     fn call(&mut self, call: &syn::ExprCall, span: Span) -> Option<Val> {
@@ -461,10 +483,8 @@ impl<'a> Lowerer<'a> {
                 p.path.get_ident().expect("checked").to_string()
             }
             other => {
-                self.cx.error_spanned_by(
-                    other,
-                    format!("only the built-in functions can be called: {FUNCTIONS}"),
-                );
+                self.cx
+                    .error_spanned_by(other, format!("only the built-in functions can be called: {FUNCTIONS}"));
                 return None;
             }
         };
@@ -479,14 +499,13 @@ impl<'a> Lowerer<'a> {
     fn method(&mut self, m: &syn::ExprMethodCall, span: Span) -> Option<Val> {
         let name = m.method.to_string();
         if matches!(name.as_str(), "spike" | "detach") || SurrogateKind::lookup(&name).is_some() && name != "sigmoid" {
-            self.cx.error_spanned_by(
-                &m.method,
-                format!("`{name}` is called as a function: `{name}(x, ..)`"),
-            );
+            self.cx
+                .error_spanned_by(&m.method, format!("`{name}` is called as a function: `{name}(x, ..)`"));
             return None;
         }
         if m.turbofish.is_some() {
-            self.cx.error_spanned_by(&m.method, "generic arguments are not supported");
+            self.cx
+                .error_spanned_by(&m.method, "generic arguments are not supported");
             return None;
         }
         let mut all: Vec<&Expr> = vec![&m.receiver];
@@ -498,17 +517,18 @@ impl<'a> Lowerer<'a> {
         let cond = self.cond(&i.cond);
         let then = self.block_value(&i.then_branch);
         let Some((_, els)) = &i.else_branch else {
-            self.cx.error_spanned_by(
-                i,
-                "`if` without `else` has no value; every `if` needs an `else` branch",
-            );
+            self.cx
+                .error_spanned_by(i, "`if` without `else` has no value; every `if` needs an `else` branch");
             return None;
         };
         let els = self.expr(els);
         match (then?, els?) {
             (Val::Num(a), Val::Num(b)) => Some(Val::Num(self.make(Op::Select(cond?, a, b), span))),
             (Val::Surr(_), _) | (_, Val::Surr(_)) => {
-                self.cx.error_spanned_by(i, "a surrogate cannot be chosen at run time; pick one surrogate per `spike`");
+                self.cx.error_spanned_by(
+                    i,
+                    "a surrogate cannot be chosen at run time; pick one surrogate per `spike`",
+                );
                 None
             }
             _ => {
@@ -534,11 +554,13 @@ impl<'a> Lowerer<'a> {
             );
         }
         let Some(ident) = ident else {
-            self.cx.error_spanned_by(&local.pat, "`let` binds a single name: `let name = expr;`");
+            self.cx
+                .error_spanned_by(&local.pat, "`let` binds a single name: `let name = expr;`");
             return;
         };
         let Some(init) = &local.init else {
-            self.cx.error_spanned_by(local, "`let` needs a value: `let name = expr;`");
+            self.cx
+                .error_spanned_by(local, "`let` needs a value: `let name = expr;`");
             return;
         };
         if init.diverge.is_some() {
@@ -546,7 +568,8 @@ impl<'a> Lowerer<'a> {
         }
         let name = ident.to_string();
         if crate::parse::RESERVED.contains(&name.as_str()) {
-            self.cx.error_spanned_by(ident, format!("`{name}` is a built-in and cannot be rebound"));
+            self.cx
+                .error_spanned_by(ident, format!("`{name}` is a built-in and cannot be rebound"));
         }
         let value = match self.expr(&init.expr) {
             Some(Val::Bool(_)) => {
@@ -563,7 +586,10 @@ impl<'a> Lowerer<'a> {
                 self.names.entry(id).or_insert_with(|| name.clone());
             }
         }
-        self.scopes.last_mut().expect("a scope is open").insert(name.clone(), value);
+        self.scopes
+            .last_mut()
+            .expect("a scope is open")
+            .insert(name.clone(), value);
         if !self.known_names.contains(&name) {
             self.known_names.push(name);
         }
@@ -585,10 +611,13 @@ impl<'a> Lowerer<'a> {
                 self.expr(e);
             }
             Stmt::Expr(e, None) => {
-                self.cx.error_spanned_by(e, "only the last expression of a block gives its value");
+                self.cx
+                    .error_spanned_by(e, "only the last expression of a block gives its value");
             }
             Stmt::Item(item) => self.cx.error_spanned_by(item, "items are not allowed inside `step`"),
-            Stmt::Macro(m) => self.cx.error_spanned_by(m, format!("macros are not supported inside `step`; {ALLOWED}")),
+            Stmt::Macro(m) => self
+                .cx
+                .error_spanned_by(m, format!("macros are not supported inside `step`; {ALLOWED}")),
         }
     }
 
@@ -605,7 +634,8 @@ impl<'a> Lowerer<'a> {
         let v = match tail {
             Some(e) => self.expr(e),
             None => {
-                self.cx.error_spanned_by(block, "this block has no value: end it with an expression (no `;`)");
+                self.cx
+                    .error_spanned_by(block, "this block has no value: end it with an expression (no `;`)");
                 None
             }
         };
@@ -683,13 +713,15 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     match tail {
         Some(Expr::Struct(st)) if st.path.is_ident("Next") => {
             if let Some(rest) = &st.rest {
-                lw.cx.error_spanned_by(rest, "`..` is not allowed in `Next`: give every state its next value");
+                lw.cx
+                    .error_spanned_by(rest, "`..` is not allowed in `Next`: give every state its next value");
             }
             let mut seen: Vec<String> = Vec::new();
             for fv in &st.fields {
                 let name = fv.member.to_token_stream().to_string();
                 if seen.contains(&name) {
-                    lw.cx.error_spanned_by(&fv.member, format!("`{name}` is given twice in `Next`"));
+                    lw.cx
+                        .error_spanned_by(&fv.member, format!("`{name}` is given twice in `Next`"));
                     continue;
                 }
                 seen.push(name.clone());
@@ -704,7 +736,10 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                         let states: Vec<String> = def.states.iter().map(|s| s.ident.to_string()).collect();
                         lw.cx.error_spanned_by(
                             &fv.member,
-                            format!("`{name}` is not a state variable; `Next` takes the states ({}) and `spike`", states.join(", ")),
+                            format!(
+                                "`{name}` is not a state variable; `Next` takes the states ({}) and `spike`",
+                                states.join(", ")
+                            ),
                         );
                     }
                 }
@@ -714,13 +749,19 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                     outputs_ok = false;
                     lw.cx.error_spanned_by(
                         &st.path,
-                        format!("state `{}` is not updated: add `{}: <next value>` to `Next`", s.ident, s.ident),
+                        format!(
+                            "state `{}` is not updated: add `{}: <next value>` to `Next`",
+                            s.ident, s.ident
+                        ),
                     );
                 }
             }
             if !seen.iter().any(|n| n == "spike") {
                 outputs_ok = false;
-                lw.cx.error_spanned_by(&st.path, "`Next` needs the output: add `spike: <expr>` (e.g. `spike(v - v_th)`)");
+                lw.cx.error_spanned_by(
+                    &st.path,
+                    "`Next` needs the output: add `spike: <expr>` (e.g. `spike(v - v_th)`)",
+                );
             }
         }
         Some(other) => {
@@ -739,7 +780,12 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
         }
     }
     let _ = span;
-    let Lowerer { cx, dag, names: let_names, .. } = lw;
+    let Lowerer {
+        cx,
+        dag,
+        names: let_names,
+        ..
+    } = lw;
     if !outputs_ok || cx.has_errors() {
         return None;
     }
@@ -761,5 +807,11 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     if cx.has_errors() {
         return None;
     }
-    Some(Lowered { dag, next, spike, init, names: let_names })
+    Some(Lowered {
+        dag,
+        next,
+        spike,
+        init,
+        names: let_names,
+    })
 }

@@ -12,8 +12,25 @@ use crate::ctxt::Ctxt;
 
 /// Names the language reserves: they cannot name a parameter, state or input.
 pub const RESERVED: &[&str] = &[
-    "spike", "detach", "exp", "ln", "sqrt", "powi", "powf", "abs", "tanh", "sigmoid", "min",
-    "max", "clamp", "Next", "triangle", "fast_sigmoid", "arctan", "gaussian", "exponential",
+    "spike",
+    "detach",
+    "exp",
+    "ln",
+    "sqrt",
+    "powi",
+    "powf",
+    "abs",
+    "tanh",
+    "sigmoid",
+    "min",
+    "max",
+    "clamp",
+    "Next",
+    "triangle",
+    "fast_sigmoid",
+    "arctan",
+    "gaussian",
+    "exponential",
 ];
 
 pub struct Param {
@@ -103,7 +120,10 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
             });
             if let Err(e) = res {
                 cx.push(e);
-                return Some(Role::Param { default: None, learnable });
+                return Some(Role::Param {
+                    default: None,
+                    learnable,
+                });
             }
             if default.is_none() {
                 cx.error_spanned_by(attr, "#[param] needs a default value: `#[param(default = 1.0)]`");
@@ -120,9 +140,7 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
                     init = Some(meta.value()?.parse::<Expr>()?);
                     Ok(())
                 } else {
-                    Err(meta.error(
-                        "unknown key in #[state(..)]; expected `init = <expression of parameters>`",
-                    ))
+                    Err(meta.error("unknown key in #[state(..)]; expected `init = <expression of parameters>`"))
                 }
             });
             if let Err(e) = res {
@@ -146,9 +164,7 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
 
 fn is_float(ty: &Type) -> bool {
     match ty {
-        Type::Path(p) if p.qself.is_none() => {
-            p.path.is_ident("f64")
-        }
+        Type::Path(p) if p.qself.is_none() => p.path.is_ident("f64"),
         _ => false,
     }
 }
@@ -221,7 +237,10 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
         }
     }
     if !strukt.generics.params.is_empty() {
-        cx.error_spanned_by(&strukt.generics, "a neuron model struct cannot be generic; the float type is chosen by the runtime");
+        cx.error_spanned_by(
+            &strukt.generics,
+            "a neuron model struct cannot be generic; the float type is chosen by the runtime",
+        );
     }
 
     let mut params = Vec::new();
@@ -284,7 +303,11 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
             }
         }
         other => cx.error_at(
-            if matches!(other, syn::Fields::Unit) { strukt.ident.span() } else { other.span() },
+            if matches!(other, syn::Fields::Unit) {
+                strukt.ident.span()
+            } else {
+                other.span()
+            },
             "the model struct needs named fields: parameters, states and inputs",
         ),
     }
@@ -292,9 +315,21 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
         cx.error_at(strukt.ident.span(), "a neuron model needs at least one #[state] field");
     }
     if inputs.is_empty() && cx_ok_fields(&strukt) {
-        cx.error_at(strukt.ident.span(), "a neuron model needs at least one #[input] field (a synaptic input port)");
+        cx.error_at(
+            strukt.ident.span(),
+            "a neuron model needs at least one #[input] field (a synaptic input port)",
+        );
     }
-    Some(ModelDef { module, strukt, params, states, inputs, step, default_surrogate, other_items })
+    Some(ModelDef {
+        module,
+        strukt,
+        params,
+        states,
+        inputs,
+        step,
+        default_surrogate,
+        other_items,
+    })
 }
 
 fn cx_ok_fields(s: &ItemStruct) -> bool {

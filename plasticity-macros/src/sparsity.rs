@@ -74,11 +74,19 @@ pub struct Analysis {
 
 impl Analysis {
     pub fn get(&self, m: Matrix, row: usize, col: usize) -> Option<&EntryInfo> {
-        self.entries.iter().find(|e| e.matrix == m && e.row == row && e.col == col)
+        self.entries
+            .iter()
+            .find(|e| e.matrix == m && e.row == row && e.col == col)
     }
 
     fn is_dynamic(&self, m: Matrix, row: usize, col: usize) -> bool {
-        matches!(self.get(m, row, col), Some(EntryInfo { kind: Kind::Dynamic(_), .. }))
+        matches!(
+            self.get(m, row, col),
+            Some(EntryInfo {
+                kind: Kind::Dynamic(_),
+                ..
+            })
+        )
     }
 }
 
@@ -111,11 +119,25 @@ pub fn analyse(low: &mut Lowered, k: usize, p: usize, q: usize) -> Analysis {
                     }
                 });
                 let (matrix, row) = if r < k { (m, r) } else { (mz, 0) };
-                entries.push(EntryInfo { matrix, row, col, node, kind });
+                entries.push(EntryInfo {
+                    matrix,
+                    row,
+                    col,
+                    node,
+                    kind,
+                });
             }
         }
     }
-    let mut a = Analysis { k, p, q, entries, consts, dynamic, ports: Vec::new() };
+    let mut a = Analysis {
+        k,
+        p,
+        q,
+        entries,
+        consts,
+        dynamic,
+        ports: Vec::new(),
+    };
     a.ports = (0..p).map(|port| port_layout(&a, port)).collect();
     a
 }
@@ -145,11 +167,8 @@ fn port_layout(a: &Analysis, port: usize) -> PortInfo {
                 continue;
             }
             let dyn_input = a.is_dynamic(Matrix::B, r, port);
-            let bad_dep = (0..k).any(|c| {
-                reach[c]
-                    && a.get(Matrix::J, r, c).is_some()
-                    && (a.is_dynamic(Matrix::J, r, c) || !fact[c])
-            });
+            let bad_dep = (0..k)
+                .any(|c| reach[c] && a.get(Matrix::J, r, c).is_some() && (a.is_dynamic(Matrix::J, r, c) || !fact[c]));
             if dyn_input || bad_dep {
                 fact[r] = false;
                 changed = true;
@@ -172,7 +191,11 @@ fn port_layout(a: &Analysis, port: usize) -> PortInfo {
             Layout::PerSynapse(ns - 1)
         });
     }
-    PortInfo { rows, factorised: nf, per_synapse: ns }
+    PortInfo {
+        rows,
+        factorised: nf,
+        per_synapse: ns,
+    }
 }
 
 /// A readable formula for a node, for documentation (`describe()`, docs).
@@ -192,7 +215,11 @@ fn formula_at(dag: &Dag, id: NodeId, names: &dyn Fn(Var) -> String, depth: usize
     match dag.node(id).op {
         Const(b) => {
             let v = f64::from_bits(b);
-            if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.1}") } else { format!("{v}") }
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                format!("{v:.1}")
+            } else {
+                format!("{v}")
+            }
         }
         Var(v) => names(v),
         Add(a, b) => format!("({} + {})", f(a), f(b)),

@@ -36,10 +36,18 @@ fn expr() -> impl Strategy<Value = E> {
             (0..6u8, inner.clone(), inner.clone()).prop_map(|(o, a, b)| E::Bin(o, Box::new(a), Box::new(b))),
             (0..8u8, inner.clone()).prop_map(|(o, a)| E::Un(o, Box::new(a))),
             (inner.clone(), -3..4i32).prop_map(|(a, n)| E::Powi(Box::new(a), n)),
-            (inner.clone(), inner.clone(), inner.clone())
-                .prop_map(|(a, b, c)| E::Clamp(Box::new(a), Box::new(b), Box::new(c))),
-            (0..6u8, inner.clone(), inner.clone(), inner.clone(), inner.clone())
-                .prop_map(|(o, a, b, c, d)| E::Select(o, Box::new(a), Box::new(b), Box::new(c), Box::new(d))),
+            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(a, b, c)| E::Clamp(
+                Box::new(a),
+                Box::new(b),
+                Box::new(c)
+            )),
+            (0..6u8, inner.clone(), inner.clone(), inner.clone(), inner.clone()).prop_map(|(o, a, b, c, d)| E::Select(
+                o,
+                Box::new(a),
+                Box::new(b),
+                Box::new(c),
+                Box::new(d)
+            )),
             inner.clone().prop_map(|a| E::Spike(Box::new(a))),
             inner.prop_map(|a| E::Detach(Box::new(a))),
         ]
@@ -99,7 +107,16 @@ fn build(d: &mut Dag, e: &E) -> NodeId {
         E::Spike(a) => {
             let a = build(d, a);
             let slope = d.constant(3.0, s);
-            d.make(Op::Spike(a, Surrogate { kind: SurrogateKind::Sigmoid, args: [slope, slope] }), s)
+            d.make(
+                Op::Spike(
+                    a,
+                    Surrogate {
+                        kind: SurrogateKind::Sigmoid,
+                        args: [slope, slope],
+                    },
+                ),
+                s,
+            )
         }
         E::Detach(a) => {
             let a = build(d, a);
@@ -141,14 +158,55 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
                 let y = g(a).0.powf(g(c).0);
                 (y, y * (g(c).1 * g(a).0.ln() + g(c).0 * g(a).1 / g(a).0))
             }
-            Op::Abs(a) => (g(a).0.abs(), if g(a).0 > 0.0 { g(a).1 } else if g(a).0 < 0.0 { -g(a).1 } else { 0.0 }),
-            Op::Signum(a) => (if g(a).0 > 0.0 { 1.0 } else if g(a).0 < 0.0 { -1.0 } else { 0.0 }, 0.0),
+            Op::Abs(a) => (
+                g(a).0.abs(),
+                if g(a).0 > 0.0 {
+                    g(a).1
+                } else if g(a).0 < 0.0 {
+                    -g(a).1
+                } else {
+                    0.0
+                },
+            ),
+            Op::Signum(a) => (
+                if g(a).0 > 0.0 {
+                    1.0
+                } else if g(a).0 < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                },
+                0.0,
+            ),
             Op::Tanh(a) => (g(a).0.tanh(), (1.0 - g(a).0.tanh().powi(2)) * g(a).1),
             Op::Sigmoid(a) => (sig(g(a).0), sig(g(a).0) * (1.0 - sig(g(a).0)) * g(a).1),
-            Op::Min(a, c) => if g(c).0 < g(a).0 { g(c) } else { g(a) },
-            Op::Max(a, c) => if g(c).0 > g(a).0 { g(c) } else { g(a) },
-            Op::Clamp(x, lo, hi) => if g(x).0 < g(lo).0 { g(lo) } else if g(x).0 > g(hi).0 { g(hi) } else { g(x) },
-            Op::Spike(a, _) => (sig(3.0 * g(a).0), 3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)) * g(a).1),
+            Op::Min(a, c) => {
+                if g(c).0 < g(a).0 {
+                    g(c)
+                } else {
+                    g(a)
+                }
+            }
+            Op::Max(a, c) => {
+                if g(c).0 > g(a).0 {
+                    g(c)
+                } else {
+                    g(a)
+                }
+            }
+            Op::Clamp(x, lo, hi) => {
+                if g(x).0 < g(lo).0 {
+                    g(lo)
+                } else if g(x).0 > g(hi).0 {
+                    g(hi)
+                } else {
+                    g(x)
+                }
+            }
+            Op::Spike(a, _) => (
+                sig(3.0 * g(a).0),
+                3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)) * g(a).1,
+            ),
             Op::SurrogateGrad(a, _) => (3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)), 0.0),
             Op::Detach(a) => (frozen.map_or(g(a).0, |f| f[i]), 0.0),
             Op::Cmp(o, a, c) => {
@@ -166,7 +224,13 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
             Op::And(a, c) => (b(g(a).0) * b(g(c).0), 0.0),
             Op::Or(a, c) => (b(b(g(a).0) + b(g(c).0)), 0.0),
             Op::Not(a) => (1.0 - b(g(a).0), 0.0),
-            Op::Select(c, x, y) => if g(c).0 != 0.0 { g(x) } else { g(y) },
+            Op::Select(c, x, y) => {
+                if g(c).0 != 0.0 {
+                    g(x)
+                } else {
+                    g(y)
+                }
+            }
         };
         v.push(out);
     }

@@ -64,11 +64,23 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
     let kappa = net.readout.kappa;
     let n_layers = net.layers.len();
     // Adjoint state per layer.
-    let mut dh: Vec<Vec<F>> = net.layers.iter().map(|l| vec![<F as Real>::zero(); batch * l.size() * k]).collect();
+    let mut dh: Vec<Vec<F>> = net
+        .layers
+        .iter()
+        .map(|l| vec![<F as Real>::zero(); batch * l.size() * k])
+        .collect();
     let mut di: Vec<Array3<F>> = net.layers.iter().map(|l| Array3::zeros((p, batch, l.size()))).collect();
     let mut di_next: Vec<Array3<F>> = di.clone();
-    let mut dlearn: Vec<Vec<F>> = net.layers.iter().map(|l| vec![<F as Real>::zero(); batch * (l.size() * q).max(1)]).collect();
-    let mut di_scratch: Vec<Vec<Vec<F>>> = net.layers.iter().map(|l| vec![vec![<F as Real>::zero(); p * l.size()]; batch]).collect();
+    let mut dlearn: Vec<Vec<F>> = net
+        .layers
+        .iter()
+        .map(|l| vec![<F as Real>::zero(); batch * (l.size() * q).max(1)])
+        .collect();
+    let mut di_scratch: Vec<Vec<Vec<F>>> = net
+        .layers
+        .iter()
+        .map(|l| vec![vec![<F as Real>::zero(); p * l.size()]; batch])
+        .collect();
     let mut dz: Vec<Array2<F>> = net.layers.iter().map(|l| Array2::zeros((batch, l.size()))).collect();
     let mut dy = Array2::<F>::zeros((batch, n_out));
     // Exact rate regularisation: ∂E/∂z_j^t = c (f_j − f*) · scale, f_j over batch and time.
@@ -106,16 +118,31 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
             let dzl = &mut dz[l];
             dzl.fill(<F as Real>::zero());
             if l + 1 == n_layers {
-                gemm_nn(<F as Real>::zero(), &mut dzl.view_mut(), &dy.view(), &net.readout.w.view());
+                gemm_nn(
+                    <F as Real>::zero(),
+                    &mut dzl.view_mut(),
+                    &dy.view(),
+                    &net.readout.w.view(),
+                );
             } else {
                 let above = &net.layers[l + 1];
                 for port in 0..p {
-                    gemm_nn(<F as Real>::one(), &mut dzl.view_mut(), &di[l + 1].index_axis(Axis(0), port), &above.w_in[port].view());
+                    gemm_nn(
+                        <F as Real>::one(),
+                        &mut dzl.view_mut(),
+                        &di[l + 1].index_axis(Axis(0), port),
+                        &above.w_in[port].view(),
+                    );
                 }
             }
             if let Some(w_rec) = &layer.w_rec {
                 for (port, w) in w_rec.iter().enumerate() {
-                    gemm_nn(<F as Real>::one(), &mut dzl.view_mut(), &di_next[l].index_axis(Axis(0), port), &w.view());
+                    gemm_nn(
+                        <F as Real>::one(),
+                        &mut dzl.view_mut(),
+                        &di_next[l].index_axis(Axis(0), port),
+                        &w.view(),
+                    );
                 }
             }
             if !rate_signal[l].is_empty() {
@@ -141,7 +168,15 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
                     for j in 0..n {
                         let dv = &dyn_t[b * dstride + j * nd..b * dstride + (j + 1) * nd];
                         let dhj = &mut dh_b[j * k..(j + 1) * k];
-                        M::vjp(consts, dv, dhj, dzl[[b, j]], &mut prev[..k], &mut dinp[..p], &mut dl_b[j * q..(j + 1) * q]);
+                        M::vjp(
+                            consts,
+                            dv,
+                            dhj,
+                            dzl[[b, j]],
+                            &mut prev[..k],
+                            &mut dinp[..p],
+                            &mut dl_b[j * q..(j + 1) * q],
+                        );
                         dhj.copy_from_slice(&prev[..k]);
                         for port in 0..p {
                             di_out[port * n + j] = dinp[port];
@@ -150,12 +185,19 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
                 });
             for (b, v) in di_b.iter().enumerate() {
                 for port in 0..p {
-                    dil.slice_mut(s![port, b, ..]).iter_mut().zip(&v[port * n..(port + 1) * n]).for_each(|(d, s)| *d = *s);
+                    dil.slice_mut(s![port, b, ..])
+                        .iter_mut()
+                        .zip(&v[port * n..(port + 1) * n])
+                        .for_each(|(d, s)| *d = *s);
                 }
             }
             // Weight gradients from δI^t.
             let lg = &mut grads.layers[l];
-            let pre: ArrayView2<F> = if l == 0 { x.index_axis(Axis(0), t) } else { tapes[l - 1].z.index_axis(Axis(0), t + 1) };
+            let pre: ArrayView2<F> = if l == 0 {
+                x.index_axis(Axis(0), t)
+            } else {
+                tapes[l - 1].z.index_axis(Axis(0), t + 1)
+            };
             let z_prev = tapes[l].z.index_axis(Axis(0), t);
             for port in 0..p {
                 let d = dil.index_axis(Axis(0), port);

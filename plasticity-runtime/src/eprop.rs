@@ -252,7 +252,12 @@ impl<F: Float> Eprop<F> {
             let lt = &mut self.layers[l];
             // Learning signal L = err · B.
             match &lt.feedback {
-                None => gemm_nn(<F as Real>::zero(), &mut lt.signal.view_mut(), err, &net.readout.w.view()),
+                None => gemm_nn(
+                    <F as Real>::zero(),
+                    &mut lt.signal.view_mut(),
+                    err,
+                    &net.readout.w.view(),
+                ),
                 Some(fb) => gemm_nn(<F as Real>::zero(), &mut lt.signal.view_mut(), err, &fb.view()),
             }
             let buf = &self.bufs[l];
@@ -276,55 +281,59 @@ impl<F: Float> Eprop<F> {
             let signal = &lt.signal;
             let sources = &lt.sources;
             let one = [<F as Real>::one()];
-            lt.arena.par_chunks_mut(lt.stride).enumerate().take(n).for_each(|(j, region)| {
-                let mut rest = region;
-                for s in sources {
-                    let (src, tail) = rest.split_at_mut(s.len);
-                    rest = tail;
-                    let syn_len = s.per_synapse * s.n_pre;
-                    let (syn_all, src) = src.split_at_mut(batch * syn_len);
-                    let ebar_len = if filtered { s.n_pre } else { 0 };
-                    let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
-                    let fact_len = s.factorised * s.n_pre;
-                    for b in 0..batch {
-                        let pre: &[F] = match s.source {
-                            Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                            Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                            Source::Bias => &one,
-                        };
-                        let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
-                        M::synapse_traces(
-                            s.port,
-                            consts,
-                            dv,
-                            pre,
-                            &s.fact[b * fact_len..(b + 1) * fact_len],
-                            &mut syn_all[b * syn_len..(b + 1) * syn_len],
-                            &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                            grad,
-                            signal[[b, j]],
-                            kappa,
-                        );
+            lt.arena
+                .par_chunks_mut(lt.stride)
+                .enumerate()
+                .take(n)
+                .for_each(|(j, region)| {
+                    let mut rest = region;
+                    for s in sources {
+                        let (src, tail) = rest.split_at_mut(s.len);
+                        rest = tail;
+                        let syn_len = s.per_synapse * s.n_pre;
+                        let (syn_all, src) = src.split_at_mut(batch * syn_len);
+                        let ebar_len = if filtered { s.n_pre } else { 0 };
+                        let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
+                        let fact_len = s.factorised * s.n_pre;
+                        for b in 0..batch {
+                            let pre: &[F] = match s.source {
+                                Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
+                                Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
+                                Source::Bias => &one,
+                            };
+                            let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
+                            M::synapse_traces(
+                                s.port,
+                                consts,
+                                dv,
+                                pre,
+                                &s.fact[b * fact_len..(b + 1) * fact_len],
+                                &mut syn_all[b * syn_len..(b + 1) * syn_len],
+                                &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
+                                grad,
+                                signal[[b, j]],
+                                kappa,
+                            );
+                        }
                     }
-                }
-                if q > 0 {
-                    let (eps_all, rest) = rest.split_at_mut(batch * q * k);
-                    let ebar_len = if filtered { q } else { 0 };
-                    let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
-                    for b in 0..batch {
-                        let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
-                        M::param_traces(
-                            consts,
-                            dv,
-                            &mut eps_all[b * q * k..(b + 1) * q * k],
-                            &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                            grad,
-                            signal[[b, j]],
-                            kappa,
-                        );
+                    if q > 0 {
+                        let (eps_all, rest) = rest.split_at_mut(batch * q * k);
+                        let ebar_len = if filtered { q } else { 0 };
+                        let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
+                        for b in 0..batch {
+                            let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
+                            M::param_traces(
+                                consts,
+                                dv,
+                                &mut eps_all[b * q * k..(b + 1) * q * k],
+                                &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
+                                grad,
+                                signal[[b, j]],
+                                kappa,
+                            );
+                        }
                     }
-                }
-            });
+                });
             // Factorised traces read the values before the step above; advance them now.
             for s in &mut lt.sources {
                 if s.factorised == 0 {
@@ -363,7 +372,11 @@ impl<F: Float> Eprop<F> {
                     let grad = &region[off + s.len - s.n_pre..off + s.len];
                     match s.source {
                         Source::Input => {
-                            lg.w_in[s.port].row_mut(j).iter_mut().zip(grad).for_each(|(d, g)| *d = *g);
+                            lg.w_in[s.port]
+                                .row_mut(j)
+                                .iter_mut()
+                                .zip(grad)
+                                .for_each(|(d, g)| *d = *g);
                         }
                         Source::Recurrent => {
                             if let Some(w) = &mut lg.w_rec {
@@ -380,7 +393,11 @@ impl<F: Float> Eprop<F> {
                 }
                 let q = M::NUM_LEARNABLE;
                 let len = region.len();
-                lg.learn.row_mut(j).iter_mut().zip(&region[len - q..]).for_each(|(d, g)| *d = *g);
+                lg.learn
+                    .row_mut(j)
+                    .iter_mut()
+                    .zip(&region[len - q..])
+                    .for_each(|(d, g)| *d = *g);
             }
             if let (true, Some(w)) = (layer.mask_self, lg.w_rec.as_mut()) {
                 for m in w {

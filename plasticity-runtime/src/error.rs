@@ -72,21 +72,33 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn invalid(name: &str, value: impl ToString, expected: &str) -> Error {
-    Error::Invalid { name: name.to_string(), value: value.to_string(), expected: expected.to_string() }
+    Error::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
 }
 
 pub(crate) fn check_shape(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
     if found == expected {
         Ok(())
     } else {
-        Err(Error::Shape { what: what.to_string(), expected: format!("{expected:?}"), found: found.to_vec() })
+        Err(Error::Shape {
+            what: what.to_string(),
+            expected: format!("{expected:?}"),
+            found: found.to_vec(),
+        })
     }
 }
 
 pub(crate) fn check_finite<F: crate::Real>(what: &str, values: impl IntoIterator<Item = F>) -> Result<()> {
     for (index, v) in values.into_iter().enumerate() {
         if !v.is_finite_value() {
-            return Err(Error::NonFinite { what: what.to_string(), index, value: v.to_f64() });
+            return Err(Error::NonFinite {
+                what: what.to_string(),
+                index,
+                value: v.to_f64(),
+            });
         }
     }
     Ok(())

@@ -40,8 +40,14 @@ impl<F: Float> Gradients<F> {
                 .iter()
                 .map(|l| LayerGradients {
                     w_in: l.w_in.iter().map(|w| Array2::zeros(w.raw_dim())).collect(),
-                    w_rec: l.w_rec.as_ref().map(|w| w.iter().map(|w| Array2::zeros(w.raw_dim())).collect()),
-                    bias: l.bias.as_ref().map(|b| b.iter().map(|b| Array1::zeros(b.raw_dim())).collect()),
+                    w_rec: l
+                        .w_rec
+                        .as_ref()
+                        .map(|w| w.iter().map(|w| Array2::zeros(w.raw_dim())).collect()),
+                    bias: l
+                        .bias
+                        .as_ref()
+                        .map(|b| b.iter().map(|b| Array1::zeros(b.raw_dim())).collect()),
                     learn: Array2::zeros(l.learn.raw_dim()),
                 })
                 .collect(),
@@ -91,8 +97,14 @@ impl<F: Float> Gradients<F> {
     fn for_each_ref<'a>(&'a self, f: &mut dyn FnMut(&'a [F])) {
         for l in &self.layers {
             l.w_in.iter().for_each(|w| f(w.as_slice().expect("standard layout")));
-            l.w_rec.iter().flatten().for_each(|w| f(w.as_slice().expect("standard layout")));
-            l.bias.iter().flatten().for_each(|b| f(b.as_slice().expect("standard layout")));
+            l.w_rec
+                .iter()
+                .flatten()
+                .for_each(|w| f(w.as_slice().expect("standard layout")));
+            l.bias
+                .iter()
+                .flatten()
+                .for_each(|b| f(b.as_slice().expect("standard layout")));
             f(l.learn.as_slice().expect("standard layout"));
         }
         f(self.readout_w.as_slice().expect("standard layout"));
@@ -147,9 +159,17 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
             i += 1;
         };
         for l in &mut self.layers {
-            l.w_in.iter_mut().for_each(|w| call(w.as_slice_mut().expect("standard layout")));
-            l.w_rec.iter_mut().flatten().for_each(|w| call(w.as_slice_mut().expect("standard layout")));
-            l.bias.iter_mut().flatten().for_each(|b| call(b.as_slice_mut().expect("standard layout")));
+            l.w_in
+                .iter_mut()
+                .for_each(|w| call(w.as_slice_mut().expect("standard layout")));
+            l.w_rec
+                .iter_mut()
+                .flatten()
+                .for_each(|w| call(w.as_slice_mut().expect("standard layout")));
+            l.bias
+                .iter_mut()
+                .flatten()
+                .for_each(|b| call(b.as_slice_mut().expect("standard layout")));
             call(l.learn.as_slice_mut().expect("standard layout"));
         }
         call(self.readout.w.as_slice_mut().expect("standard layout"));

@@ -1,11 +1,11 @@
 //! Weight initialisation: seedable and reproducible.
 
 use ndarray::Array2;
-use rand::rngs::StdRng;
 use rand::RngExt;
+use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::error::{invalid, Result};
+use crate::error::{Result, invalid};
 use crate::real::Float;
 
 /// How a weight matrix `[fan_out, fan_in]` is drawn.

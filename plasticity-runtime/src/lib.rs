@@ -20,18 +20,18 @@ pub mod real;
 pub mod surrogate;
 pub mod trainer;
 
-pub use model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
-pub use plasticity_macros::neuron_model;
 pub use eprop::{Feedback, RateRegularization};
 pub use error::{Error, Result};
 pub use gradients::{Gradients, LayerGradients};
 pub use init::Init;
 pub use loss::{Loss, StepTargets, Targets, Window};
+pub use model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
 pub use network::{Layer, LayerSpec, Network, NetworkBuilder, Readout, ReadoutSpec, RunOutput};
 pub use optim::{Optimizer, OptimizerState, Schedule};
+pub use plasticity_macros::neuron_model;
 pub use real::{Float, Real};
-pub use trainer::{Algorithm, BatchStats, StepInfo, TrainConfig, Trainer};
 pub use surrogate::{Mode, Plain, Smooth, Surrogate};
+pub use trainer::{Algorithm, BatchStats, StepInfo, TrainConfig, Trainer};
 
 /// Paths the generated code uses. Not part of the public API.
 #[doc(hidden)]

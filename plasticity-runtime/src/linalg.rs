@@ -12,52 +12,61 @@ use crate::real::{Float, Real};
 pub(crate) fn gemm_nt<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
     debug_assert_eq!(a.ncols(), w.ncols());
     debug_assert_eq!(out.ncols(), w.nrows());
-    out.axis_iter_mut(Axis(0)).into_par_iter().zip(a.axis_iter(Axis(0)).into_par_iter()).for_each(|(mut o, a)| {
-        if beta == <F as Real>::zero() {
-            o.fill(<F as Real>::zero());
-        } else if beta != <F as Real>::one() {
-            o.mapv_inplace(|v| v * beta);
-        }
-        for (i, &ai) in a.iter().enumerate() {
-            if ai == <F as Real>::zero() {
-                continue;
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(a.axis_iter(Axis(0)).into_par_iter())
+        .for_each(|(mut o, a)| {
+            if beta == <F as Real>::zero() {
+                o.fill(<F as Real>::zero());
+            } else if beta != <F as Real>::one() {
+                o.mapv_inplace(|v| v * beta);
             }
-            for (oj, &wji) in o.iter_mut().zip(w.column(i).iter()) {
-                *oj += ai * wji;
+            for (i, &ai) in a.iter().enumerate() {
+                if ai == <F as Real>::zero() {
+                    continue;
+                }
+                for (oj, &wji) in o.iter_mut().zip(w.column(i).iter()) {
+                    *oj += ai * wji;
+                }
             }
-        }
-    });
+        });
 }
 
 /// `out[b, j] = beta·out[b, j] + Σ_k a[b, k] · w[k, j]` (`out = β out + a w`).
 pub(crate) fn gemm_nn<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
     debug_assert_eq!(a.ncols(), w.nrows());
-    out.axis_iter_mut(Axis(0)).into_par_iter().zip(a.axis_iter(Axis(0)).into_par_iter()).for_each(|(mut o, a)| {
-        if beta == <F as Real>::zero() {
-            o.fill(<F as Real>::zero());
-        } else if beta != <F as Real>::one() {
-            o.mapv_inplace(|v| v * beta);
-        }
-        for (k, &ak) in a.iter().enumerate() {
-            if ak == <F as Real>::zero() {
-                continue;
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(a.axis_iter(Axis(0)).into_par_iter())
+        .for_each(|(mut o, a)| {
+            if beta == <F as Real>::zero() {
+                o.fill(<F as Real>::zero());
+            } else if beta != <F as Real>::one() {
+                o.mapv_inplace(|v| v * beta);
             }
-            o.scaled_add(ak, &w.row(k));
-        }
-    });
+            for (k, &ak) in a.iter().enumerate() {
+                if ak == <F as Real>::zero() {
+                    continue;
+                }
+                o.scaled_add(ak, &w.row(k));
+            }
+        });
 }
 
 /// `out[i, j] += Σ_b a[b, i] · c[b, j]` (`out += aᵀ c`), in parallel over rows of `out`.
 pub(crate) fn gemm_tn_acc<F: Float>(out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, c: &ArrayView2<F>) {
     debug_assert_eq!(a.nrows(), c.nrows());
-    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut o)| {
-        for (a_row, c_row) in a.axis_iter(Axis(0)).zip(c.axis_iter(Axis(0))) {
-            let s = a_row[i];
-            if s != <F as Real>::zero() {
-                o.scaled_add(s, &c_row);
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut o)| {
+            for (a_row, c_row) in a.axis_iter(Axis(0)).zip(c.axis_iter(Axis(0))) {
+                let s = a_row[i];
+                if s != <F as Real>::zero() {
+                    o.scaled_add(s, &c_row);
+                }
             }
-        }
-    });
+        });
 }
 
 #[cfg(test)]

@@ -88,8 +88,16 @@ impl<'a, F: Float> Targets<'a, F> {
                 check_shape("targets", y.shape(), &[t_len, batch, n_out])?;
                 check_finite("targets", y.iter().copied())
             }
-            (_, true) => Err(invalid("targets", "regression values", "class labels for a cross-entropy loss")),
-            (_, false) => Err(invalid("targets", "class labels", "regression values [T, B, n_out] for a mean-squared loss")),
+            (_, true) => Err(invalid(
+                "targets",
+                "regression values",
+                "class labels for a cross-entropy loss",
+            )),
+            (_, false) => Err(invalid(
+                "targets",
+                "class labels",
+                "regression values [T, B, n_out] for a mean-squared loss",
+            )),
         }
     }
 
@@ -106,7 +114,11 @@ impl<'a, F: Float> Targets<'a, F> {
 fn check_classes(classes: impl Iterator<Item = usize>, n_out: usize) -> Result<()> {
     for (sample, class) in classes.enumerate() {
         if class >= n_out {
-            return Err(Error::Class { sample, class, classes: n_out });
+            return Err(Error::Class {
+                sample,
+                class,
+                classes: n_out,
+            });
         }
     }
     Ok(())
@@ -115,7 +127,10 @@ fn check_classes(classes: impl Iterator<Item = usize>, n_out: usize) -> Result<(
 /// Writes `softmax(y)` row-wise into `out`.
 pub(crate) fn softmax<F: Float>(y: &ArrayView2<F>, out: &mut Array2<F>) {
     for (row, mut o) in y.outer_iter().zip(out.outer_iter_mut()) {
-        let max = row.iter().copied().fold(F::from_f64(f64::NEG_INFINITY), |a, b| a.max(b));
+        let max = row
+            .iter()
+            .copied()
+            .fold(F::from_f64(f64::NEG_INFINITY), |a, b| a.max(b));
         let mut sum = <F as Real>::zero();
         for (oi, &yi) in o.iter_mut().zip(row.iter()) {
             *oi = (yi - max).exp();
@@ -154,7 +169,11 @@ pub(crate) fn step_error<F: Float>(
                 let class = c[b];
                 let mut best = 0;
                 for (i, (ei, &pi)) in e.iter_mut().zip(p.iter()).enumerate() {
-                    let target = if i == class { <F as Real>::one() } else { <F as Real>::zero() };
+                    let target = if i == class {
+                        <F as Real>::one()
+                    } else {
+                        <F as Real>::zero()
+                    };
                     *ei = scale * (pi - target);
                     if pi > p[best] {
                         best = i;

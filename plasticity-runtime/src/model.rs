@@ -137,13 +137,7 @@ impl fmt::Display for Pattern {
             self.num_consts, self.num_dynamic
         )?;
         writeln!(f, "  legend: 0 structurally zero, c constant, d dynamic")?;
-        let w = self
-            .states
-            .iter()
-            .map(|s| s.len())
-            .max()
-            .unwrap_or(1)
-            .max(6);
+        let w = self.states.iter().map(|s| s.len()).max().unwrap_or(1).max(6);
         let header = |f: &mut fmt::Formatter<'_>, cols: &[&str]| -> fmt::Result {
             write!(f, "    {:w$} |", "")?;
             for c in cols {
@@ -230,14 +224,7 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     fn set_learnable(&mut self, values: &[f64]);
 
     /// One time step of one neuron: writes the next state, returns the output `z`.
-    fn eval<T: Real, M: Mode<T>>(
-        &self,
-        learn: &[T],
-        state: &[T],
-        input: &[T],
-        next: &mut [T],
-        mode: &mut M,
-    ) -> T;
+    fn eval<T: Real, M: Mode<T>>(&self, learn: &[T], state: &[T], input: &[T], next: &mut [T], mode: &mut M) -> T;
 
     /// The constant partials (they depend only on fixed parameters), `[NUM_CONSTS]`.
     fn constants<T: Real>(&self, consts: &mut [T]);
@@ -271,15 +258,7 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// `dz = dE/dz^t`, writes `dh_prev = J^T dh + Jz^T dz` (`[k]`) and `d_input = B^T dh +
     /// Bz^T dz` (`[p]`), and adds `P^T dh + Pz^T dz` into `d_learn` (`[q]`).
     #[allow(clippy::too_many_arguments)]
-    fn vjp<T: Real>(
-        consts: &[T],
-        dynv: &[T],
-        dh: &[T],
-        dz: T,
-        dh_prev: &mut [T],
-        d_input: &mut [T],
-        d_learn: &mut [T],
-    );
+    fn vjp<T: Real>(consts: &[T], dynv: &[T], dh: &[T], dz: T, dh_prev: &mut [T], d_input: &mut [T], d_learn: &mut [T]);
 
     /// e-prop for the synapses of one postsynaptic neuron on input port `port`, one step:
     /// with `pre` (`[n]`) the presynaptic activity, `fact` (`[F·n]`, this port's factorised
@@ -311,13 +290,5 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// is κ-filtered into `ebar` when non-empty, and `l · e` (or `l · ē`) is added into
     /// `grad` (`[q]`).
     #[allow(clippy::too_many_arguments)]
-    fn param_traces<T: Real>(
-        consts: &[T],
-        dynv: &[T],
-        eps: &mut [T],
-        ebar: &mut [T],
-        grad: &mut [T],
-        l: T,
-        kappa: T,
-    );
+    fn param_traces<T: Real>(consts: &[T], dynv: &[T], eps: &mut [T], ebar: &mut [T], grad: &mut [T], l: T, kappa: T);
 }

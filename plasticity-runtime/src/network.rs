@@ -87,7 +87,12 @@ pub struct ReadoutSpec {
 impl ReadoutSpec {
     /// `size` outputs, leak `kappa`, with bias.
     pub fn new(size: usize, kappa: f64) -> Self {
-        ReadoutSpec { size, kappa, bias: true, init: Init::default() }
+        ReadoutSpec {
+            size,
+            kappa,
+            bias: true,
+            init: Init::default(),
+        }
     }
 }
 
@@ -168,7 +173,12 @@ pub struct NetworkBuilder<M> {
 impl<M: NeuronModel> NetworkBuilder<M> {
     /// A network with `n_in` input channels.
     pub fn new(n_in: usize) -> Self {
-        NetworkBuilder { n_in, layers: Vec::new(), readout: None, seed: 0 }
+        NetworkBuilder {
+            n_in,
+            layers: Vec::new(),
+            readout: None,
+            seed: 0,
+        }
     }
     /// Appends a layer.
     pub fn layer(mut self, spec: LayerSpec<M>) -> Self {
@@ -201,7 +211,9 @@ impl<M: NeuronModel> NetworkBuilder<M> {
                 &format!("at most {MAX_STATES} states, {MAX_PORTS} input ports and {MAX_STATES} learnable parameters"),
             ));
         }
-        let readout = self.readout.ok_or_else(|| invalid("readout", "none", "a readout (NetworkBuilder::readout)"))?;
+        let readout = self
+            .readout
+            .ok_or_else(|| invalid("readout", "none", "a readout (NetworkBuilder::readout)"))?;
         if readout.size == 0 {
             return Err(invalid("readout size", 0, "at least 1 output"));
         }
@@ -220,9 +232,11 @@ impl<M: NeuronModel> NetworkBuilder<M> {
             spec.init_rec.validate("recurrent")?;
             let p = M::NUM_INPUTS;
             let w_in = (0..p).map(|_| spec.init_in.draw(spec.size, n_pre, &mut rng)).collect();
-            let w_rec = spec
-                .recurrent
-                .then(|| (0..p).map(|_| spec.init_rec.draw(spec.size, spec.size, &mut rng)).collect());
+            let w_rec = spec.recurrent.then(|| {
+                (0..p)
+                    .map(|_| spec.init_rec.draw(spec.size, spec.size, &mut rng))
+                    .collect()
+            });
             let bias = spec.bias.then(|| (0..p).map(|_| Array1::zeros(spec.size)).collect());
             let mut init = vec![<F as Real>::zero(); M::NUM_LEARNABLE];
             spec.model.learnable_init(&mut init);
@@ -230,8 +244,15 @@ impl<M: NeuronModel> NetworkBuilder<M> {
             let mut consts = vec![<F as Real>::zero(); M::NUM_CONSTS];
             spec.model.constants(&mut consts);
             check_finite("model constant partials", consts.iter().copied())?;
-            let mut layer =
-                Layer { model: spec.model, w_in, w_rec, bias, learn, mask_self: spec.mask_self, consts };
+            let mut layer = Layer {
+                model: spec.model,
+                w_in,
+                w_rec,
+                bias,
+                learn,
+                mask_self: spec.mask_self,
+                consts,
+            };
             layer.apply_mask();
             n_pre = spec.size;
             layers.push(layer);
@@ -241,7 +262,11 @@ impl<M: NeuronModel> NetworkBuilder<M> {
         Ok(Network {
             n_in: self.n_in,
             layers,
-            readout: Readout { w, b, kappa: F::from_f64(readout.kappa) },
+            readout: Readout {
+                w,
+                b,
+                kappa: F::from_f64(readout.kappa),
+            },
         })
     }
 }
@@ -305,12 +330,28 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
         let mut n_pre = self.n_in;
         for (l, layer) in self.layers.iter().enumerate() {
             let n = layer.learn.nrows();
-            check_shape(&format!("layer {l} learnable parameters"), layer.learn.shape(), &[n, M::NUM_LEARNABLE])?;
+            check_shape(
+                &format!("layer {l} learnable parameters"),
+                layer.learn.shape(),
+                &[n, M::NUM_LEARNABLE],
+            )?;
             let standard = |what: String, ok: bool| -> Result<()> {
-                if ok { Ok(()) } else { Err(invalid(&what, "a non-contiguous array", "a standard-layout (row-major) array")) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(invalid(
+                        &what,
+                        "a non-contiguous array",
+                        "a standard-layout (row-major) array",
+                    ))
+                }
             };
             if layer.w_in.len() != p {
-                return Err(invalid(&format!("layer {l} input weights"), layer.w_in.len(), &format!("one matrix per input port ({p})")));
+                return Err(invalid(
+                    &format!("layer {l} input weights"),
+                    layer.w_in.len(),
+                    &format!("one matrix per input port ({p})"),
+                ));
             }
             for (port, w) in layer.w_in.iter().enumerate() {
                 check_matrix(&format!("layer {l} W_in[{port}]"), &w.view(), n, n_pre)?;
@@ -318,7 +359,11 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
             }
             if let Some(w_rec) = &layer.w_rec {
                 if w_rec.len() != p {
-                    return Err(invalid(&format!("layer {l} recurrent weights"), w_rec.len(), &format!("one matrix per input port ({p})")));
+                    return Err(invalid(
+                        &format!("layer {l} recurrent weights"),
+                        w_rec.len(),
+                        &format!("one matrix per input port ({p})"),
+                    ));
                 }
                 for (port, w) in w_rec.iter().enumerate() {
                     check_matrix(&format!("layer {l} W_rec[{port}]"), &w.view(), n, n)?;
@@ -327,7 +372,11 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
             }
             if let Some(bias) = &layer.bias {
                 if bias.len() != p {
-                    return Err(invalid(&format!("layer {l} biases"), bias.len(), &format!("one vector per input port ({p})")));
+                    return Err(invalid(
+                        &format!("layer {l} biases"),
+                        bias.len(),
+                        &format!("one vector per input port ({p})"),
+                    ));
                 }
                 for (port, b) in bias.iter().enumerate() {
                     check_shape(&format!("layer {l} bias[{port}]"), b.shape(), &[n])?;
@@ -335,9 +384,16 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
                 }
             }
             check_finite(&format!("layer {l} learnable parameters"), layer.learn.iter().copied())?;
-            standard(format!("layer {l} learnable parameters"), layer.learn.is_standard_layout())?;
+            standard(
+                format!("layer {l} learnable parameters"),
+                layer.learn.is_standard_layout(),
+            )?;
             if layer.consts.len() != M::NUM_CONSTS {
-                return Err(invalid(&format!("layer {l} constants"), layer.consts.len(), "the model's constant count"));
+                return Err(invalid(
+                    &format!("layer {l} constants"),
+                    layer.consts.len(),
+                    "the model's constant count",
+                ));
             }
             n_pre = n;
         }
@@ -374,8 +430,11 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
         let mut bufs = self.buffers(batch);
         let mut y = Array2::<F>::zeros((batch, self.n_out()));
         let mut readout = Array3::zeros((t_len, batch, self.n_out()));
-        let mut spikes: Vec<Array3<F>> =
-            self.layers.iter().map(|l| Array3::zeros((t_len, batch, l.size()))).collect();
+        let mut spikes: Vec<Array3<F>> = self
+            .layers
+            .iter()
+            .map(|l| Array3::zeros((t_len, batch, l.size())))
+            .collect();
         for t in 0..t_len {
             self.step_forward(inputs.index_axis(Axis(0), t), &mut bufs, false);
             self.readout_step(&bufs.last().expect("a layer").z.view(), &mut y);
@@ -424,7 +483,12 @@ pub(crate) fn reset_state<M: NeuronModel, F: Float>(layer: &Layer<M, F>, buf: &m
 }
 
 /// Currents and the neuron update of one layer for one step.
-fn layer_step<M: NeuronModel, F: Float>(layer: &Layer<M, F>, pre: ArrayView2<F>, buf: &mut LayerBuffers<F>, partials: bool) {
+fn layer_step<M: NeuronModel, F: Float>(
+    layer: &Layer<M, F>,
+    pre: ArrayView2<F>,
+    buf: &mut LayerBuffers<F>,
+    partials: bool,
+) {
     let (k, p, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_DYNAMIC);
     let n = layer.size();
     for port in 0..p {
@@ -461,7 +525,14 @@ fn layer_step<M: NeuronModel, F: Float>(layer: &Layer<M, F>, pre: ArrayView2<F>,
                 }
                 let s = &mut state[j * k..(j + 1) * k];
                 let out = if partials {
-                    model.eval_partials(&lrn[..q], s, &input[..p], &mut next[..k], &mut dynv[j * nd..(j + 1) * nd], &mut Plain)
+                    model.eval_partials(
+                        &lrn[..q],
+                        s,
+                        &input[..p],
+                        &mut next[..k],
+                        &mut dynv[j * nd..(j + 1) * nd],
+                        &mut Plain,
+                    )
                 } else {
                     model.eval(&lrn[..q], s, &input[..p], &mut next[..k], &mut Plain)
                 };
@@ -475,7 +546,11 @@ fn standard_readout<F: Float>(r: &Readout<F>) -> Result<()> {
     if r.w.is_standard_layout() {
         Ok(())
     } else {
-        Err(invalid("readout W_out", "a non-contiguous array", "a standard-layout (row-major) array"))
+        Err(invalid(
+            "readout W_out",
+            "a non-contiguous array",
+            "a standard-layout (row-major) array",
+        ))
     }
 }
 

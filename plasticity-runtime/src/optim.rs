@@ -45,11 +45,22 @@ pub enum Optimizer {
 impl Optimizer {
     /// Adam with the usual defaults (β₁ = 0.9, β₂ = 0.999, ε = 1e-8).
     pub fn adam(lr: f64) -> Self {
-        Optimizer::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Optimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
     /// AdamW with the usual defaults.
     pub fn adamw(lr: f64, weight_decay: f64) -> Self {
-        Optimizer::AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+        Optimizer::AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
     }
     /// SGD with momentum.
     pub fn sgd(lr: f64, momentum: f64) -> Self {
@@ -69,7 +80,11 @@ impl Optimizer {
             return Err(invalid("learning rate", lr, "a finite number >= 0"));
         }
         let unit = |name: &str, v: f64| {
-            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(invalid(name, v, "a number in [0, 1)")) }
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(name, v, "a number in [0, 1)"))
+            }
         };
         match *self {
             Optimizer::Sgd { momentum, .. } => unit("momentum", momentum),
@@ -112,7 +127,11 @@ impl Schedule {
     pub fn factor(&self, step: usize) -> f64 {
         match *self {
             Schedule::Constant => 1.0,
-            Schedule::Cosine { warmup, total, min_factor } => {
+            Schedule::Cosine {
+                warmup,
+                total,
+                min_factor,
+            } => {
                 if step < warmup {
                     (step + 1) as f64 / warmup as f64
                 } else if step >= total {
@@ -127,7 +146,12 @@ impl Schedule {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if let Schedule::Cosine { warmup, total, min_factor } = *self {
+        if let Schedule::Cosine {
+            warmup,
+            total,
+            min_factor,
+        } = *self
+        {
             if total < warmup {
                 return Err(invalid("cosine schedule total", total, "total >= warmup"));
             }
@@ -228,7 +252,11 @@ mod tests {
 
     #[test]
     fn cosine_schedule_warms_up_and_decays() {
-        let s = Schedule::Cosine { warmup: 10, total: 110, min_factor: 0.1 };
+        let s = Schedule::Cosine {
+            warmup: 10,
+            total: 110,
+            min_factor: 0.1,
+        };
         assert!((s.factor(0) - 0.1).abs() < 1e-12);
         assert!((s.factor(9) - 1.0).abs() < 1e-12);
         assert!((s.factor(10) - 1.0).abs() < 1e-12);
@@ -241,6 +269,14 @@ mod tests {
         assert!(Optimizer::adam(-1.0).validate().is_err());
         assert!(Optimizer::sgd(0.1, 1.0).validate().is_err());
         assert!(Optimizer::adamw(0.1, f64::NAN).validate().is_err());
-        assert!(Schedule::Cosine { warmup: 5, total: 2, min_factor: 0.0 }.validate().is_err());
+        assert!(
+            Schedule::Cosine {
+                warmup: 5,
+                total: 2,
+                min_factor: 0.0
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

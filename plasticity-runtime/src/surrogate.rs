@@ -53,9 +53,7 @@ impl<T: Real> Surrogate<T> {
     pub fn grad(self, x: T) -> T {
         let one = T::one();
         match self {
-            Surrogate::Triangle { height, width } => {
-                height * (one - x.abs() / width).max(T::zero())
-            }
+            Surrogate::Triangle { height, width } => height * (one - x.abs() / width).max(T::zero()),
             Surrogate::FastSigmoid { slope } => {
                 let d = one + slope * x.abs();
                 one / (d * d)
@@ -70,8 +68,7 @@ impl<T: Real> Surrogate<T> {
             }
             Surrogate::Gaussian { sigma } => {
                 let u = x / sigma;
-                (T::from_f64(-0.5) * u * u).exp()
-                    / (sigma * T::from_f64((2.0 * std::f64::consts::PI).sqrt()))
+                (T::from_f64(-0.5) * u * u).exp() / (sigma * T::from_f64((2.0 * std::f64::consts::PI).sqrt()))
             }
             Surrogate::Exponential { height, slope } => height * (-(slope * x.abs())).exp(),
         }
@@ -105,13 +102,9 @@ impl<T: Real> Surrogate<T> {
             }
             Surrogate::Sigmoid { slope } => (slope * x).sigmoid(),
             Surrogate::Arctan { alpha } => {
-                (T::from_f64(std::f64::consts::FRAC_PI_2) * alpha * x).atan()
-                    / T::from_f64(std::f64::consts::PI)
-                    + half
+                (T::from_f64(std::f64::consts::FRAC_PI_2) * alpha * x).atan() / T::from_f64(std::f64::consts::PI) + half
             }
-            Surrogate::Gaussian { sigma } => {
-                half * (one + (x / (sigma * T::from_f64(std::f64::consts::SQRT_2))).erf())
-            }
+            Surrogate::Gaussian { sigma } => half * (one + (x / (sigma * T::from_f64(std::f64::consts::SQRT_2))).erf()),
             Surrogate::Exponential { height, slope } => {
                 if x < zero {
                     height / slope * (slope * x).exp()

@@ -67,17 +67,27 @@ impl TrainConfig {
         }
         if let Some(r) = self.rate_regularization {
             if !(r.strength.is_finite() && r.strength >= 0.0) {
-                return Err(invalid("rate regularization strength", r.strength, "a finite number >= 0"));
+                return Err(invalid(
+                    "rate regularization strength",
+                    r.strength,
+                    "a finite number >= 0",
+                ));
             }
             if !(0.0..=1.0).contains(&r.target) {
-                return Err(invalid("rate regularization target", r.target, "a rate per step in [0, 1]"));
+                return Err(invalid(
+                    "rate regularization target",
+                    r.target,
+                    "a rate per step in [0, 1]",
+                ));
             }
         }
         match (self.algorithm, self.update_every, self.loss) {
             (_, Some(0), _) => Err(invalid("update_every", 0, "at least 1 step")),
-            (Algorithm::Bptt, Some(k), _) => {
-                Err(invalid("update_every", k, "None with BPTT (updates within a sequence need e-prop)"))
-            }
+            (Algorithm::Bptt, Some(k), _) => Err(invalid(
+                "update_every",
+                k,
+                "None with BPTT (updates within a sequence need e-prop)",
+            )),
             (Algorithm::Eprop(_), _, Loss::CrossEntropySummed(_)) => Err(invalid(
                 "loss",
                 "CrossEntropySummed with e-prop",
@@ -106,7 +116,11 @@ pub struct BatchStats {
 impl BatchStats {
     /// `correct / predictions`, or 0 without predictions.
     pub fn accuracy(&self) -> f64 {
-        if self.predictions == 0 { 0.0 } else { self.correct as f64 / self.predictions as f64 }
+        if self.predictions == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.predictions as f64
+        }
     }
 }
 
@@ -240,7 +254,11 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
 
     /// Computes the gradients of the loss on one batch (`inputs` `[T, B, n_in]`) without
     /// updating the network; returns them with the batch's loss and accuracy.
-    pub fn compute_gradients(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<(&Gradients<F>, BatchStats)> {
+    pub fn compute_gradients(
+        &mut self,
+        inputs: ArrayView3<F>,
+        targets: Targets<'_, F>,
+    ) -> Result<(&Gradients<F>, BatchStats)> {
         let stats = self.gradients_inner(inputs, targets, false)?;
         Ok((&self.grads, stats))
     }
@@ -259,10 +277,22 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         self.ensure_scratch(batch);
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
-        let stats = loss_over(&self.config.loss, &out.readout.view(), &targets, (w0, w1), &mut errs, &mut self.probs, &mut self.ysum);
+        let stats = loss_over(
+            &self.config.loss,
+            &out.readout.view(),
+            &targets,
+            (w0, w1),
+            &mut errs,
+            &mut self.probs,
+            &mut self.ysum,
+        );
         if let Some(hook) = &mut self.hook {
             for t in 0..t_len {
-                hook(&StepInfo { t, readout: out.readout.index_axis(Axis(0), t), loss: 0.0 });
+                hook(&StepInfo {
+                    t,
+                    readout: out.readout.index_axis(Axis(0), t),
+                    loss: 0.0,
+                });
             }
         }
         Ok(stats)
@@ -277,7 +307,11 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         if w1 <= w0 {
-            return Err(invalid("loss window", format!("{:?}", self.config.loss.window()), &format!("a non-empty window within {t_len} steps")));
+            return Err(invalid(
+                "loss window",
+                format!("{:?}", self.config.loss.window()),
+                &format!("a non-empty window within {t_len} steps"),
+            ));
         }
         Ok((t_len, batch))
     }
@@ -297,12 +331,22 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                     stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
                     if let Some(hook) = hook {
                         for t in 0..t_len {
-                            hook(&StepInfo { t, readout: ys.index_axis(Axis(0), t), loss: 0.0 });
+                            hook(&StepInfo {
+                                t,
+                                readout: ys.index_axis(Axis(0), t),
+                                loss: 0.0,
+                            });
                         }
                     }
                 });
                 stats.grad_norm = if update {
-                    self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm)
+                    self.opt.update(
+                        &mut self.net,
+                        &self.grads,
+                        &self.config.optimizer,
+                        &self.config.schedule,
+                        self.config.clip_norm,
+                    )
                 } else {
                     self.grads.norm()
                 };
@@ -325,14 +369,26 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     /// step is kept, so `t_len` can be arbitrarily long; it fixes the loss window and scale.
     pub fn begin_sequence(&mut self, batch: usize, t_len: usize) -> Result<()> {
         if !matches!(self.config.algorithm, Algorithm::Eprop(_)) {
-            return Err(invalid("algorithm", "BPTT", "e-prop for streamed sequences (BPTT needs the whole sequence)"));
+            return Err(invalid(
+                "algorithm",
+                "BPTT",
+                "e-prop for streamed sequences (BPTT needs the whole sequence)",
+            ));
         }
         if batch == 0 || t_len == 0 {
-            return Err(invalid("batch / sequence length", format!("{batch} / {t_len}"), "both at least 1"));
+            return Err(invalid(
+                "batch / sequence length",
+                format!("{batch} / {t_len}"),
+                "both at least 1",
+            ));
         }
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         if w1 <= w0 {
-            return Err(invalid("loss window", format!("{:?}", self.config.loss.window()), &format!("a non-empty window within {t_len} steps")));
+            return Err(invalid(
+                "loss window",
+                format!("{:?}", self.config.loss.window()),
+                &format!("a non-empty window within {t_len} steps"),
+            ));
         }
         self.ensure_scratch(batch);
         self.begin_inner(batch, t_len, true)
@@ -342,37 +398,69 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     /// loss window). Applies an update every `update_every` steps if configured. Returns
     /// this step's readout.
     pub fn step(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>) -> Result<ArrayView2<'_, F>> {
-        let s = self.stream.as_ref().ok_or_else(|| Error::State("Trainer::step before begin_sequence".into()))?;
+        let s = self
+            .stream
+            .as_ref()
+            .ok_or_else(|| Error::State("Trainer::step before begin_sequence".into()))?;
         let batch = self.err.nrows();
         if x.shape() != [batch, self.net.n_in] {
-            return Err(Error::Shape { what: "step inputs".into(), expected: format!("[{batch}, {}]", self.net.n_in), found: x.shape().to_vec() });
+            return Err(Error::Shape {
+                what: "step inputs".into(),
+                expected: format!("[{batch}, {}]", self.net.n_in),
+                found: x.shape().to_vec(),
+            });
         }
         check_finite("step inputs", x.iter().copied())?;
         if s.t >= s.t_len {
-            return Err(Error::State(format!("Trainer::step: the sequence has only {} steps", s.t_len)));
+            return Err(Error::State(format!(
+                "Trainer::step: the sequence has only {} steps",
+                s.t_len
+            )));
         }
         if let Some(t) = &targets {
             match (t, self.config.loss.is_classification()) {
                 (StepTargets::Classes(c), true) => {
                     if c.len() != batch {
-                        return Err(Error::Shape { what: "step targets".into(), expected: format!("[{batch}]"), found: vec![c.len()] });
+                        return Err(Error::Shape {
+                            what: "step targets".into(),
+                            expected: format!("[{batch}]"),
+                            found: vec![c.len()],
+                        });
                     }
                     for (sample, &class) in c.iter().enumerate() {
                         if class >= self.net.n_out() {
-                            return Err(Error::Class { sample, class, classes: self.net.n_out() });
+                            return Err(Error::Class {
+                                sample,
+                                class,
+                                classes: self.net.n_out(),
+                            });
                         }
                     }
                 }
                 (StepTargets::Values(v), false) => {
                     if v.shape() != [batch, self.net.n_out()] {
-                        return Err(Error::Shape { what: "step targets".into(), expected: format!("[{batch}, {}]", self.net.n_out()), found: v.shape().to_vec() });
+                        return Err(Error::Shape {
+                            what: "step targets".into(),
+                            expected: format!("[{batch}, {}]", self.net.n_out()),
+                            found: v.shape().to_vec(),
+                        });
                     }
                     check_finite("step targets", v.iter().copied())?;
                 }
-                _ => return Err(invalid("step targets", "the wrong kind", "class labels for cross-entropy, values for mean squared error")),
+                _ => {
+                    return Err(invalid(
+                        "step targets",
+                        "the wrong kind",
+                        "class labels for cross-entropy, values for mean squared error",
+                    ));
+                }
             }
         } else if (s.window.0..s.window.1).contains(&s.t) {
-            return Err(invalid("step targets", "None", &format!("targets at step {} (inside the loss window)", s.t)));
+            return Err(invalid(
+                "step targets",
+                "None",
+                &format!("targets at step {} (inside the loss window)", s.t),
+            ));
         }
         let x = x.as_standard_layout();
         self.step_inner(x.view(), targets, true)?;
@@ -419,7 +507,14 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         let mut loss = 0.0;
         match (in_window, targets) {
             (true, Some(tg)) => {
-                let (l, correct) = step_error(&self.config.loss, &y, tg, F::from_f64(s.scale), &mut self.probs, &mut self.err);
+                let (l, correct) = step_error(
+                    &self.config.loss,
+                    &y,
+                    tg,
+                    F::from_f64(s.scale),
+                    &mut self.probs,
+                    &mut self.err,
+                );
                 loss = l;
                 s.stats.loss += l;
                 self.ysum += &y;
@@ -433,7 +528,11 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
             _ => self.err.fill(<F as Real>::zero()),
         }
         if let Some(hook) = &mut self.hook {
-            hook(&StepInfo { t: s.t, readout: y, loss });
+            hook(&StepInfo {
+                t: s.t,
+                readout: y,
+                loss,
+            });
         }
         e.learn(&self.net, x, &self.err.view(), reg);
         s.t += 1;
@@ -442,7 +541,13 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
             if let Some(k) = self.config.update_every {
                 if s.since_update >= k {
                     e.gradients(&self.net, &mut self.grads);
-                    s.stats.grad_norm = self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm);
+                    s.stats.grad_norm = self.opt.update(
+                        &mut self.net,
+                        &self.grads,
+                        &self.config.optimizer,
+                        &self.config.schedule,
+                        self.config.clip_norm,
+                    );
                     e.zero_gradients();
                     s.since_update = 0;
                 }
@@ -461,7 +566,13 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         if s.since_update > 0 || !update {
             e.gradients(&self.net, &mut self.grads);
             if update {
-                s.stats.grad_norm = self.opt.update(&mut self.net, &self.grads, &self.config.optimizer, &self.config.schedule, self.config.clip_norm);
+                s.stats.grad_norm = self.opt.update(
+                    &mut self.net,
+                    &self.grads,
+                    &self.config.optimizer,
+                    &self.config.schedule,
+                    self.config.clip_norm,
+                );
                 e.zero_gradients();
             } else {
                 s.stats.grad_norm = self.grads.norm();
@@ -473,13 +584,13 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
 
 /// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
 fn loss_over<F: Float>(
-loss_fn: &Loss,
-ys: &ArrayView3<F>,
-targets: &Targets<'_, F>,
-window: (usize, usize),
-errs: &mut Array3<F>,
-probs: &mut Array2<F>,
-ysum: &mut Array2<F>,
+    loss_fn: &Loss,
+    ys: &ArrayView3<F>,
+    targets: &Targets<'_, F>,
+    window: (usize, usize),
+    errs: &mut Array3<F>,
+    probs: &mut Array2<F>,
+    ysum: &mut Array2<F>,
 ) -> BatchStats {
     let (t_len, batch) = (ys.shape()[0], ys.shape()[1]);
     let (w0, w1) = window;
@@ -528,7 +639,6 @@ ysum: &mut Array2<F>,
     }
     stats
 }
-
 
 fn count_correct<F: Float>(ysum: &Array2<F>, classes: &[usize], probs: &mut Array2<F>) -> usize {
     softmax(&ysum.view(), probs);

@@ -21,7 +21,10 @@ impl Dual {
         Dual { re, eps }
     }
     fn chain(self, f: f64, df: f64) -> Self {
-        Dual { re: f, eps: df * self.eps }
+        Dual {
+            re: f,
+            eps: df * self.eps,
+        }
     }
 }
 
@@ -34,31 +37,46 @@ impl PartialOrd for Dual {
 impl Add for Dual {
     type Output = Dual;
     fn add(self, o: Dual) -> Dual {
-        Dual { re: self.re + o.re, eps: self.eps + o.eps }
+        Dual {
+            re: self.re + o.re,
+            eps: self.eps + o.eps,
+        }
     }
 }
 impl Sub for Dual {
     type Output = Dual;
     fn sub(self, o: Dual) -> Dual {
-        Dual { re: self.re - o.re, eps: self.eps - o.eps }
+        Dual {
+            re: self.re - o.re,
+            eps: self.eps - o.eps,
+        }
     }
 }
 impl Mul for Dual {
     type Output = Dual;
     fn mul(self, o: Dual) -> Dual {
-        Dual { re: self.re * o.re, eps: self.eps * o.re + self.re * o.eps }
+        Dual {
+            re: self.re * o.re,
+            eps: self.eps * o.re + self.re * o.eps,
+        }
     }
 }
 impl Div for Dual {
     type Output = Dual;
     fn div(self, o: Dual) -> Dual {
-        Dual { re: self.re / o.re, eps: (self.eps * o.re - self.re * o.eps) / (o.re * o.re) }
+        Dual {
+            re: self.re / o.re,
+            eps: (self.eps * o.re - self.re * o.eps) / (o.re * o.re),
+        }
     }
 }
 impl Neg for Dual {
     type Output = Dual;
     fn neg(self) -> Dual {
-        Dual { re: -self.re, eps: -self.eps }
+        Dual {
+            re: -self.re,
+            eps: -self.eps,
+        }
     }
 }
 impl AddAssign for Dual {
@@ -100,12 +118,25 @@ impl Real for Dual {
     }
     fn powf(self, e: Self) -> Self {
         let v = self.re.powf(e.re);
-        let d_base = if self.eps == 0.0 { 0.0 } else { e.re * self.re.powf(e.re - 1.0) * self.eps };
+        let d_base = if self.eps == 0.0 {
+            0.0
+        } else {
+            e.re * self.re.powf(e.re - 1.0) * self.eps
+        };
         let d_exp = if e.eps == 0.0 { 0.0 } else { v * self.re.ln() * e.eps };
-        Dual { re: v, eps: d_base + d_exp }
+        Dual {
+            re: v,
+            eps: d_base + d_exp,
+        }
     }
     fn abs(self) -> Self {
-        if self.re < 0.0 { -self } else if self.re > 0.0 { self } else { Dual { re: 0.0, eps: 0.0 } }
+        if self.re < 0.0 {
+            -self
+        } else if self.re > 0.0 {
+            self
+        } else {
+            Dual { re: 0.0, eps: 0.0 }
+        }
     }
     fn tanh(self) -> Self {
         let t = self.re.tanh();

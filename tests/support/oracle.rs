@@ -9,26 +9,36 @@ use crate::dual::Dual;
 
 fn freeze<T: Real>(s: Surrogate<T>) -> Surrogate<f64> {
     match s {
-        Surrogate::Triangle { height, width } => Surrogate::Triangle { height: height.to_f64(), width: width.to_f64() },
+        Surrogate::Triangle { height, width } => Surrogate::Triangle {
+            height: height.to_f64(),
+            width: width.to_f64(),
+        },
         Surrogate::FastSigmoid { slope } => Surrogate::FastSigmoid { slope: slope.to_f64() },
         Surrogate::Sigmoid { slope } => Surrogate::Sigmoid { slope: slope.to_f64() },
         Surrogate::Arctan { alpha } => Surrogate::Arctan { alpha: alpha.to_f64() },
         Surrogate::Gaussian { sigma } => Surrogate::Gaussian { sigma: sigma.to_f64() },
-        Surrogate::Exponential { height, slope } => {
-            Surrogate::Exponential { height: height.to_f64(), slope: slope.to_f64() }
-        }
+        Surrogate::Exponential { height, slope } => Surrogate::Exponential {
+            height: height.to_f64(),
+            slope: slope.to_f64(),
+        },
     }
 }
 
 fn lift(s: Surrogate<f64>) -> Surrogate<Dual> {
     let c = Dual::from_f64;
     match s {
-        Surrogate::Triangle { height, width } => Surrogate::Triangle { height: c(height), width: c(width) },
+        Surrogate::Triangle { height, width } => Surrogate::Triangle {
+            height: c(height),
+            width: c(width),
+        },
         Surrogate::FastSigmoid { slope } => Surrogate::FastSigmoid { slope: c(slope) },
         Surrogate::Sigmoid { slope } => Surrogate::Sigmoid { slope: c(slope) },
         Surrogate::Arctan { alpha } => Surrogate::Arctan { alpha: c(alpha) },
         Surrogate::Gaussian { sigma } => Surrogate::Gaussian { sigma: c(sigma) },
-        Surrogate::Exponential { height, slope } => Surrogate::Exponential { height: c(height), slope: c(slope) },
+        Surrogate::Exponential { height, slope } => Surrogate::Exponential {
+            height: c(height),
+            slope: c(slope),
+        },
     }
 }
 
@@ -108,7 +118,11 @@ pub struct Jacobian {
 
 impl Jacobian {
     fn zeros(rows: usize, cols: usize) -> Self {
-        Jacobian { rows, cols, values: vec![0.0; rows * cols] }
+        Jacobian {
+            rows,
+            cols,
+            values: vec![0.0; rows * cols],
+        }
     }
     /// Entry `(r, c)`.
     pub fn at(&self, r: usize, c: usize) -> f64 {
@@ -131,8 +145,14 @@ pub fn generated<M: NeuronModel>(m: &M, pt: &Point) -> Jacobian {
     let mut dynv = vec![0.0; M::NUM_DYNAMIC];
     let mut next = vec![0.0; k];
     m.eval_partials(&pt.learn, &pt.state, &pt.input, &mut next, &mut dynv, &mut Smooth);
-    let (mut j, mut jz, mut b, mut bz, mut pp, mut pz) =
-        (vec![0.0; k * k], vec![0.0; k], vec![0.0; k * p], vec![0.0; p], vec![0.0; k * q], vec![0.0; q]);
+    let (mut j, mut jz, mut b, mut bz, mut pp, mut pz) = (
+        vec![0.0; k * k],
+        vec![0.0; k],
+        vec![0.0; k * p],
+        vec![0.0; p],
+        vec![0.0; k * q],
+        vec![0.0; q],
+    );
     M::dense_partials(&consts, &dynv, &mut j, &mut jz, &mut b, &mut bz, &mut pp, &mut pz);
     let mut out = Jacobian::zeros(k + 1, k + p + q);
     for r in 0..=k {
@@ -155,7 +175,10 @@ pub fn dual<M: NeuronModel>(m: &M, pt: &Point) -> Jacobian {
     let mut out = Jacobian::zeros(k + 1, k + p + q);
     for col in 0..k + p + q {
         let seed = |base: usize, xs: &[f64]| -> Vec<Dual> {
-            xs.iter().enumerate().map(|(i, &x)| Dual::new(x, if base + i == col { 1.0 } else { 0.0 })).collect()
+            xs.iter()
+                .enumerate()
+                .map(|(i, &x)| Dual::new(x, if base + i == col { 1.0 } else { 0.0 }))
+                .collect()
         };
         let state = seed(0, &pt.state);
         let input = seed(k, &pt.input);
@@ -195,14 +218,19 @@ pub fn finite_differences<M: NeuronModel>(m: &M, pt: &Point) -> Vec<Option<Vec<f
             eval(&x)
         };
         let (m2, m1, p1, p2) = (at(-2.0), at(-1.0), at(1.0), at(2.0));
-        (0..=k).map(|r| (m2[r] - 8.0 * m1[r] + 8.0 * p1[r] - p2[r]) / (12.0 * h)).collect()
+        (0..=k)
+            .map(|r| (m2[r] - 8.0 * m1[r] + 8.0 * p1[r] - p2[r]) / (12.0 * h))
+            .collect()
     };
     (0..k + p + q)
         .map(|col| {
             let h = 1e-4 * x0[col].abs().max(1.0);
             let a = stencil(col, h);
             let b = stencil(col, h / 2.0);
-            let smooth = a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-8 * x.abs().max(y.abs()).max(1.0));
+            let smooth = a
+                .iter()
+                .zip(&b)
+                .all(|(x, y)| (x - y).abs() <= 1e-8 * x.abs().max(y.abs()).max(1.0));
             smooth.then_some(b)
         })
         .collect()

@@ -49,7 +49,11 @@ pub mod lif {
         let v_next = alpha * v + i - z_prev * v_th;
         let r_next = detach(if z_prev > 0.5 { n_ref } else { max(r - 1.0, 0.0) });
         let z = if r_next > 0.5 { 0.0 } else { spike(v_next - v_th, psi) };
-        Next { v: v_next, r: r_next, spike: z }
+        Next {
+            v: v_next,
+            r: r_next,
+            spike: z,
+        }
     }
 }
 
@@ -100,8 +104,17 @@ pub mod alif {
         let v_next = alpha * v + i - detach(z_prev) * v_th;
         let a_next = rho * a + z_prev;
         let r_next = detach(if z_prev > 0.5 { n_ref } else { max(r - 1.0, 0.0) });
-        let z = if r_next > 0.5 { 0.0 } else { spike(v_next - v_th - beta * a_next, psi) };
-        Next { v: v_next, a: a_next, r: r_next, spike: z }
+        let z = if r_next > 0.5 {
+            0.0
+        } else {
+            spike(v_next - v_th - beta * a_next, psi)
+        };
+        Next {
+            v: v_next,
+            a: a_next,
+            r: r_next,
+            spike: z,
+        }
     }
 }
 
@@ -132,7 +145,10 @@ pub mod lif_diff_reset {
         let psi = triangle(gamma / v_th, v_th);
         let z_prev = spike(v - v_th, psi);
         let v_next = alpha * v + i - z_prev * v_th;
-        Next { v: v_next, spike: spike(v_next - v_th, psi) }
+        Next {
+            v: v_next,
+            spike: spike(v_next - v_th, psi),
+        }
     }
 }
 
@@ -174,6 +190,10 @@ pub mod alif_diff_reset {
         let z_prev = spike(v - v_th - beta * a, psi);
         let v_next = alpha * v + i - z_prev * v_th;
         let a_next = rho * a + z_prev;
-        Next { v: v_next, a: a_next, spike: spike(v_next - v_th - beta * a_next, psi) }
+        Next {
+            v: v_next,
+            a: a_next,
+            spike: spike(v_next - v_th - beta * a_next, psi),
+        }
     }
 }

@@ -40,7 +40,11 @@ pub mod cuba_lif {
         let z_prev = spike(v - v_th);
         let syn_next = alpha_syn * syn + exc - inh;
         let v_next = alpha_mem * v + (1.0 - alpha_mem) * syn_next - z_prev * v_th;
-        Next { v: v_next, syn: syn_next, spike: spike(v_next - v_th) }
+        Next {
+            v: v_next,
+            syn: syn_next,
+            spike: spike(v_next - v_th),
+        }
     }
 }
 
@@ -86,7 +90,11 @@ pub mod izhikevich {
         let v_int = v + dt * (0.04 * v * v + 5.0 * v + 140.0 - u + i);
         let v_next = v_int + z_prev * (c - v_int);
         let u_next = u + dt * a * (b * v - u) + z_prev * d;
-        Next { v: v_next, u: u_next, spike: spike(v_next - v_peak) }
+        Next {
+            v: v_next,
+            u: u_next,
+            spike: spike(v_next - v_peak),
+        }
     }
 }
 
@@ -149,7 +157,11 @@ pub mod adex {
         let v_int = v + dt / c_m * drive;
         let v_next = v_int + z_prev * (v_r - v_int);
         let w_next = w + dt / tau_w * (a * (v - e_l) - w) + z_prev * b;
-        Next { v: v_next, w: w_next, spike: spike(v_next - v_peak) }
+        Next {
+            v: v_next,
+            w: w_next,
+            spike: spike(v_next - v_peak),
+        }
     }
 }
 
@@ -171,6 +183,9 @@ pub mod leaky_integrator {
 
     fn step() {
         let v_next = alpha * v + (1.0 - alpha) * i;
-        Next { v: v_next, spike: tanh(v_next) }
+        Next {
+            v: v_next,
+            spike: tanh(v_next),
+        }
     }
 }

@@ -27,7 +27,10 @@ pub mod lif {
     fn step() {
         let u = beta * v + (1.0 - beta) * i;
         let z = spike(u - threshold);
-        Next { v: u * (1.0 - z), spike: z }
+        Next {
+            v: u * (1.0 - z),
+            spike: z,
+        }
     }
 }
 
@@ -64,7 +67,11 @@ pub mod alif {
         let z_prev = spike(u - threshold);
         let a_next = alpha * u + beta * a + gamma * z_prev;
         let u_next = alpha * (u - z_prev) + (1.0 - alpha) * (i - a_next);
-        Next { u: u_next, a: a_next, spike: spike(u_next - threshold) }
+        Next {
+            u: u_next,
+            a: a_next,
+            spike: spike(u_next - threshold),
+        }
     }
 }
 
@@ -95,6 +102,10 @@ pub mod sigma_delta {
         let y = max(sigma_next, 0.0);
         let delta = y - sent;
         let z = spike(abs(delta) - threshold) * delta;
-        Next { sigma: sigma_next, sent: sent + z, spike: z }
+        Next {
+            sigma: sigma_next,
+            sent: sent + z,
+            spike: z,
+        }
     }
 }
