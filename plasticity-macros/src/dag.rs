@@ -276,8 +276,8 @@ impl Dag {
         match op {
             Add(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) => num(self, x + y),
-                (Some(x), _) if x == 0.0 => Some(b),
-                (_, Some(y)) if y == 0.0 => Some(a),
+                (Some(0.0), _) => Some(b),
+                (_, Some(0.0)) => Some(a),
                 _ => {
                     if let Neg(nb) = self.node(b).op {
                         return Some(self.make(Sub(a, nb), span));
@@ -287,24 +287,24 @@ impl Dag {
             },
             Sub(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) => num(self, x - y),
-                (Some(x), _) if x == 0.0 => Some(self.make(Neg(b), span)),
-                (_, Some(y)) if y == 0.0 => Some(a),
+                (Some(0.0), _) => Some(self.make(Neg(b), span)),
+                (_, Some(0.0)) => Some(a),
                 _ if a == b => num(self, 0.0),
                 _ => None,
             },
             Mul(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) => num(self, x * y),
                 (Some(x), _) | (_, Some(x)) if x == 0.0 => num(self, 0.0),
-                (Some(x), _) if x == 1.0 => Some(b),
-                (_, Some(y)) if y == 1.0 => Some(a),
-                (Some(x), _) if x == -1.0 => Some(self.make(Neg(b), span)),
-                (_, Some(y)) if y == -1.0 => Some(self.make(Neg(a), span)),
+                (Some(1.0), _) => Some(b),
+                (_, Some(1.0)) => Some(a),
+                (Some(-1.0), _) => Some(self.make(Neg(b), span)),
+                (_, Some(-1.0)) => Some(self.make(Neg(a), span)),
                 _ => None,
             },
             Div(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) if y != 0.0 => num(self, x / y),
-                (Some(x), _) if x == 0.0 => num(self, 0.0),
-                (_, Some(y)) if y == 1.0 => Some(a),
+                (Some(0.0), _) => num(self, 0.0),
+                (_, Some(1.0)) => Some(a),
                 _ => None,
             },
             Neg(a) => match (k(self, a), self.node(a).op) {
@@ -326,8 +326,8 @@ impl Dag {
             }
             Powf(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) => num(self, x.powf(y)),
-                (_, Some(y)) if y == 1.0 => Some(a),
-                (_, Some(y)) if y == 0.0 => num(self, 1.0),
+                (_, Some(1.0)) => Some(a),
+                (_, Some(0.0)) => num(self, 1.0),
                 _ => None,
             },
             Abs(a) => k(self, a).and_then(|x| num(self, x.abs())),

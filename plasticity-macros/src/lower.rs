@@ -420,9 +420,9 @@ impl<'a> Lowerer<'a> {
     fn surrogate(&mut self, e: &Expr) -> Option<Surrogate> {
         // In this position a call of a surrogate family is always the surrogate, including
         // `sigmoid(slope)`, which elsewhere is the logistic function.
-        if let Expr::Call(call) = e {
-            if let Expr::Path(p) = &*call.func {
-                if let Some(name) = p.path.get_ident().map(|i| i.to_string()) {
+        if let Expr::Call(call) = e
+            && let Expr::Path(p) = &*call.func
+                && let Some(name) = p.path.get_ident().map(|i| i.to_string()) {
                     if SurrogateKind::lookup(&name).is_some() {
                         return match self.surrogate_call(&name, call)? {
                             Val::Surr(s) => Some(s),
@@ -437,8 +437,6 @@ impl<'a> Lowerer<'a> {
                         return None;
                     }
                 }
-            }
-        }
         match self.expr(e)? {
             Val::Surr(s) => Some(s),
             other => {
@@ -581,11 +579,10 @@ impl<'a> Lowerer<'a> {
             }
             v => v,
         };
-        if let Some(Val::Num(id)) = value {
-            if !matches!(self.dag.node(id).op, Op::Var(_) | Op::Const(_)) {
+        if let Some(Val::Num(id)) = value
+            && !matches!(self.dag.node(id).op, Op::Var(_) | Op::Const(_)) {
                 self.names.entry(id).or_insert_with(|| name.clone());
             }
-        }
         self.scopes
             .last_mut()
             .expect("a scope is open")

@@ -258,7 +258,7 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
                         format!("`{name}` is a built-in of the neuron model language and cannot name a field"),
                     );
                 }
-                if seen.iter().any(|s| *s == ident) {
+                if seen.contains(&ident) {
                     cx.error_spanned_by(&ident, format!("duplicate name `{name}`"));
                 }
                 seen.push(ident.clone());

@@ -97,7 +97,8 @@ pub fn analyse(low: &mut Lowered, k: usize, p: usize, q: usize) -> Analysis {
     let mut consts: Vec<NodeId> = Vec::new();
     let mut dynamic: Vec<NodeId> = Vec::new();
     let mut slot: HashMap<NodeId, Kind> = HashMap::new();
-    let blocks: [(Matrix, Matrix, usize, fn(usize) -> Var); 3] = [
+    type Block = (Matrix, Matrix, usize, fn(usize) -> Var);
+    let blocks: [Block; 3] = [
         (Matrix::J, Matrix::Jz, k, Var::State),
         (Matrix::B, Matrix::Bz, p, Var::Input),
         (Matrix::P, Matrix::Pz, q, Var::Learn),

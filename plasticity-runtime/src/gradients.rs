@@ -56,7 +56,7 @@ impl<F: Float> Gradients<F> {
         }
     }
 
-    /// Every gradient array as a flat slice, in [`Gradients::slices_mut`] order.
+    /// Every gradient array as a flat slice: per layer `w_in` (per port), `w_rec`, `bias`, `learn`; then the readout weights and bias.
     pub fn slices(&self) -> Vec<&[F]> {
         let mut out: Vec<&[F]> = Vec::new();
         for l in &self.layers {

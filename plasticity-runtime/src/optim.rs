@@ -94,11 +94,10 @@ impl Optimizer {
                 if !(eps.is_finite() && eps > 0.0) {
                     return Err(invalid("eps", eps, "a finite number > 0"));
                 }
-                if let Optimizer::AdamW { weight_decay, .. } = *self {
-                    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                if let Optimizer::AdamW { weight_decay, .. } = *self
+                    && !(weight_decay.is_finite() && weight_decay >= 0.0) {
                         return Err(invalid("weight decay", weight_decay, "a finite number >= 0"));
                     }
-                }
                 Ok(())
             }
         }

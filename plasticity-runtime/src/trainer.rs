@@ -60,11 +60,10 @@ impl TrainConfig {
     fn validate(&self) -> Result<()> {
         self.optimizer.validate()?;
         self.schedule.validate()?;
-        if let Some(c) = self.clip_norm {
-            if !(c.is_finite() && c > 0.0) {
+        if let Some(c) = self.clip_norm
+            && !(c.is_finite() && c > 0.0) {
                 return Err(invalid("clip_norm", c, "a finite number > 0"));
             }
-        }
         if let Some(r) = self.rate_regularization {
             if !(r.strength.is_finite() && r.strength >= 0.0) {
                 return Err(invalid(
@@ -537,9 +536,9 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         e.learn(&self.net, x, &self.err.view(), reg);
         s.t += 1;
         s.since_update += 1;
-        if update {
-            if let Some(k) = self.config.update_every {
-                if s.since_update >= k {
+        if update
+            && let Some(k) = self.config.update_every
+                && s.since_update >= k {
                     e.gradients(&self.net, &mut self.grads);
                     s.stats.grad_norm = self.opt.update(
                         &mut self.net,
@@ -551,8 +550,6 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                     e.zero_gradients();
                     s.since_update = 0;
                 }
-            }
-        }
         Ok(())
     }
 
@@ -607,7 +604,7 @@ fn loss_over<F: Float>(
                 Targets::Classes(c) => StepTargets::Classes(ndarray::ArrayView1::from(*c)),
                 other => other.at(t_len - 1),
             };
-            let (loss, correct) = step_error(&loss_fn, &sum.view(), classes, scale, probs, &mut err);
+            let (loss, correct) = step_error(loss_fn, &sum.view(), classes, scale, probs, &mut err);
             stats.loss = loss;
             stats.correct = correct;
             stats.predictions = batch;
@@ -622,7 +619,7 @@ fn loss_over<F: Float>(
                 let y = ys.index_axis(Axis(0), t);
                 let mut err = errs.index_axis_mut(Axis(0), t);
                 let mut e = Array2::zeros((batch, ys.shape()[2]));
-                let (loss, correct) = step_error(&loss_fn, &y, targets.at(t), scale, probs, &mut e);
+                let (loss, correct) = step_error(loss_fn, &y, targets.at(t), scale, probs, &mut e);
                 err.assign(&e);
                 stats.loss += loss;
                 *ysum += &y;

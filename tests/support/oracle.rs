@@ -185,8 +185,8 @@ pub fn dual<M: NeuronModel>(m: &M, pt: &Point) -> Jacobian {
         let learn = seed(k + p, &pt.learn);
         let mut next = vec![Dual::default(); k];
         let z = m.eval(&learn, &state, &input, &mut next, &mut DualSmooth);
-        for r in 0..k {
-            out.set(r, col, next[r].eps);
+        for (r, v) in next.iter().enumerate() {
+            out.set(r, col, v.eps);
         }
         out.set(k, col, z.eps);
     }
