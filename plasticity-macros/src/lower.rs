@@ -422,21 +422,22 @@ impl<'a> Lowerer<'a> {
         // `sigmoid(slope)`, which elsewhere is the logistic function.
         if let Expr::Call(call) = e
             && let Expr::Path(p) = &*call.func
-                && let Some(name) = p.path.get_ident().map(|i| i.to_string()) {
-                    if SurrogateKind::lookup(&name).is_some() {
-                        return match self.surrogate_call(&name, call)? {
-                            Val::Surr(s) => Some(s),
-                            _ => None,
-                        };
-                    }
-                    if !FUNCTIONS.split(", ").any(|f| f == name) {
-                        self.cx.error_spanned_by(
-                            &call.func,
-                            format!("unknown surrogate `{name}`; surrogates: {}", surrogate_list()),
-                        );
-                        return None;
-                    }
-                }
+            && let Some(name) = p.path.get_ident().map(|i| i.to_string())
+        {
+            if SurrogateKind::lookup(&name).is_some() {
+                return match self.surrogate_call(&name, call)? {
+                    Val::Surr(s) => Some(s),
+                    _ => None,
+                };
+            }
+            if !FUNCTIONS.split(", ").any(|f| f == name) {
+                self.cx.error_spanned_by(
+                    &call.func,
+                    format!("unknown surrogate `{name}`; surrogates: {}", surrogate_list()),
+                );
+                return None;
+            }
+        }
         match self.expr(e)? {
             Val::Surr(s) => Some(s),
             other => {
@@ -580,9 +581,10 @@ impl<'a> Lowerer<'a> {
             v => v,
         };
         if let Some(Val::Num(id)) = value
-            && !matches!(self.dag.node(id).op, Op::Var(_) | Op::Const(_)) {
-                self.names.entry(id).or_insert_with(|| name.clone());
-            }
+            && !matches!(self.dag.node(id).op, Op::Var(_) | Op::Const(_))
+        {
+            self.names.entry(id).or_insert_with(|| name.clone());
+        }
         self.scopes
             .last_mut()
             .expect("a scope is open")

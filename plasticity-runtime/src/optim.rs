@@ -95,9 +95,10 @@ impl Optimizer {
                     return Err(invalid("eps", eps, "a finite number > 0"));
                 }
                 if let Optimizer::AdamW { weight_decay, .. } = *self
-                    && !(weight_decay.is_finite() && weight_decay >= 0.0) {
-                        return Err(invalid("weight decay", weight_decay, "a finite number >= 0"));
-                    }
+                    && !(weight_decay.is_finite() && weight_decay >= 0.0)
+                {
+                    return Err(invalid("weight decay", weight_decay, "a finite number >= 0"));
+                }
                 Ok(())
             }
         }

@@ -61,9 +61,10 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.schedule.validate()?;
         if let Some(c) = self.clip_norm
-            && !(c.is_finite() && c > 0.0) {
-                return Err(invalid("clip_norm", c, "a finite number > 0"));
-            }
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(invalid("clip_norm", c, "a finite number > 0"));
+        }
         if let Some(r) = self.rate_regularization {
             if !(r.strength.is_finite() && r.strength >= 0.0) {
                 return Err(invalid(
@@ -538,18 +539,19 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         s.since_update += 1;
         if update
             && let Some(k) = self.config.update_every
-                && s.since_update >= k {
-                    e.gradients(&self.net, &mut self.grads);
-                    s.stats.grad_norm = self.opt.update(
-                        &mut self.net,
-                        &self.grads,
-                        &self.config.optimizer,
-                        &self.config.schedule,
-                        self.config.clip_norm,
-                    );
-                    e.zero_gradients();
-                    s.since_update = 0;
-                }
+            && s.since_update >= k
+        {
+            e.gradients(&self.net, &mut self.grads);
+            s.stats.grad_norm = self.opt.update(
+                &mut self.net,
+                &self.grads,
+                &self.config.optimizer,
+                &self.config.schedule,
+                self.config.clip_norm,
+            );
+            e.zero_gradients();
+            s.since_update = 0;
+        }
         Ok(())
     }
 
