@@ -2,6 +2,57 @@
 //!
 //! Neuron models written as plain Rust, differentiated at compile time by
 //! [`neuron_model`], trained online with e-prop or exactly with BPTT.
+//!
+//! ```
+//! use ndarray::Array3;
+//! use plasticity_runtime::{
+//!     neuron_model, Algorithm, Feedback, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, TrainConfig,
+//!     Trainer, Targets, Window,
+//! };
+//!
+//! #[neuron_model(surrogate = triangle(0.5, 1.0))]
+//! pub mod lif {
+//!     /// Leaky integrate-and-fire, reset by subtraction (detached).
+//!     pub struct Lif {
+//!         #[param(default = 0.9)]
+//!         pub alpha: f64,
+//!         #[param(default = 1.0)]
+//!         pub v_th: f64,
+//!         #[state(init = 0.0)]
+//!         v: f64,
+//!         #[input]
+//!         i: f64,
+//!     }
+//!
+//!     fn step() {
+//!         let reset = detach(spike(v - v_th));
+//!         let v = alpha * v + i - reset * v_th;
+//!         Next { v, spike: spike(v - v_th) }
+//!     }
+//! }
+//!
+//! // The membrane trace factorises: one value per presynaptic neuron.
+//! assert!(lif::Lif::describe().contains("ε^v factorised"));
+//!
+//! let net = NetworkBuilder::new(3)
+//!     .layer(LayerSpec::new(lif::Lif::default(), 8).recurrent(true))
+//!     .readout(ReadoutSpec::new(2, 0.8))
+//!     .seed(7)
+//!     .build::<f32>()?;
+//! let config = TrainConfig::new(
+//!     Algorithm::Eprop(Feedback::Symmetric),
+//!     Loss::CrossEntropy(Window::All),
+//!     Optimizer::adam(1e-2),
+//! );
+//! let mut trainer = Trainer::new(net, config)?;
+//! let x = Array3::from_shape_fn((20, 4, 3), |(t, b, i)| if (t + b + i) % 4 == 0 { 1.0 } else { 0.0 });
+//! let stats = trainer.train_batch(x.view(), Targets::Classes(&[0, 1, 0, 1]))?;
+//! assert!(stats.loss.is_finite());
+//! # Ok::<(), plasticity_runtime::Error>(())
+//! ```
+//!
+//! The language is documented in `docs/dsl.md`, the compiler in `docs/how-it-works.md`, and
+//! the algorithms in `docs/training.md`.
 
 extern crate self as plasticity_runtime;
 
