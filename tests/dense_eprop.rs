@@ -16,7 +16,7 @@ use rand::{RngExt, SeedableRng};
 fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: &[usize]) -> Gradients<f64> {
     let (k, p, q) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE);
     let layer = &net.layers[0];
-    let n = layer.learn.nrows();
+    let n = layer.size();
     let n_in = net.n_in;
     let (t_len, batch) = (x.shape()[0], x.shape()[1]);
     let n_out = net.readout.w.nrows();
@@ -75,7 +75,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                         *v += bias[port][j];
                     }
                 }
-                let learn: Vec<f64> = (0..q).map(|qi| layer.learn[[j, qi]]).collect();
+                let learn: Vec<f64> = (0..q).map(|qi| layer.learn[[qi, j]]).collect();
                 let mut next = vec![0.0; k];
                 let mut dynv = vec![0.0; M::NUM_DYNAMIC];
                 z[j] = layer.model.eval_partials(
@@ -142,7 +142,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                     }
                     let eb = kappa * ebar_p[j * q + qi] + e;
                     ebar_p[j * q + qi] = eb;
-                    g.layers[0].learn[[j, qi]] += signal[j] * eb;
+                    g.layers[0].learn[[qi, j]] += signal[j] * eb;
                 }
             }
             bbar = kappa * bbar + 1.0;

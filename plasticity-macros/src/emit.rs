@@ -6,7 +6,7 @@ use proc_macro2::{Literal, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::Ident;
 
-use crate::dag::{CmpOp, Dag, NodeId, Op, Surrogate, Var};
+use crate::dag::{Class, CmpOp, Dag, NodeId, Op, Surrogate, Var};
 use crate::lower::Lowered;
 use crate::parse::ModelDef;
 use crate::sparsity::{Analysis, EntryInfo, Kind, Layout, Matrix, formula};
@@ -94,8 +94,25 @@ fn surrogate_tokens(s: Surrogate) -> TokenStream {
     quote!(#rt::Surrogate::#variant { #(#fields),* })
 }
 
+/// Where the leaves of a kernel come from.
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    /// One neuron: `state[i]`, `input[i]`, `learn[i]`.
+    Neuron,
+    /// Neuron `j` of a layer stored as structure of arrays: `st_i[j]`, `in_i[j]`, `ln_i[j]`.
+    Layer,
+}
+
+fn soa_ident(prefix: &str, i: usize) -> Ident {
+    format_ident!("{}_{}", prefix, i)
+}
+
 /// `let nK = ...;` for every node in `ids` (ascending).
 fn emit_nodes(dag: &Dag, ids: &[NodeId], names: &Names) -> TokenStream {
+    emit_nodes_with(dag, ids, names, Access::Neuron)
+}
+
+fn emit_nodes_with(dag: &Dag, ids: &[NodeId], names: &Names, access: Access) -> TokenStream {
     let rt = rt();
     let mut out = TokenStream::new();
     for &id in ids {
@@ -112,6 +129,18 @@ fn emit_nodes(dag: &Dag, ids: &[NodeId], names: &Names) -> TokenStream {
                 Var::Param(i) => {
                     let f = &names.def.params[i].ident;
                     quote!(<T as #rt::Real>::from_f64(self.#f))
+                }
+                Var::Learn(i) if access == Access::Layer => {
+                    let a = soa_ident("ln", i);
+                    quote!(#a[j])
+                }
+                Var::State(i) if access == Access::Layer => {
+                    let a = soa_ident("st", i);
+                    quote!(#a[j])
+                }
+                Var::Input(i) if access == Access::Layer => {
+                    let a = soa_ident("inp", i);
+                    quote!(#a[j])
                 }
                 Var::Learn(i) => quote!(learn[#i]),
                 Var::State(i) => quote!(state[#i]),
@@ -398,6 +427,9 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
         .collect();
     let spike_id = node_ident(low.spike);
 
+    // ---- forward over a layer, structure of arrays ----
+    let layer_code = eval_layer(dag, low, a, &names, &fwd_roots, &part_roots_for_layer(low, a));
+
     // ---- constants ----
     let const_code = emit_nodes(dag, &dag.reachable(&a.consts), &names);
     let const_store = a.consts.iter().enumerate().map(|(i, &id)| {
@@ -533,6 +565,13 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
                     #fwd_code
                     #(#next_store)*
                     #spike_id
+                }
+
+                #[inline]
+                fn eval_layer<T: #rt::Real, M: #rt::Mode<T>>(
+                    &self, learn: &[T], state: &mut [T], input: &[T], z: &mut [T], dynv: &mut [T], mode: &mut M,
+                ) {
+                    #layer_code
                 }
 
                 #[inline]
@@ -845,4 +884,88 @@ fn param_traces(g: &Gen) -> TokenStream {
         });
     }
     out
+}
+
+fn part_roots_for_layer(low: &Lowered, a: &Analysis) -> Vec<NodeId> {
+    let mut roots = low.next.clone();
+    roots.push(low.spike);
+    roots.extend(a.dynamic.iter().copied());
+    roots
+}
+
+/// Splits `buf` (immutable) into `rows` rows of length `n`, named `prefix_0..`.
+fn rows_of(buf: &Ident, prefix: &str, rows: usize) -> TokenStream {
+    let defs = (0..rows).map(|r| {
+        let id = soa_ident(prefix, r);
+        quote!(let #id = &#buf[#r * n..(#r + 1) * n];)
+    });
+    quote!(#(#defs)*)
+}
+
+/// The forward step (and, when `dynv` is not empty, the dynamic partials) of `n` neurons
+/// stored as structure of arrays. Nodes that depend only on fixed parameters are computed
+/// once, before the loop; the loop body is the per-neuron straight-line code.
+fn eval_layer(
+    dag: &Dag,
+    low: &Lowered,
+    a: &Analysis,
+    names: &Names,
+    fwd_roots: &[NodeId],
+    part_roots: &[NodeId],
+) -> TokenStream {
+    let (k, p, q) = (a.k, a.p, a.q);
+    let nd = a.dynamic.len();
+    let split = |ids: Vec<NodeId>| -> (Vec<NodeId>, Vec<NodeId>) {
+        ids.into_iter().partition(|&id| dag.class(id) != Class::Dynamic)
+    };
+    let (fwd_hoist, fwd_loop) = split(dag.reachable(fwd_roots));
+    let (part_hoist, part_loop) = split(dag.reachable(part_roots));
+    let fwd_pre = emit_nodes_with(dag, &fwd_hoist, names, Access::Layer);
+    let fwd_body = emit_nodes_with(dag, &fwd_loop, names, Access::Layer);
+    let part_pre = emit_nodes_with(dag, &part_hoist, names, Access::Layer);
+    let part_body = emit_nodes_with(dag, &part_loop, names, Access::Layer);
+    let learn_rows = rows_of(&format_ident!("learn"), "ln", q);
+    let input_rows = rows_of(&format_ident!("input"), "inp", p);
+    let state_split = split_rows(&format_ident!("state"), "st", k);
+    let dyn_split = split_rows(&format_ident!("dynv"), "dy", nd);
+    let stores: Vec<TokenStream> = low
+        .next
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let st = soa_ident("st", i);
+            let v = node_ident(id);
+            quote!(#st[j] = #v;)
+        })
+        .collect();
+    let dyn_stores = a.dynamic.iter().enumerate().map(|(i, &id)| {
+        let d = soa_ident("dy", i);
+        let v = node_ident(id);
+        quote!(#d[j] = #v;)
+    });
+    let spike = node_ident(low.spike);
+    quote! {
+        let n = z.len();
+        let (learn, input) = (&learn[..#q * n], &input[..#p * n]);
+        #learn_rows
+        #input_rows
+        #state_split
+        if dynv.is_empty() {
+            #fwd_pre
+            for j in 0..n {
+                #fwd_body
+                #(#stores)*
+                z[j] = #spike;
+            }
+        } else {
+            #dyn_split
+            #part_pre
+            for j in 0..n {
+                #part_body
+                #(#stores)*
+                #(#dyn_stores)*
+                z[j] = #spike;
+            }
+        }
+    }
 }

@@ -116,6 +116,9 @@ fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
                 fn eval<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(
                     &self, learn: &[T], state: &[T], input: &[T], next: &mut [T], mode: &mut M,
                 ) -> T { unreachable!() }
+                fn eval_layer<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(
+                    &self, learn: &[T], state: &mut [T], input: &[T], z: &mut [T], dynv: &mut [T], mode: &mut M,
+                ) { unreachable!() }
                 fn constants<T: ::plasticity_runtime::__private::Real>(&self, consts: &mut [T]) { unreachable!() }
                 fn eval_partials<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(
                     &self, learn: &[T], state: &[T], input: &[T], next: &mut [T], dynv: &mut [T], mode: &mut M,

@@ -13,7 +13,7 @@ use crate::eprop::RateRegularization;
 use crate::gradients::Gradients;
 use crate::linalg::{gemm_nn, gemm_tn_acc};
 use crate::model::NeuronModel;
-use crate::network::{MAX_PORTS, MAX_STATES, Network};
+use crate::network::{MAX_DYNAMIC, MAX_PORTS, MAX_STATES, Network, gather_partials};
 use crate::real::{Float, Real};
 
 /// What the forward pass keeps for one layer.
@@ -165,8 +165,11 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
                 .for_each(|(b, ((dh_b, dl_b), di_out))| {
                     let mut prev = [<F as Real>::zero(); MAX_STATES];
                     let mut dinp = [<F as Real>::zero(); MAX_PORTS];
+                    let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
+                    let block = &dyn_t[b * dstride..b * dstride + n * nd];
                     for j in 0..n {
-                        let dv = &dyn_t[b * dstride + j * nd..b * dstride + (j + 1) * nd];
+                        gather_partials(block, j, n, &mut dv_buf[..nd]);
+                        let dv = &dv_buf[..nd];
                         let dhj = &mut dh_b[j * k..(j + 1) * k];
                         M::vjp(
                             consts,
@@ -220,7 +223,7 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
         for b in 0..batch {
             for j in 0..n {
                 for qi in 0..q {
-                    lg.learn[[j, qi]] += dlearn[l][b * (n * q).max(1) + j * q + qi];
+                    lg.learn[[qi, j]] += dlearn[l][b * (n * q).max(1) + j * q + qi];
                 }
             }
         }

@@ -17,7 +17,7 @@ use crate::gradients::Gradients;
 use crate::init::Init;
 use crate::linalg::{gemm_nn, gemm_tn_acc};
 use crate::model::NeuronModel;
-use crate::network::{LayerBuffers, Network, reset_state};
+use crate::network::{LayerBuffers, MAX_DYNAMIC, Network, gather_partials, reset_state};
 use crate::real::{Float, Real};
 
 /// Where the learning signals come from.
@@ -286,6 +286,7 @@ impl<F: Float> Eprop<F> {
                 .enumerate()
                 .take(n)
                 .for_each(|(j, region)| {
+                    let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
                     let mut rest = region;
                     for s in sources {
                         let (src, tail) = rest.split_at_mut(s.len);
@@ -301,7 +302,8 @@ impl<F: Float> Eprop<F> {
                                 Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
                                 Source::Bias => &one,
                             };
-                            let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
+                            gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
+                            let dv = &dv_buf[..nd];
                             M::synapse_traces(
                                 s.port,
                                 consts,
@@ -321,7 +323,8 @@ impl<F: Float> Eprop<F> {
                         let ebar_len = if filtered { q } else { 0 };
                         let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
                         for b in 0..batch {
-                            let dv = &dynv[b * dstride + j * nd..b * dstride + (j + 1) * nd];
+                            gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
+                            let dv = &dv_buf[..nd];
                             M::param_traces(
                                 consts,
                                 dv,
@@ -394,7 +397,7 @@ impl<F: Float> Eprop<F> {
                 let q = M::NUM_LEARNABLE;
                 let len = region.len();
                 lg.learn
-                    .row_mut(j)
+                    .column_mut(j)
                     .iter_mut()
                     .zip(&region[len - q..])
                     .for_each(|(d, g)| *d = *g);

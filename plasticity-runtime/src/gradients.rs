@@ -16,7 +16,7 @@ pub struct LayerGradients<F> {
     pub w_rec: Option<Vec<Array2<F>>>,
     /// `dE/db` per port, `[size]`.
     pub bias: Option<Vec<Array1<F>>>,
-    /// `dE/dθ` of the learnable parameters, `[size, q]`.
+    /// `dE/dθ` of the learnable parameters, `[q, size]`.
     pub learn: Array2<F>,
 }
 

@@ -226,6 +226,21 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// One time step of one neuron: writes the next state, returns the output `z`.
     fn eval<T: Real, M: Mode<T>>(&self, learn: &[T], state: &[T], input: &[T], next: &mut [T], mode: &mut M) -> T;
 
+    /// One time step of `n = z.len()` neurons stored as structure of arrays: `learn`
+    /// `[q·n]` (parameter-major), `state` `[k·n]` (state-major, advanced in place), `input`
+    /// `[p·n]` (port-major), outputs into `z` `[n]`. When `dynv` is non-empty (`[ND·n]`,
+    /// partial-major) the dynamic partials are written too. Per-layer constants are computed
+    /// once, before the loop over neurons.
+    fn eval_layer<T: Real, M: Mode<T>>(
+        &self,
+        learn: &[T],
+        state: &mut [T],
+        input: &[T],
+        z: &mut [T],
+        dynv: &mut [T],
+        mode: &mut M,
+    );
+
     /// The constant partials (they depend only on fixed parameters), `[NUM_CONSTS]`.
     fn constants<T: Real>(&self, consts: &mut [T]);
 

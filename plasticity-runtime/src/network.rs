@@ -16,6 +16,8 @@ use crate::surrogate::Plain;
 pub const MAX_STATES: usize = 16;
 /// Most input ports a model may have.
 pub const MAX_PORTS: usize = 8;
+/// Most dynamic partials a model may have (one neuron's are gathered on the stack).
+pub const MAX_DYNAMIC: usize = 256;
 
 /// How one layer is built.
 #[derive(Clone, Debug)]
@@ -107,7 +109,7 @@ pub struct Layer<M, F> {
     pub w_rec: Option<Vec<Array2<F>>>,
     /// Bias per port, `[size]`.
     pub bias: Option<Vec<Array1<F>>>,
-    /// Learnable parameters per neuron, `[size, q]`.
+    /// Learnable parameters per neuron, `[q, size]` (one row per parameter).
     pub learn: Array2<F>,
     /// Whether self-connections are kept at zero.
     pub mask_self: bool,
@@ -117,7 +119,7 @@ pub struct Layer<M, F> {
 impl<M: NeuronModel, F: Float> Layer<M, F> {
     /// Number of neurons.
     pub fn size(&self) -> usize {
-        self.learn.nrows()
+        self.w_in.first().map_or(0, |w| w.nrows())
     }
     /// Number of presynaptic inputs.
     pub fn n_pre(&self) -> usize {
@@ -204,11 +206,18 @@ impl<M: NeuronModel> NetworkBuilder<M> {
         if self.layers.is_empty() {
             return Err(invalid("layers", 0, "at least one layer"));
         }
-        if M::NUM_STATES > MAX_STATES || M::NUM_INPUTS > MAX_PORTS || M::NUM_LEARNABLE > MAX_STATES {
+        if M::NUM_STATES > MAX_STATES
+            || M::NUM_INPUTS > MAX_PORTS
+            || M::NUM_LEARNABLE > MAX_STATES
+            || M::NUM_DYNAMIC > MAX_DYNAMIC
+        {
             return Err(invalid(
                 "model",
                 M::PATTERN.model,
-                &format!("at most {MAX_STATES} states, {MAX_PORTS} input ports and {MAX_STATES} learnable parameters"),
+                &format!(
+                    "at most {MAX_STATES} states, {MAX_PORTS} input ports, {MAX_STATES} learnable parameters and \
+                     {MAX_DYNAMIC} dynamic partials"
+                ),
             ));
         }
         let readout = self
@@ -240,7 +249,7 @@ impl<M: NeuronModel> NetworkBuilder<M> {
             let bias = spec.bias.then(|| (0..p).map(|_| Array1::zeros(spec.size)).collect());
             let mut init = vec![<F as Real>::zero(); M::NUM_LEARNABLE];
             spec.model.learnable_init(&mut init);
-            let learn = Array2::from_shape_fn((spec.size, M::NUM_LEARNABLE), |(_, q)| init[q]);
+            let learn = Array2::from_shape_fn((M::NUM_LEARNABLE, spec.size), |(q, _)| init[q]);
             let mut consts = vec![<F as Real>::zero(); M::NUM_CONSTS];
             spec.model.constants(&mut consts);
             check_finite("model constant partials", consts.iter().copied())?;
@@ -283,15 +292,15 @@ pub struct RunOutput<F> {
 /// Per-layer buffers for stepping a batch through time. Allocated once.
 #[derive(Clone, Debug)]
 pub(crate) struct LayerBuffers<F> {
-    /// State, `[B, n, k]`.
+    /// State, `[B, k, n]`.
     pub state: Vec<F>,
     /// Output at this step, `[B, n]`.
     pub z: Array2<F>,
     /// Output at the previous step, `[B, n]`.
     pub z_prev: Array2<F>,
-    /// Synaptic currents, `[p, B, n]`.
+    /// Synaptic currents, `[B, p, n]`.
     pub current: Array3<F>,
-    /// Dynamic partials at this step, `[B, n, ND]`.
+    /// Dynamic partials at this step, `[B, ND, n]` (each sample's block padded to at least 1).
     pub dynv: Vec<F>,
 }
 
@@ -314,7 +323,7 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
                     state: vec![<F as Real>::zero(); batch * n * M::NUM_STATES],
                     z: Array2::zeros((batch, n)),
                     z_prev: Array2::zeros((batch, n)),
-                    current: Array3::zeros((M::NUM_INPUTS, batch, n)),
+                    current: Array3::zeros((batch, M::NUM_INPUTS, n)),
                     dynv: vec![<F as Real>::zero(); batch * (n * M::NUM_DYNAMIC).max(1)],
                 };
                 reset_state(l, &mut buf);
@@ -329,11 +338,14 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
         let p = M::NUM_INPUTS;
         let mut n_pre = self.n_in;
         for (l, layer) in self.layers.iter().enumerate() {
-            let n = layer.learn.nrows();
+            let n = layer.size();
+            if n == 0 {
+                return Err(invalid(&format!("layer {l} size"), 0, "at least 1 neuron"));
+            }
             check_shape(
                 &format!("layer {l} learnable parameters"),
                 layer.learn.shape(),
-                &[n, M::NUM_LEARNABLE],
+                &[M::NUM_LEARNABLE, n],
             )?;
             let standard = |what: String, ok: bool| -> Result<()> {
                 if ok {
@@ -472,11 +484,13 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
 
 /// Puts every neuron of `buf` in the model's initial state, with zero outputs.
 pub(crate) fn reset_state<M: NeuronModel, F: Float>(layer: &Layer<M, F>, buf: &mut LayerBuffers<F>) {
-    let k = M::NUM_STATES;
+    let (k, n) = (M::NUM_STATES, layer.size());
     let mut init = [<F as Real>::zero(); MAX_STATES];
     layer.model.initial_state(&mut init[..k]);
-    for s in buf.state.chunks_exact_mut(k) {
-        s.copy_from_slice(&init[..k]);
+    for sample in buf.state.chunks_exact_mut(k * n) {
+        for (row, &v) in sample.chunks_exact_mut(n).zip(&init[..k]) {
+            row.fill(v);
+        }
     }
     buf.z.fill(<F as Real>::zero());
     buf.z_prev.fill(<F as Real>::zero());
@@ -492,7 +506,7 @@ fn layer_step<M: NeuronModel, F: Float>(
     let (k, p, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_DYNAMIC);
     let n = layer.size();
     for port in 0..p {
-        let mut cur = buf.current.index_axis_mut(Axis(0), port);
+        let mut cur = buf.current.index_axis_mut(Axis(1), port);
         gemm_nt(<F as Real>::zero(), &mut cur, &pre, &layer.w_in[port].view());
         if let Some(w_rec) = &layer.w_rec {
             gemm_nt(<F as Real>::one(), &mut cur, &buf.z_prev.view(), &w_rec[port].view());
@@ -503,43 +517,28 @@ fn layer_step<M: NeuronModel, F: Float>(
             }
         }
     }
-    let current = &buf.current;
-    let learn = &layer.learn;
-    let q = M::NUM_LEARNABLE;
+    let learn = layer.learn.as_slice().expect("validated standard layout");
     let model = &layer.model;
+    let dstride = (n * nd).max(1);
     buf.state
         .par_chunks_mut(n * k)
         .zip(buf.z.axis_iter_mut(Axis(0)).into_par_iter())
-        .zip(buf.dynv.par_chunks_mut((n * nd).max(1)))
-        .enumerate()
-        .for_each(|(b, ((state, mut z), dynv))| {
-            let mut input = [<F as Real>::zero(); MAX_PORTS];
-            let mut next = [<F as Real>::zero(); MAX_STATES];
-            let mut lrn = [<F as Real>::zero(); MAX_STATES];
-            for j in 0..n {
-                for (port, v) in input[..p].iter_mut().enumerate() {
-                    *v = current[[port, b, j]];
-                }
-                for (qi, v) in lrn[..q].iter_mut().enumerate() {
-                    *v = learn[[j, qi]];
-                }
-                let s = &mut state[j * k..(j + 1) * k];
-                let out = if partials {
-                    model.eval_partials(
-                        &lrn[..q],
-                        s,
-                        &input[..p],
-                        &mut next[..k],
-                        &mut dynv[j * nd..(j + 1) * nd],
-                        &mut Plain,
-                    )
-                } else {
-                    model.eval(&lrn[..q], s, &input[..p], &mut next[..k], &mut Plain)
-                };
-                s.copy_from_slice(&next[..k]);
-                z[j] = out;
-            }
+        .zip(buf.dynv.par_chunks_mut(dstride))
+        .zip(buf.current.axis_iter(Axis(0)).into_par_iter())
+        .for_each(|(((state, mut z), dynv), current)| {
+            let input = current.to_slice().expect("currents are allocated in standard layout");
+            let z = z.as_slice_mut().expect("outputs are allocated in standard layout");
+            let dynv = if partials { &mut dynv[..n * nd] } else { &mut [] };
+            model.eval_layer(learn, state, input, z, dynv, &mut Plain);
         });
+}
+
+/// The dynamic partials of neuron `j` of one sample (`[ND, n]` block) gathered into `out`.
+#[inline]
+pub(crate) fn gather_partials<F: Float>(block: &[F], j: usize, n: usize, out: &mut [F]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = block[r * n + j];
+    }
 }
 
 fn standard_readout<F: Float>(r: &Readout<F>) -> Result<()> {
