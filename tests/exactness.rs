@@ -113,3 +113,42 @@ fn classic() {
     check(AdEx::default(), 20000.0, 1.0);
     check(LeakyIntegrator::default(), 2.0, 1.0);
 }
+
+/// Sparse spike events give the same gradients as the same spikes as a dense array.
+#[test]
+fn events_equal_dense_input() {
+    use plasticity_runtime::SpikeEvents;
+    let net = NetworkBuilder::new(6)
+        .layer(
+            LayerSpec::new(BellecAlif::default(), 5)
+                .recurrent(true)
+                .init_in(Init::Gaussian { gain: 3.0 }),
+        )
+        .readout(ReadoutSpec::new(2, 0.7))
+        .seed(4)
+        .build::<f64>()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut events = Vec::new();
+    for t in 0..40 {
+        for b in 0..3 {
+            for c in 0..6 {
+                if rng.random_bool(0.2) {
+                    events.push((t, b, c));
+                }
+            }
+        }
+    }
+    let ev = SpikeEvents::new(40, 3, 6, events).unwrap();
+    let x = ev.to_dense::<f64>();
+    let classes = [0, 1, 1];
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3));
+        let mut a = Trainer::new(net.clone(), config.clone()).unwrap();
+        let mut b = Trainer::new(net.clone(), config).unwrap();
+        let (ga, sa) = a.compute_gradients_events(&ev, Targets::Classes(&classes)).unwrap();
+        let (gb, sb) = b.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
+        assert_eq!(ga, gb);
+        assert_eq!(sa.loss, sb.loss);
+    }
+}

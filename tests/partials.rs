@@ -120,13 +120,22 @@ fn layer_matches_neuron<M: NeuronModel>(m: &M, spread: f64, seed: u64) {
     m.initial_state(&mut init);
     let mut learn0 = vec![0.0; q];
     m.learnable_init(&mut learn0);
-    let state: Vec<f64> = (0..k * n).map(|i| init[i / n] + spread * rng.random_range(-1.0..1.0)).collect();
+    let state: Vec<f64> = (0..k * n)
+        .map(|i| init[i / n] + spread * rng.random_range(-1.0..1.0))
+        .collect();
     let input: Vec<f64> = (0..p * n).map(|_| spread * rng.random_range(-1.0..1.0)).collect();
     let learn: Vec<f64> = (0..q * n).map(|i| learn0[i / n] * rng.random_range(0.8..1.2)).collect();
     let mut layer_state = state.clone();
     let mut z = vec![0.0; n];
     let mut dynv = vec![0.0; nd * n];
-    m.eval_layer(&learn, &mut layer_state, &input, &mut z, &mut dynv, &mut plasticity_runtime::Plain);
+    m.eval_layer(
+        &learn,
+        &mut layer_state,
+        &input,
+        &mut z,
+        &mut dynv,
+        &mut plasticity_runtime::Plain,
+    );
     for j in 0..n {
         let col = |v: &[f64], rows: usize| (0..rows).map(|r| v[r * n + j]).collect::<Vec<f64>>();
         let mut next = vec![0.0; k];
@@ -139,21 +148,40 @@ fn layer_matches_neuron<M: NeuronModel>(m: &M, spread: f64, seed: u64) {
             &mut dv,
             &mut plasticity_runtime::Plain,
         );
-        assert_eq!(zj.to_bits(), z[j].to_bits(), "{}: output of neuron {j}", M::PATTERN.model);
+        assert_eq!(
+            zj.to_bits(),
+            z[j].to_bits(),
+            "{}: output of neuron {j}",
+            M::PATTERN.model
+        );
         assert_eq!(next, col(&layer_state, k), "{}: state of neuron {j}", M::PATTERN.model);
         assert_eq!(dv, col(&dynv, nd), "{}: partials of neuron {j}", M::PATTERN.model);
     }
     // Forward only (no partials requested) gives the same states.
     let mut fwd_state = state.clone();
     let mut z2 = vec![0.0; n];
-    m.eval_layer(&learn, &mut fwd_state, &input, &mut z2, &mut [], &mut plasticity_runtime::Plain);
+    m.eval_layer(
+        &learn,
+        &mut fwd_state,
+        &input,
+        &mut z2,
+        &mut [],
+        &mut plasticity_runtime::Plain,
+    );
     assert_eq!(fwd_state, layer_state);
     assert_eq!(z2, z);
 }
 
 #[test]
 fn layer_kernels_match_neuron_kernels() {
-    layer_matches_neuron(&BellecLif { n_ref: 2.0, ..BellecLif::default() }, 1.0, 1);
+    layer_matches_neuron(
+        &BellecLif {
+            n_ref: 2.0,
+            ..BellecLif::default()
+        },
+        1.0,
+        1,
+    );
     layer_matches_neuron(&BellecAlif::default(), 1.0, 2);
     layer_matches_neuron(&BellecLifDiffReset::default(), 1.0, 3);
     layer_matches_neuron(&BellecAlifDiffReset::default(), 1.0, 4);

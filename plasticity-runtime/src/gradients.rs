@@ -1,6 +1,8 @@
 //! Gradients with the shapes of a network's parameters, and the common order in which
 //! optimisers visit parameters and gradients.
 
+use std::borrow::Cow;
+
 use ndarray::{Array1, Array2};
 
 use crate::model::NeuronModel;
@@ -57,31 +59,38 @@ impl<F: Float> Gradients<F> {
     }
 
     /// Every gradient array as a flat slice: per layer `w_in` (per port), `w_rec`, `bias`, `learn`; then the readout weights and bias.
-    pub fn slices(&self) -> Vec<&[F]> {
-        let mut out: Vec<&[F]> = Vec::new();
-        for l in &self.layers {
-            out.extend(l.w_in.iter().map(|w| w.as_slice().expect("standard layout")));
-            if let Some(w) = &l.w_rec {
-                out.extend(w.iter().map(|w| w.as_slice().expect("standard layout")));
+    /// Arrays in standard layout are borrowed; any other is copied in logical order.
+    pub fn slices(&self) -> Vec<Cow<'_, [F]>> {
+        fn flat<F: Float, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> Cow<'_, [F]> {
+            match a.as_slice() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(a.iter().copied().collect()),
             }
-            if let Some(b) = &l.bias {
-                out.extend(b.iter().map(|b| b.as_slice().expect("standard layout")));
-            }
-            out.push(l.learn.as_slice().expect("standard layout"));
         }
-        out.push(self.readout_w.as_slice().expect("standard layout"));
+        let mut out = Vec::new();
+        for l in &self.layers {
+            out.extend(l.w_in.iter().map(flat));
+            out.extend(l.w_rec.iter().flatten().map(flat));
+            out.extend(l.bias.iter().flatten().map(flat));
+            out.push(flat(&l.learn));
+        }
+        out.push(flat(&self.readout_w));
         if let Some(b) = &self.readout_b {
-            out.push(b.as_slice().expect("standard layout"));
+            out.push(flat(b));
         }
         out
     }
 
-    /// Calls `f` on every gradient array, in [`Gradients::slices`] order, without allocating.
+    /// Calls `f` on every gradient array, in [`Gradients::slices`] order (without
+    /// allocating, for arrays in standard layout).
     pub fn for_each(&self, mut f: impl FnMut(&[F])) {
-        self.for_each_ref(&mut |s| f(s));
+        for s in self.slices() {
+            f(&s);
+        }
     }
 
-    /// The `index`-th gradient array in [`Gradients::slices`] order.
+    /// The `index`-th gradient array in [`Gradients::slices`] order. Gradients made by
+    /// [`Gradients::zeros`] and filled by the runtime are always in standard layout.
     pub(crate) fn get(&self, index: usize) -> &[F] {
         let mut i = 0;
         let mut found: &[F] = &[];
@@ -127,19 +136,29 @@ impl<F: Float> Gradients<F> {
         }
     }
 
-    /// The global L2 norm.
+    /// The global L2 norm (no allocation).
     pub fn norm(&self) -> f64 {
+        fn sq<'a, F: Float + 'a>(it: impl Iterator<Item = &'a F>) -> f64 {
+            it.map(|x| x.to_f64() * x.to_f64()).sum()
+        }
         let mut sum = 0.0;
-        self.for_each(|s| sum += s.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>());
+        for l in &self.layers {
+            sum += l.w_in.iter().map(|w| sq(w.iter())).sum::<f64>();
+            sum += l.w_rec.iter().flatten().map(|w| sq(w.iter())).sum::<f64>();
+            sum += l.bias.iter().flatten().map(|b| sq(b.iter())).sum::<f64>();
+            sum += sq(l.learn.iter());
+        }
+        sum += sq(self.readout_w.iter());
+        sum += self.readout_b.iter().map(|b| sq(b.iter())).sum::<f64>();
         sum.sqrt()
     }
 
     /// The largest relative difference to `other` over every entry,
     /// `|a − b| / max(|a|, |b|, floor)`.
     pub fn max_rel_diff(&self, other: &Self, floor: f64) -> f64 {
-        self.slices()
-            .iter()
-            .zip(other.slices())
+        let (mine, theirs) = (self.slices(), other.slices());
+        mine.iter()
+            .zip(theirs.iter())
             .flat_map(|(a, b)| a.iter().zip(b.iter()))
             .map(|(a, b)| {
                 let (a, b) = (a.to_f64(), b.to_f64());
@@ -149,10 +168,31 @@ impl<F: Float> Gradients<F> {
     }
 }
 
+fn standard<F: Float, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
+}
+
 impl<M: NeuronModel, F: Float> Network<M, F> {
+    /// Puts every parameter array in standard (row-major) layout, so that flat views exist.
+    fn standardize(&mut self) {
+        for l in &mut self.layers {
+            l.w_in.iter_mut().for_each(standard);
+            l.w_rec.iter_mut().flatten().for_each(standard);
+            l.bias.iter_mut().flatten().for_each(standard);
+            standard(&mut l.learn);
+        }
+        standard(&mut self.readout.w);
+        if let Some(b) = &mut self.readout.b {
+            standard(b);
+        }
+    }
+
     /// Calls `f(index, params)` on every parameter array, in [`Gradients::slices`] order,
     /// without allocating.
     pub fn for_each_param_mut(&mut self, mut f: impl FnMut(usize, &mut [F])) {
+        self.standardize();
         let mut i = 0;
         let mut call = |s: &mut [F]| {
             f(i, s);
@@ -181,6 +221,7 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
     /// Every parameter array as a flat mutable slice, in the same order as
     /// [`Gradients::slices`].
     pub fn param_slices_mut(&mut self) -> Vec<&mut [F]> {
+        self.standardize();
         let mut out: Vec<&mut [F]> = Vec::new();
         for l in &mut self.layers {
             out.extend(l.w_in.iter_mut().map(|w| w.as_slice_mut().expect("standard layout")));

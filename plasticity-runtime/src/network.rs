@@ -437,7 +437,10 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
 
     /// Runs the network on inputs `[T, B, n_in]` from its initial state (inference only).
     pub fn run(&self, inputs: ArrayView3<F>) -> Result<RunOutput<F>> {
+        self.validate()?;
         self.check_inputs(&inputs)?;
+        let inputs = inputs.as_standard_layout();
+        let inputs = inputs.view();
         let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
         let mut bufs = self.buffers(batch);
         let mut y = Array2::<F>::zeros((batch, self.n_out()));

@@ -163,9 +163,9 @@ impl Schedule {
     }
 }
 
-/// Optimiser state (moments), shaped like the parameters.
+/// Optimiser state (moments), shaped like the parameters. Owned by the [`crate::Trainer`].
 #[derive(Clone, Debug)]
-pub struct OptimizerState<F> {
+pub(crate) struct OptimizerState<F> {
     step: usize,
     m: Vec<Vec<F>>,
     v: Vec<Vec<F>>,
@@ -173,7 +173,7 @@ pub struct OptimizerState<F> {
 
 impl<F: Float> OptimizerState<F> {
     /// Fresh state for `net`.
-    pub fn new<M: NeuronModel>(net: &mut Network<M, F>) -> Self {
+    pub(crate) fn new<M: NeuronModel>(net: &mut Network<M, F>) -> Self {
         let mut shapes = Vec::new();
         net.for_each_param_mut(|_, s| shapes.push(s.len()));
         OptimizerState {
@@ -184,13 +184,13 @@ impl<F: Float> OptimizerState<F> {
     }
 
     /// Number of updates applied so far.
-    pub fn steps(&self) -> usize {
+    pub(crate) fn steps(&self) -> usize {
         self.step
     }
 
     /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
     /// Returns the gradient norm before clipping.
-    pub fn update<M: NeuronModel>(
+    pub(crate) fn update<M: NeuronModel>(
         &mut self,
         net: &mut Network<M, F>,
         grads: &Gradients<F>,

@@ -6,6 +6,7 @@ use crate::bptt;
 use crate::eprop::{Eprop, Feedback, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
 use crate::gradients::Gradients;
+use crate::input::SpikeEvents;
 use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
 use crate::model::NeuronModel;
 use crate::network::Network;
@@ -267,6 +268,55 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     /// `update_every`, several times within the sequence).
     pub fn train_batch(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
         self.gradients_inner(inputs, targets, true)
+    }
+
+    /// [`Trainer::train_batch`] on sparse spike events. e-prop streams the events step by
+    /// step (no dense copy of the sequence); BPTT, which stores the sequence anyway, expands
+    /// them.
+    pub fn train_events(&mut self, events: &SpikeEvents, targets: Targets<'_, F>) -> Result<BatchStats> {
+        self.events_inner(events, targets, true)
+    }
+
+    /// [`Trainer::compute_gradients`] on sparse spike events.
+    pub fn compute_gradients_events(
+        &mut self,
+        events: &SpikeEvents,
+        targets: Targets<'_, F>,
+    ) -> Result<(&Gradients<F>, BatchStats)> {
+        let stats = self.events_inner(events, targets, false)?;
+        Ok((&self.grads, stats))
+    }
+
+    fn events_inner(&mut self, events: &SpikeEvents, targets: Targets<'_, F>, update: bool) -> Result<BatchStats> {
+        if events.channels() != self.net.n_in {
+            return Err(Error::Shape {
+                what: "spike events".into(),
+                expected: format!("{} channels", self.net.n_in),
+                found: vec![events.steps(), events.batch(), events.channels()],
+            });
+        }
+        let (t_len, batch) = (events.steps(), events.batch());
+        if !matches!(self.config.algorithm, Algorithm::Eprop(_)) {
+            let x = events.to_dense::<F>();
+            return self.gradients_inner(x.view(), targets, update);
+        }
+        targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
+        let (w0, w1) = self.config.loss.window().bounds(t_len);
+        if w1 <= w0 {
+            return Err(invalid(
+                "loss window",
+                format!("{:?}", self.config.loss.window()),
+                &format!("a non-empty window within {t_len} steps"),
+            ));
+        }
+        self.ensure_scratch(batch);
+        self.begin_inner(batch, t_len, update)?;
+        let mut x = Array2::<F>::zeros((batch, self.net.n_in));
+        for t in 0..t_len {
+            events.fill_step(t, &mut x);
+            self.step_inner(x.view(), Some(targets.at(t)), update)?;
+        }
+        Ok(self.end_inner(update, Some(&targets)))
     }
 
     /// Loss and accuracy of the network on one batch, without gradients.
