@@ -10,29 +10,11 @@ use crate::real::{Float, Real};
 /// `out[b, j] = beta·out[b, j] + Σ_i a[b, i] · w[j, i]` (`out = β out + a wᵀ`), skipping
 /// zero entries of `a` (sparse spikes cost nothing).
 pub(crate) fn gemm_nt<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
-    debug_assert_eq!(a.ncols(), w.ncols());
-    debug_assert_eq!(out.ncols(), w.nrows());
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(a.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(mut o, a)| {
-            if beta == <F as Real>::zero() {
-                o.fill(<F as Real>::zero());
-            } else if beta != <F as Real>::one() {
-                o.mapv_inplace(|v| v * beta);
-            }
-            for (i, &ai) in a.iter().enumerate() {
-                if ai == <F as Real>::zero() {
-                    continue;
-                }
-                for (oj, &wji) in o.iter_mut().zip(w.column(i).iter()) {
-                    *oj += ai * wji;
-                }
-            }
-        });
+    gemm_nn(beta, out, a, &w.t());
 }
 
-/// `out[b, j] = beta·out[b, j] + Σ_k a[b, k] · w[k, j]` (`out = β out + a w`).
+/// `out[b, j] = beta·out[b, j] + Σ_k a[b, k] · w[k, j]` (`out = β out + a w`), skipping
+/// zero entries of `a`.
 pub(crate) fn gemm_nn<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
     debug_assert_eq!(a.ncols(), w.nrows());
     out.axis_iter_mut(Axis(0))

@@ -301,14 +301,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
             return self.gradients_inner(x.view(), targets, update);
         }
         targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
-        let (w0, w1) = self.config.loss.window().bounds(t_len);
-        if w1 <= w0 {
-            return Err(invalid(
-                "loss window",
-                format!("{:?}", self.config.loss.window()),
-                &format!("a non-empty window within {t_len} steps"),
-            ));
-        }
+        self.check_window(t_len)?;
         self.ensure_scratch(batch);
         self.begin_inner(batch, t_len, update)?;
         let mut x = Array2::<F>::zeros((batch, self.net.n_in));
@@ -348,13 +341,8 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         Ok(stats)
     }
 
-    fn check_batch(&self, inputs: &ArrayView3<F>, targets: &Targets<'_, F>) -> Result<(usize, usize)> {
-        self.net.check_inputs(inputs)?;
-        let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
-        if t_len == 0 {
-            return Err(invalid("sequence length", 0, "at least 1 step"));
-        }
-        targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
+    /// The loss window must hold at least one of the `t_len` steps.
+    fn check_window(&self, t_len: usize) -> Result<()> {
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         if w1 <= w0 {
             return Err(invalid(
@@ -363,6 +351,17 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 &format!("a non-empty window within {t_len} steps"),
             ));
         }
+        Ok(())
+    }
+
+    fn check_batch(&self, inputs: &ArrayView3<F>, targets: &Targets<'_, F>) -> Result<(usize, usize)> {
+        self.net.check_inputs(inputs)?;
+        let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
+        if t_len == 0 {
+            return Err(invalid("sequence length", 0, "at least 1 step"));
+        }
+        targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
+        self.check_window(t_len)?;
         Ok((t_len, batch))
     }
 
@@ -432,14 +431,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 "both at least 1",
             ));
         }
-        let (w0, w1) = self.config.loss.window().bounds(t_len);
-        if w1 <= w0 {
-            return Err(invalid(
-                "loss window",
-                format!("{:?}", self.config.loss.window()),
-                &format!("a non-empty window within {t_len} steps"),
-            ));
-        }
+        self.check_window(t_len)?;
         self.ensure_scratch(batch);
         self.begin_inner(batch, t_len, true)
     }
