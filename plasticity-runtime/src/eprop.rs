@@ -20,6 +20,9 @@ use crate::model::NeuronModel;
 use crate::network::{LayerBuffers, MAX_DYNAMIC, Network, gather_partials, reset_state};
 use crate::real::{Float, Real};
 
+/// Postsynaptic neurons per parallel task in the trace update.
+const NEURON_BLOCK: usize = 8;
+
 /// Where the learning signals come from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Feedback {
@@ -206,6 +209,7 @@ impl<F: Float> Eprop<F> {
     pub fn begin_sequence<M: NeuronModel>(&mut self, net: &Network<M, F>) {
         for (layer, buf) in net.layers.iter().zip(&mut self.bufs) {
             reset_state(layer, buf);
+            buf.refresh_weights(layer);
         }
         for lt in &mut self.layers {
             for s in &mut lt.sources {
@@ -218,6 +222,13 @@ impl<F: Float> Eprop<F> {
         self.zbar.fill(<F as Real>::zero());
         self.bbar = <F as Real>::zero();
         self.steps = 0;
+    }
+
+    /// Re-reads the network's weights after an update within a sequence.
+    pub fn refresh_weights<M: NeuronModel>(&mut self, net: &Network<M, F>) {
+        for (layer, buf) in net.layers.iter().zip(&mut self.bufs) {
+            buf.refresh_weights(layer);
+        }
     }
 
     /// Sets every accumulated gradient to zero.
@@ -281,59 +292,65 @@ impl<F: Float> Eprop<F> {
             let signal = &lt.signal;
             let sources = &lt.sources;
             let one = [<F as Real>::one()];
+            // Blocks of neurons per task; inside a block, samples outer and neurons inner, so
+            // one sample's presynaptic activity and factorised traces stay in cache while
+            // the block's gradient rows are updated.
+            let stride = lt.stride;
             lt.arena
-                .par_chunks_mut(lt.stride)
+                .par_chunks_mut(stride * NEURON_BLOCK)
                 .enumerate()
-                .take(n)
-                .for_each(|(j, region)| {
+                .for_each(|(blk, block)| {
                     let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
-                    let mut rest = region;
-                    for s in sources {
-                        let (src, tail) = rest.split_at_mut(s.len);
-                        rest = tail;
-                        let syn_len = s.per_synapse * s.n_pre;
-                        let (syn_all, src) = src.split_at_mut(batch * syn_len);
-                        let ebar_len = if filtered { s.n_pre } else { 0 };
-                        let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
-                        let fact_len = s.factorised * s.n_pre;
-                        for b in 0..batch {
-                            let pre: &[F] = match s.source {
-                                Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                                Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                                Source::Bias => &one,
-                            };
+                    for b in 0..batch {
+                        for (jj, region) in block.chunks_mut(stride).enumerate() {
+                            let j = blk * NEURON_BLOCK + jj;
+                            if j >= n {
+                                break;
+                            }
                             gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
                             let dv = &dv_buf[..nd];
-                            M::synapse_traces(
-                                s.port,
-                                consts,
-                                dv,
-                                pre,
-                                &s.fact[b * fact_len..(b + 1) * fact_len],
-                                &mut syn_all[b * syn_len..(b + 1) * syn_len],
-                                &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                                grad,
-                                signal[[b, j]],
-                                kappa,
-                            );
-                        }
-                    }
-                    if q > 0 {
-                        let (eps_all, rest) = rest.split_at_mut(batch * q * k);
-                        let ebar_len = if filtered { q } else { 0 };
-                        let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
-                        for b in 0..batch {
-                            gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
-                            let dv = &dv_buf[..nd];
-                            M::param_traces(
-                                consts,
-                                dv,
-                                &mut eps_all[b * q * k..(b + 1) * q * k],
-                                &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                                grad,
-                                signal[[b, j]],
-                                kappa,
-                            );
+                            let l_bj = signal[[b, j]];
+                            let mut rest = region;
+                            for s in sources {
+                                let (src, tail) = rest.split_at_mut(s.len);
+                                rest = tail;
+                                let syn_len = s.per_synapse * s.n_pre;
+                                let (syn_all, src) = src.split_at_mut(batch * syn_len);
+                                let ebar_len = if filtered { s.n_pre } else { 0 };
+                                let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
+                                let fact_len = s.factorised * s.n_pre;
+                                let pre: &[F] = match s.source {
+                                    Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
+                                    Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
+                                    Source::Bias => &one,
+                                };
+                                M::synapse_traces(
+                                    s.port,
+                                    consts,
+                                    dv,
+                                    pre,
+                                    &s.fact[b * fact_len..(b + 1) * fact_len],
+                                    &mut syn_all[b * syn_len..(b + 1) * syn_len],
+                                    &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
+                                    grad,
+                                    l_bj,
+                                    kappa,
+                                );
+                            }
+                            if q > 0 {
+                                let (eps_all, rest) = rest.split_at_mut(batch * q * k);
+                                let ebar_len = if filtered { q } else { 0 };
+                                let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
+                                M::param_traces(
+                                    consts,
+                                    dv,
+                                    &mut eps_all[b * q * k..(b + 1) * q * k],
+                                    &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
+                                    grad,
+                                    l_bj,
+                                    kappa,
+                                );
+                            }
                         }
                     }
                 });

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, check_finite, check_shape, invalid};
 use crate::init::Init;
-use crate::linalg::gemm_nt;
+use crate::linalg::{gemm_nn, gemm_nt};
 use crate::model::NeuronModel;
 use crate::real::{Float, Real};
 use crate::surrogate::Plain;
@@ -302,6 +302,24 @@ pub(crate) struct LayerBuffers<F> {
     pub current: Array3<F>,
     /// Dynamic partials at this step, `[B, ND, n]` (each sample's block padded to at least 1).
     pub dynv: Vec<F>,
+    /// Transposed copies of the input weights, `[n_pre, n]` per port: the current of an
+    /// active input is then one contiguous row, and inactive inputs cost nothing.
+    pub w_in_t: Vec<Array2<F>>,
+    /// Transposed recurrent weights, `[n, n]` per port.
+    pub w_rec_t: Vec<Array2<F>>,
+}
+
+impl<F: Float> LayerBuffers<F> {
+    /// Copies the layer's current weights into the transposed caches. Call whenever the
+    /// weights may have changed (a new sequence, an optimiser update).
+    pub fn refresh_weights<M: NeuronModel>(&mut self, layer: &Layer<M, F>) {
+        for (t, w) in self.w_in_t.iter_mut().zip(&layer.w_in) {
+            t.assign(&w.t());
+        }
+        for (t, w) in self.w_rec_t.iter_mut().zip(layer.w_rec.iter().flatten()) {
+            t.assign(&w.t());
+        }
+    }
 }
 
 impl<M: NeuronModel, F: Float> Network<M, F> {
@@ -325,7 +343,15 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
                     z_prev: Array2::zeros((batch, n)),
                     current: Array3::zeros((batch, M::NUM_INPUTS, n)),
                     dynv: vec![<F as Real>::zero(); batch * (n * M::NUM_DYNAMIC).max(1)],
+                    w_in_t: l.w_in.iter().map(|w| Array2::zeros((w.ncols(), w.nrows()))).collect(),
+                    w_rec_t: l
+                        .w_rec
+                        .iter()
+                        .flatten()
+                        .map(|w| Array2::zeros((w.ncols(), w.nrows())))
+                        .collect(),
                 };
+                buf.refresh_weights(l);
                 reset_state(l, &mut buf);
                 buf
             })
@@ -510,9 +536,9 @@ fn layer_step<M: NeuronModel, F: Float>(
     let n = layer.size();
     for port in 0..p {
         let mut cur = buf.current.index_axis_mut(Axis(1), port);
-        gemm_nt(<F as Real>::zero(), &mut cur, &pre, &layer.w_in[port].view());
-        if let Some(w_rec) = &layer.w_rec {
-            gemm_nt(<F as Real>::one(), &mut cur, &buf.z_prev.view(), &w_rec[port].view());
+        gemm_nn(<F as Real>::zero(), &mut cur, &pre, &buf.w_in_t[port].view());
+        if let Some(w_rec_t) = buf.w_rec_t.get(port) {
+            gemm_nn(<F as Real>::one(), &mut cur, &buf.z_prev.view(), &w_rec_t.view());
         }
         if let Some(bias) = &layer.bias {
             for mut row in cur.axis_iter_mut(Axis(0)) {

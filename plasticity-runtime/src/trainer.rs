@@ -592,6 +592,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 self.config.clip_norm,
             );
             e.zero_gradients();
+            e.refresh_weights(&self.net);
             s.since_update = 0;
         }
         Ok(())

@@ -1,0 +1,277 @@
+//! Time and memory of e-prop and BPTT training as the network and the sequence grow.
+//!
+//! One layer of Bellec neurons (reset detached, as in Bellec's code) with a leaky readout to
+//! 20 classes and per-step cross-entropy, on random binary inputs (probability 0.1 per
+//! channel and step). For e-prop the inputs are generated step by step and streamed, never
+//! stored. Each iteration is one training step: forward over T steps, gradients, one Adam
+//! update. The last line printed is one JSON object.
+//!
+//! cargo run --release --example scaling -- --model alif --algorithm eprop --hidden 1024 --inputs 700 --batch 16 --steps 100
+//! cargo run --release --example scaling -- --sweep out/scaling.csv
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use ndarray::{Array1, Array2, Array3};
+use plasticity_examples::write_atomic;
+use plasticity_runtime::models::{BellecAlif, BellecLif};
+use plasticity_runtime::{
+    Algorithm, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, StepTargets, Targets,
+    TrainConfig, Trainer, Window,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Model {
+    Lif,
+    Alif,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Algo {
+    Eprop,
+    Bptt,
+}
+
+/// Measures training time per step and memory.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Neuron model.
+    #[arg(long, value_enum, default_value = "alif")]
+    model: Model,
+    /// Training algorithm.
+    #[arg(long, value_enum, default_value = "eprop")]
+    algorithm: Algo,
+    /// Hidden neurons.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Input channels.
+    #[arg(long, default_value_t = 140)]
+    inputs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// With recurrent weights.
+    #[arg(long)]
+    recurrent: bool,
+    /// Readout leak κ.
+    #[arg(long, default_value_t = 0.0)]
+    kappa: f64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed training iterations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Instead of one measurement, sweep hidden sizes and sequence lengths for both
+    /// algorithms and write a CSV here (each point runs in a fresh process).
+    #[arg(long)]
+    sweep: Option<PathBuf>,
+}
+
+const CLASSES: usize = 20;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(path) = &args.sweep {
+        return sweep(&args, path);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let bandwidth = pool.install(triad_bandwidth);
+    let line = pool.install(|| match args.model {
+        Model::Lif => measure(BellecLif::default(), &args, threads, bandwidth),
+        Model::Alif => measure(BellecAlif::default(), &args, threads, bandwidth),
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+fn measure<M: NeuronModel>(model: M, args: &Args, threads: usize, bandwidth: f64) -> Result<String> {
+    let net = NetworkBuilder::new(args.inputs)
+        .layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent))
+        .readout(ReadoutSpec::new(CLASSES, args.kappa))
+        .seed(1)
+        .build::<f32>()?;
+    let algorithm = match args.algorithm {
+        Algo::Eprop => Algorithm::Eprop(Feedback::Symmetric),
+        Algo::Bptt => Algorithm::Bptt,
+    };
+    let config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3));
+    let mut trainer = Trainer::new(net, config)?;
+    let (batch, steps) = (args.batch, args.steps);
+    let mut rng = StdRng::seed_from_u64(2);
+    let classes: Vec<usize> = (0..batch).map(|b| b % CLASSES).collect();
+    let class_view = Array1::from_vec(classes.clone());
+    let mut x = Array2::<f32>::zeros((batch, args.inputs));
+    let mut times = Vec::new();
+    for iter in 0..=args.iters {
+        let start = Instant::now();
+        match args.algorithm {
+            Algo::Eprop => {
+                trainer.begin_sequence(batch, steps)?;
+                for _ in 0..steps {
+                    x.mapv_inplace(|_| if rng.random_bool(0.1) { 1.0 } else { 0.0 });
+                    trainer.step(x.view(), Some(StepTargets::Classes(class_view.view())))?;
+                }
+                trainer.end_sequence()?;
+            }
+            Algo::Bptt => {
+                let xs = Array3::from_shape_fn((steps, batch, args.inputs), |_| {
+                    if rng.random_bool(0.1) { 1.0f32 } else { 0.0 }
+                });
+                trainer.train_batch(xs.view(), Targets::Classes(&classes))?;
+            }
+        }
+        if iter > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3 / steps as f64);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ms_per_step = times[times.len() / 2];
+    let state_bytes = trainer.state_bytes(batch, steps);
+    // Per-synapse trace traffic per step: each per-synapse row and κ-filtered trace is read
+    // and written once per sample.
+    let layout = &M::PATTERN.ports[0];
+    let synapses = args.hidden * (args.inputs + if args.recurrent { args.hidden } else { 0 });
+    let per_synapse_rows = layout.per_synapse + usize::from(args.kappa != 0.0);
+    let traffic = (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64;
+    let achieved = traffic / (ms_per_step * 1e-3) / 1e9;
+    Ok(format!(
+        "{{\"model\":\"{}\",\"algorithm\":\"{}\",\"hidden\":{},\"inputs\":{},\"batch\":{},\"steps\":{},\"recurrent\":{},\
+         \"kappa\":{},\"threads\":{},\"ms_per_step\":{:.4},\"state_bytes\":{},\"peak_rss_bytes\":{},\
+         \"triad_gb_per_s\":{:.2},\"trace_traffic_gb_per_s\":{:.2},\"trace_traffic_fraction\":{:.3}}}",
+        match args.model {
+            Model::Lif => "lif",
+            Model::Alif => "alif",
+        },
+        match args.algorithm {
+            Algo::Eprop => "eprop",
+            Algo::Bptt => "bptt",
+        },
+        args.hidden,
+        args.inputs,
+        batch,
+        steps,
+        args.recurrent,
+        args.kappa,
+        threads,
+        ms_per_step,
+        state_bytes,
+        peak_rss_bytes(),
+        bandwidth,
+        achieved,
+        if bandwidth > 0.0 { achieved / bandwidth } else { 0.0 },
+    ))
+}
+
+/// STREAM-style triad `a = b + s·c` over arrays far larger than cache, in parallel over
+/// the current thread pool; the best of five runs, counting three arrays of traffic.
+fn triad_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let n = 32 << 20; // 32 Mi floats = 128 MiB per array
+    let mut a = vec![0.0f32; n];
+    let b = vec![1.0f32; n];
+    let c = vec![2.0f32; n];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        a.par_chunks_mut(1 << 16)
+            .zip(b.par_chunks(1 << 16))
+            .zip(c.par_chunks(1 << 16))
+            .for_each(|((a, b), c)| {
+                for i in 0..a.len() {
+                    a[i] = b[i] + 0.5 * c[i];
+                }
+            });
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max((3 * n * 4) as f64 / secs / 1e9);
+    }
+    std::hint::black_box(&a);
+    best
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unavailable.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs one measurement per point in a child process (so peak RSS is per point) and
+/// collects the JSON lines into a CSV.
+fn sweep(args: &Args, path: &PathBuf) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut csv =
+        String::from("model,algorithm,hidden,inputs,batch,steps,threads,ms_per_step,state_bytes,peak_rss_bytes\n");
+    let model = match args.model {
+        Model::Lif => "lif",
+        Model::Alif => "alif",
+    };
+    let mut points = Vec::new();
+    for algorithm in ["eprop", "bptt"] {
+        for hidden in [64, 128, 256, 512] {
+            points.push((algorithm, hidden, 100));
+        }
+        for steps in [100, 500, 1000, 2000] {
+            points.push((algorithm, 256, steps));
+        }
+    }
+    for (algorithm, hidden, steps) in points {
+        let out = std::process::Command::new(&exe)
+            .args(["--model", model, "--algorithm", algorithm])
+            .args(["--hidden", &hidden.to_string(), "--inputs", &args.inputs.to_string()])
+            .args(["--batch", &args.batch.to_string(), "--steps", &steps.to_string()])
+            .args(["--iters", &args.iters.to_string()])
+            .output()
+            .context("running a sweep point")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().context("a sweep point printed nothing")?;
+        let field = |k: &str| -> String {
+            let key = format!("\"{k}\":");
+            line.split(&key).nth(1).map_or(String::new(), |rest| {
+                rest.split([',', '}'])
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string()
+            })
+        };
+        let row = [
+            "model",
+            "algorithm",
+            "hidden",
+            "inputs",
+            "batch",
+            "steps",
+            "threads",
+            "ms_per_step",
+            "state_bytes",
+            "peak_rss_bytes",
+        ]
+        .map(field)
+        .join(",");
+        eprintln!("{row}");
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    write_atomic(path, csv.as_bytes())?;
+    std::io::stdout().flush()?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
