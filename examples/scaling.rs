@@ -70,6 +70,9 @@ struct Args {
     /// Timed training iterations (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Skip the memory-bandwidth probe (it allocates 384 MiB).
+    #[arg(long)]
+    no_triad: bool,
     /// Instead of one measurement, sweep hidden sizes and sequence lengths for both
     /// algorithms and write a CSV here (each point runs in a fresh process).
     #[arg(long)]
@@ -87,16 +90,44 @@ fn main() -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let bandwidth = pool.install(triad_bandwidth);
-    let line = pool.install(|| match args.model {
-        Model::Lif => measure(BellecLif::default(), &args, threads, bandwidth),
-        Model::Alif => measure(BellecAlif::default(), &args, threads, bandwidth),
+    let m = pool.install(|| match args.model {
+        Model::Lif => measure(BellecLif::default(), &args),
+        Model::Alif => measure(BellecAlif::default(), &args),
     })?;
-    println!("{line}");
+    // Peak RSS is read before the bandwidth probe allocates its large arrays.
+    let peak = peak_rss_bytes();
+    let bandwidth = if args.no_triad { 0.0 } else { pool.install(triad_bandwidth) };
+    let achieved = m.trace_traffic_bytes / (m.ms_per_step * 1e-3) / 1e9;
+    println!(
+        "{{\"model\":\"{}\",\"algorithm\":\"{}\",\"hidden\":{},\"inputs\":{},\"batch\":{},\"steps\":{},\"recurrent\":{},\
+         \"kappa\":{},\"threads\":{},\"ms_per_step\":{:.4},\"state_bytes\":{},\"peak_rss_bytes\":{},\
+         \"triad_gb_per_s\":{:.2},\"trace_traffic_gb_per_s\":{:.2},\"trace_traffic_fraction\":{:.3}}}",
+        match args.model {
+            Model::Lif => "lif",
+            Model::Alif => "alif",
+        },
+        match args.algorithm {
+            Algo::Eprop => "eprop",
+            Algo::Bptt => "bptt",
+        },
+        args.hidden,
+        args.inputs,
+        args.batch,
+        args.steps,
+        args.recurrent,
+        args.kappa,
+        threads,
+        m.ms_per_step,
+        m.state_bytes,
+        peak,
+        bandwidth,
+        achieved,
+        if bandwidth > 0.0 { achieved / bandwidth } else { 0.0 },
+    );
     Ok(())
 }
 
-fn measure<M: NeuronModel>(model: M, args: &Args, threads: usize, bandwidth: f64) -> Result<String> {
+fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
     let net = NetworkBuilder::new(args.inputs)
         .layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent))
         .readout(ReadoutSpec::new(CLASSES, args.kappa))
@@ -139,39 +170,23 @@ fn measure<M: NeuronModel>(model: M, args: &Args, threads: usize, bandwidth: f64
     times.sort_by(f64::total_cmp);
     let ms_per_step = times[times.len() / 2];
     let state_bytes = trainer.state_bytes(batch, steps);
-    // Per-synapse trace traffic per step: each per-synapse row and κ-filtered trace is read
-    // and written once per sample.
+    // Per-synapse trace traffic per step (e-prop): every per-synapse row and κ-filtered
+    // trace is read and written once per sample. BPTT keeps no traces.
     let layout = &M::PATTERN.ports[0];
     let synapses = args.hidden * (args.inputs + if args.recurrent { args.hidden } else { 0 });
     let per_synapse_rows = layout.per_synapse + usize::from(args.kappa != 0.0);
-    let traffic = (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64;
-    let achieved = traffic / (ms_per_step * 1e-3) / 1e9;
-    Ok(format!(
-        "{{\"model\":\"{}\",\"algorithm\":\"{}\",\"hidden\":{},\"inputs\":{},\"batch\":{},\"steps\":{},\"recurrent\":{},\
-         \"kappa\":{},\"threads\":{},\"ms_per_step\":{:.4},\"state_bytes\":{},\"peak_rss_bytes\":{},\
-         \"triad_gb_per_s\":{:.2},\"trace_traffic_gb_per_s\":{:.2},\"trace_traffic_fraction\":{:.3}}}",
-        match args.model {
-            Model::Lif => "lif",
-            Model::Alif => "alif",
-        },
-        match args.algorithm {
-            Algo::Eprop => "eprop",
-            Algo::Bptt => "bptt",
-        },
-        args.hidden,
-        args.inputs,
-        batch,
-        steps,
-        args.recurrent,
-        args.kappa,
-        threads,
-        ms_per_step,
-        state_bytes,
-        peak_rss_bytes(),
-        bandwidth,
-        achieved,
-        if bandwidth > 0.0 { achieved / bandwidth } else { 0.0 },
-    ))
+    let trace_traffic_bytes = match args.algorithm {
+        Algo::Eprop => (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64,
+        Algo::Bptt => 0.0,
+    };
+    Ok(Measurement { ms_per_step, state_bytes, trace_traffic_bytes })
+}
+
+/// What one configuration measured.
+struct Measurement {
+    ms_per_step: f64,
+    state_bytes: usize,
+    trace_traffic_bytes: f64,
 }
 
 /// STREAM-style triad `a = b + s·c` over arrays far larger than cache, in parallel over
@@ -237,7 +252,7 @@ fn sweep(args: &Args, path: &PathBuf) -> Result<()> {
             .args(["--model", model, "--algorithm", algorithm])
             .args(["--hidden", &hidden.to_string(), "--inputs", &args.inputs.to_string()])
             .args(["--batch", &args.batch.to_string(), "--steps", &steps.to_string()])
-            .args(["--iters", &args.iters.to_string()])
+            .args(["--iters", &args.iters.to_string(), "--no-triad"])
             .output()
             .context("running a sweep point")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
