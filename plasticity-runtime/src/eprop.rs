@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::gradients::Gradients;
 use crate::init::Init;
 use crate::linalg::{gemm_nn, gemm_tn_acc};
-use crate::model::NeuronModel;
+use crate::model::{EntryKind, Matrix, NeuronModel, RowLayout};
 use crate::network::{LayerBuffers, MAX_DYNAMIC, Network, gather_partials, reset_state};
 use crate::real::{Float, Real};
 
@@ -54,6 +54,10 @@ struct SourceTraces<F> {
     fact: Vec<F>,
     per_synapse: usize,
     factorised: usize,
+    /// Where the trace coefficients `Jz` (reachable rows) and `Bz` of this port live. When
+    /// the source keeps no per-synapse or filtered trace, a step whose coefficients (times
+    /// the learning signal) are all zero adds nothing and is skipped.
+    coefficients: Vec<EntryKind>,
     /// Length of this source's region in the arena: `B·S·n_pre + (B·n_pre if κ>0) + n_pre`.
     len: usize,
 }
@@ -149,6 +153,14 @@ impl<F: Float> Eprop<F> {
                 let n = layer.size();
                 let mut sources = Vec::new();
                 for (port, pl) in M::PATTERN.ports.iter().enumerate() {
+                    let coefficients: Vec<EntryKind> = pl
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, layout)| **layout != RowLayout::Absent)
+                        .filter_map(|(r, _)| M::PATTERN.entry(Matrix::Jz, 0, r).map(|e| e.kind))
+                        .chain(M::PATTERN.entry(Matrix::Bz, 0, port).map(|e| e.kind))
+                        .collect();
                     let mut add = |source: Source, n_pre: usize| {
                         let len = batch * pl.per_synapse * n_pre + if filtered { batch * n_pre } else { 0 } + n_pre;
                         sources.push(SourceTraces {
@@ -158,6 +170,7 @@ impl<F: Float> Eprop<F> {
                             fact: vec![<F as Real>::zero(); batch * pl.factorised * n_pre],
                             per_synapse: pl.per_synapse,
                             factorised: pl.factorised,
+                            coefficients: coefficients.clone(),
                             len,
                         });
                     };
@@ -319,6 +332,16 @@ impl<F: Float> Eprop<F> {
                                 let ebar_len = if filtered { s.n_pre } else { 0 };
                                 let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
                                 let fact_len = s.factorised * s.n_pre;
+                                if s.per_synapse == 0 && !filtered {
+                                    let zero = <F as Real>::zero();
+                                    let coefficient = |kind: &EntryKind| match *kind {
+                                        EntryKind::Constant(i) => consts[i],
+                                        EntryKind::Dynamic(i) => dv[i],
+                                    };
+                                    if l_bj == zero || s.coefficients.iter().all(|c| coefficient(c) == zero) {
+                                        continue;
+                                    }
+                                }
                                 let pre: &[F] = match s.source {
                                     Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
                                     Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
