@@ -96,7 +96,11 @@ fn main() -> Result<()> {
     })?;
     // Peak RSS is read before the bandwidth probe allocates its large arrays.
     let peak = peak_rss_bytes();
-    let bandwidth = if args.no_triad { 0.0 } else { pool.install(triad_bandwidth) };
+    let bandwidth = if args.no_triad {
+        0.0
+    } else {
+        pool.install(triad_bandwidth)
+    };
     let achieved = m.trace_traffic_bytes / (m.ms_per_step * 1e-3) / 1e9;
     println!(
         "{{\"model\":\"{}\",\"algorithm\":\"{}\",\"hidden\":{},\"inputs\":{},\"batch\":{},\"steps\":{},\"recurrent\":{},\
@@ -179,7 +183,11 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
         Algo::Eprop => (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64,
         Algo::Bptt => 0.0,
     };
-    Ok(Measurement { ms_per_step, state_bytes, trace_traffic_bytes })
+    Ok(Measurement {
+        ms_per_step,
+        state_bytes,
+        trace_traffic_bytes,
+    })
 }
 
 /// What one configuration measured.

@@ -21,7 +21,9 @@ fn main() {
 fn layer_buffers<M: NeuronModel>(m: &M) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut init = vec![0.0f32; M::NUM_STATES];
     m.initial_state(&mut init);
-    let state: Vec<f32> = (0..M::NUM_STATES * N).map(|i| init[i / N] + (i % 7) as f32 * 0.1).collect();
+    let state: Vec<f32> = (0..M::NUM_STATES * N)
+        .map(|i| init[i / N] + (i % 7) as f32 * 0.1)
+        .collect();
     let input: Vec<f32> = (0..M::NUM_INPUTS * N).map(|i| ((i * 13) % 11) as f32 * 0.1).collect();
     let learn = vec![0.0f32; M::NUM_LEARNABLE * N];
     (learn, state, input, vec![0.0f32; N], vec![0.0f32; M::NUM_DYNAMIC * N])
@@ -61,7 +63,9 @@ fn synapse_traces<M: NeuronModel + Default>(bencher: Bencher, filtered: bool) {
     let mut ebar = vec![0.0f32; if filtered { N_PRE } else { 0 }];
     let mut grad = vec![0.0f32; N_PRE];
     bencher.bench_local(|| {
-        M::synapse_traces(0, &consts, &dynv, &pre, &fact, &mut syn, &mut ebar, &mut grad, 0.01, 0.8);
+        M::synapse_traces(
+            0, &consts, &dynv, &pre, &fact, &mut syn, &mut ebar, &mut grad, 0.01, 0.8,
+        );
         black_box(&grad);
     });
 }
@@ -105,13 +109,18 @@ fn eprop_step<M: NeuronModel + Default>(bencher: Bencher) {
         .seed(1)
         .build::<f32>()
         .unwrap();
-    let config =
-        TrainConfig::new(Algorithm::Eprop(Feedback::Symmetric), Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3));
+    let config = TrainConfig::new(
+        Algorithm::Eprop(Feedback::Symmetric),
+        Loss::CrossEntropy(Window::All),
+        Optimizer::adam(1e-3),
+    );
     let mut trainer = Trainer::new(net, config).unwrap();
     let x = Array2::from_shape_fn((16, N_PRE), |(b, i)| if (b * 7 + i) % 10 == 0 { 1.0f32 } else { 0.0 });
     let classes = Array1::from_shape_fn(16, |b| b % 20);
     trainer.begin_sequence(16, usize::MAX / 2).unwrap();
     bencher.bench_local(|| {
-        trainer.step(x.view(), Some(StepTargets::Classes(classes.view()))).unwrap();
+        trainer
+            .step(x.view(), Some(StepTargets::Classes(classes.view())))
+            .unwrap();
     });
 }

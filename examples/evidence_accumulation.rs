@@ -1,0 +1,161 @@
+//! Bellec et al. (2020)'s evidence-accumulation task, trained online with e-prop.
+//!
+//! A sequence shows seven cues, each on the left or the right input population. After a
+//! delay the recall population fires, and the network must answer which side had more
+//! cues. Background channels fire throughout. Answering needs memory across the delay, which
+//! the slow threshold adaptation of ALIF neurons provides. The loss is cross-entropy over the
+//! recall window only.
+//!
+//! Time is compressed to 10 ms steps: a cue lasts 10 steps and is followed by 5 quiet steps,
+//! the delay is 50 steps and the recall 10 steps (165 steps in all).
+//!
+//! cargo run --release --example evidence_accumulation
+
+use anyhow::Result;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array3;
+use plasticity_runtime::models::BellecAlif;
+use plasticity_runtime::{
+    Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, RateRegularization, ReadoutSpec, Schedule,
+    Targets, TrainConfig, Trainer, Window,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Trains ALIF neurons with e-prop on the cue-accumulation task.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Training batches.
+    #[arg(long, default_value_t = 600)]
+    batches: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Hidden ALIF neurons.
+    #[arg(long, default_value_t = 100)]
+    hidden: usize,
+    /// Number of cues.
+    #[arg(long, default_value_t = 7)]
+    cues: usize,
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 5e-3)]
+    lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Test sequences.
+    #[arg(long, default_value_t = 512)]
+    test: usize,
+}
+
+const GROUP: usize = 10;
+const N_IN: usize = 4 * GROUP; // left, right, recall, background
+const CUE: usize = 10;
+const GAP: usize = 5;
+const DELAY: usize = 50;
+const RECALL: usize = 10;
+
+fn steps(cues: usize) -> usize {
+    cues * (CUE + GAP) + DELAY + RECALL
+}
+
+/// A batch of sequences `[T, B, 40]` and the side (0 left, 1 right) with more cues.
+fn batch(rng: &mut StdRng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>) {
+    let t_len = steps(cues);
+    let mut x = Array3::<f32>::zeros((t_len, size, N_IN));
+    let mut labels = Vec::with_capacity(size);
+    for b in 0..size {
+        let sides: Vec<usize> = (0..cues).map(|_| rng.random_range(0..2)).collect();
+        let right = sides.iter().filter(|&&s| s == 1).count();
+        labels.push(usize::from(2 * right > cues));
+        for t in 0..t_len {
+            let cue = t / (CUE + GAP);
+            let in_cue = cue < cues && t % (CUE + GAP) < CUE;
+            let in_recall = t >= t_len - RECALL;
+            for c in 0..N_IN {
+                let group = c / GROUP;
+                let p = match group {
+                    0 | 1 if in_cue && sides[cue] == group => 0.4,
+                    2 if in_recall => 0.4,
+                    3 => 0.1,
+                    _ => 0.0,
+                };
+                if p > 0.0 && rng.random_bool(p) {
+                    x[[t, b, c]] = 1.0;
+                }
+            }
+        }
+    }
+    (x, labels)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let t_len = steps(args.cues);
+    // τ_m = 20 steps, τ_a = 200 steps (2 s at 10 ms per step).
+    let model = BellecAlif {
+        alpha: (-1.0f64 / 20.0).exp(),
+        rho: (-1.0f64 / 200.0).exp(),
+        beta: 1.8,
+        ..Default::default()
+    };
+    let net = NetworkBuilder::new(N_IN)
+        .layer(
+            LayerSpec::new(model, args.hidden)
+                .recurrent(true)
+                .init_in(Init::Gaussian { gain: 1.0 })
+                .init_rec(Init::Gaussian { gain: 0.5 }),
+        )
+        .readout(ReadoutSpec::new(2, 0.0))
+        .seed(args.seed)
+        .build::<f32>()?;
+    let mut config = TrainConfig::new(
+        Algorithm::Eprop(Feedback::Symmetric),
+        Loss::CrossEntropy(Window::Last(RECALL)),
+        Optimizer::adam(args.lr),
+    );
+    config.schedule = Schedule::Cosine {
+        warmup: 20,
+        total: args.batches,
+        min_factor: 0.1,
+    };
+    config.rate_regularization = Some(RateRegularization {
+        strength: 1.0,
+        target: 0.01,
+    });
+    config.clip_norm = Some(1.0);
+    let mut trainer = Trainer::new(net, config)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    println!(
+        "evidence accumulation: {} cues, {t_len} steps, {} ALIF neurons, e-prop, {} batches of {}",
+        args.cues, args.hidden, args.batches, args.batch
+    );
+    let bar = ProgressBar::new(args.batches as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
+    )?);
+    let (mut loss, mut acc) = (0.0, 0.0);
+    for i in 0..args.batches {
+        let (x, y) = batch(&mut rng, args.batch, args.cues);
+        let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;
+        loss = 0.95 * loss + 0.05 * s.loss;
+        acc = 0.95 * acc + 0.05 * s.accuracy();
+        if i % 10 == 0 {
+            bar.set_message(format!("loss {loss:.3}  accuracy {:.1}%", 100.0 * acc));
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    let mut test_rng = StdRng::seed_from_u64(args.seed + 10_000);
+    let (mut correct, mut total) = (0, 0);
+    for _ in 0..args.test.div_ceil(64) {
+        let (x, y) = batch(&mut test_rng, 64, args.cues);
+        let s = trainer.evaluate(x.view(), Targets::Classes(&y))?;
+        correct += s.correct;
+        total += s.predictions;
+    }
+    println!("trained {} batches; final training loss {loss:.4}", trainer.updates());
+    println!("test accuracy: {:.1}%", 100.0 * correct as f64 / total.max(1) as f64);
+    Ok(())
+}
