@@ -17,8 +17,10 @@ fn main() {
     divan::main();
 }
 
-/// Layer state and inputs in structure-of-arrays layout, with partials buffer.
-fn layer_buffers<M: NeuronModel>(m: &M) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+/// `(learn, state, input, z, dynv)` of a layer in structure-of-arrays layout.
+type LayerBuffers = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn layer_buffers<M: NeuronModel>(m: &M) -> LayerBuffers {
     let mut init = vec![0.0f32; M::NUM_STATES];
     m.initial_state(&mut init);
     let state: Vec<f32> = (0..M::NUM_STATES * N)
