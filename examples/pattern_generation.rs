@@ -58,7 +58,13 @@ fn main() -> Result<()> {
     for o in 0..N_OUT {
         let parts: Vec<(f64, f64, f64)> = [1.0, 2.0, 3.0, 5.0]
             .iter()
-            .map(|&f| (f, rng.random_range(0.5..2.0), rng.random_range(0.0..6.28)))
+            .map(|&f| {
+                (
+                    f,
+                    rng.random_range(0.5..2.0),
+                    rng.random_range(0.0..std::f64::consts::TAU),
+                )
+            })
             .collect();
         for t in 0..args.steps {
             let s = t as f64 / 1000.0;

@@ -10,7 +10,7 @@
 //! cargo run --release --example scaling -- --sweep out/scaling.csv
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -238,7 +238,7 @@ fn peak_rss_bytes() -> u64 {
 
 /// Runs one measurement per point in a child process (so peak RSS is per point) and
 /// collects the JSON lines into a CSV.
-fn sweep(args: &Args, path: &PathBuf) -> Result<()> {
+fn sweep(args: &Args, path: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut csv =
         String::from("model,algorithm,hidden,inputs,batch,steps,threads,ms_per_step,state_bytes,peak_rss_bytes\n");
