@@ -116,7 +116,7 @@ fn main() -> Result<()> {
         Optimizer::adam(args.lr),
     );
     config.schedule = Schedule::Cosine {
-        warmup: 20,
+        warmup: 20.min(args.batches / 10),
         total: args.batches,
         min_factor: 0.1,
     };
