@@ -57,6 +57,7 @@
 extern crate self as plasticity_runtime;
 
 mod bptt;
+pub mod checkpoint;
 pub mod eprop;
 pub mod error;
 pub mod gradients;

@@ -188,6 +188,65 @@ impl<F: Float> OptimizerState<F> {
         self.step
     }
 
+    /// The moments and the update count as named tensors (`optimizer.m.I`, `optimizer.v.I`,
+    /// `optimizer.step`).
+    pub(crate) fn tensors(&self) -> crate::checkpoint::Tensors {
+        let mut t = crate::checkpoint::Tensors::new();
+        let flat = |v: &Vec<F>| {
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[v.len()]), v.iter().map(|x| x.to_f64()).collect())
+                .expect("a vector")
+        };
+        for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
+            t.insert(format!("optimizer.m.{i}"), flat(m));
+            t.insert(format!("optimizer.v.{i}"), flat(v));
+        }
+        t.insert(
+            "optimizer.step".into(),
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1]), vec![self.step as f64]).expect("one value"),
+        );
+        t
+    }
+
+    /// Takes this state's tensors out of `tensors`, checking every length.
+    pub(crate) fn assign(
+        &mut self,
+        path: &std::path::Path,
+        tensors: &mut crate::checkpoint::Tensors,
+    ) -> crate::Result<()> {
+        let fail = |message: String| crate::Error::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut next = self.clone();
+        for (i, (m, v)) in next.m.iter_mut().zip(next.v.iter_mut()).enumerate() {
+            for (name, dst) in [(format!("optimizer.m.{i}"), m), (format!("optimizer.v.{i}"), v)] {
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| fail(format!("missing tensor {name}")))?;
+                if t.shape() != [dst.len()] {
+                    return Err(fail(format!(
+                        "tensor {name}: shape {:?}, expected [{}]",
+                        t.shape(),
+                        dst.len()
+                    )));
+                }
+                if t.iter().any(|x| !x.is_finite()) {
+                    return Err(fail(format!("tensor {name}: non-finite value")));
+                }
+                dst.iter_mut().zip(t.iter()).for_each(|(d, &s)| *d = F::from_f64(s));
+            }
+        }
+        let step = tensors
+            .remove("optimizer.step")
+            .ok_or_else(|| fail("missing tensor optimizer.step".into()))?;
+        match step.as_slice() {
+            Some(&[s]) if s >= 0.0 && s.fract() == 0.0 && s < 1e15 => next.step = s as usize,
+            _ => return Err(fail("tensor optimizer.step: expected one whole number >= 0".into())),
+        }
+        *self = next;
+        Ok(())
+    }
+
     /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
     /// Returns the gradient norm before clipping.
     pub(crate) fn update<M: NeuronModel>(

@@ -203,6 +203,39 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         &self.grads
     }
 
+    /// Writes the network and the optimiser state (moments, update count) to `path`,
+    /// atomically, so that training can resume exactly where it stopped.
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let mut tensors = self.net.tensors();
+        tensors.extend(self.opt.tensors());
+        crate::checkpoint::write_atomic(path.as_ref(), &crate::checkpoint::encode(M::PATTERN.model, &tensors))
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`] (or a network saved by
+    /// [`Network::save`], keeping the current optimiser state). The network must have the
+    /// same model and sizes; nothing changes unless the whole file matches.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let (model, mut tensors) = crate::checkpoint::read(path)?;
+        let mut net = self.net.clone();
+        net.assign(path, &model, &mut tensors)?;
+        let mut opt = self.opt.clone();
+        if tensors.contains_key("optimizer.step") {
+            opt.assign(path, &mut tensors)?;
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                message: format!("unexpected tensor {extra}: the checkpoint is of a different network"),
+            });
+        }
+        net.validate()?;
+        self.net = net;
+        self.opt = opt;
+        self.eprop = None;
+        Ok(())
+    }
+
     /// Calls `hook` after every step of every sequence (training and evaluation).
     pub fn set_step_hook(&mut self, hook: impl FnMut(&StepInfo<'_, F>) + Send + 'static) {
         self.hook = Some(Box::new(hook));
