@@ -26,10 +26,13 @@ fn config() -> TrainConfig {
 }
 
 fn data(k: usize) -> (Array3<f32>, Vec<usize>) {
-    let x = Array3::from_shape_fn(
-        (20, 4, 6),
-        |(t, b, i)| if (t * 3 + b * 5 + i + k) % 4 == 0 { 1.0 } else { 0.0 },
-    );
+    let x = Array3::from_shape_fn((20, 4, 6), |(t, b, i)| {
+        if (t * 3 + b * 5 + i + k).is_multiple_of(4) {
+            1.0
+        } else {
+            0.0
+        }
+    });
     (x, vec![0, 1, 2, k % 3])
 }
 
