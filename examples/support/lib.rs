@@ -1,4 +1,8 @@
-//! Support code shared by the examples: atomic file writing and safetensors dumps.
+//! Support code shared by the examples: the audio-to-spike encoder, atomic file writing
+//! and safetensors dumps.
+
+pub mod audio;
+pub mod spike_data;
 
 use std::collections::BTreeMap;
 use std::path::Path;
