@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     epochs: usize,
     /// Hidden ALIF neurons.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     hidden: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     pool: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     lr: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
