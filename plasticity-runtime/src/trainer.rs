@@ -422,13 +422,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                     }
                 });
                 stats.grad_norm = if update {
-                    self.opt.update(
-                        &mut self.net,
-                        &self.grads,
-                        &self.config.optimizer,
-                        &self.config.schedule,
-                        self.config.clip_norm,
-                    )
+                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config)
                 } else {
                     self.grads.norm()
                 };
@@ -617,13 +611,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
             && s.since_update >= k
         {
             e.gradients(&self.net, &mut self.grads);
-            s.stats.grad_norm = self.opt.update(
-                &mut self.net,
-                &self.grads,
-                &self.config.optimizer,
-                &self.config.schedule,
-                self.config.clip_norm,
-            );
+            s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config);
             e.zero_gradients();
             e.refresh_weights(&self.net);
             s.since_update = 0;
@@ -641,13 +629,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
         if s.since_update > 0 || !update {
             e.gradients(&self.net, &mut self.grads);
             if update {
-                s.stats.grad_norm = self.opt.update(
-                    &mut self.net,
-                    &self.grads,
-                    &self.config.optimizer,
-                    &self.config.schedule,
-                    self.config.clip_norm,
-                );
+                s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config);
                 e.zero_gradients();
             } else {
                 s.stats.grad_norm = self.grads.norm();
@@ -713,6 +695,16 @@ fn loss_over<F: Float>(
         }
     }
     stats
+}
+
+/// One optimiser step with the configured rule, schedule and clipping; the gradient norm.
+fn apply_update<M: NeuronModel, F: Float>(
+    opt: &mut OptimizerState<F>,
+    net: &mut Network<M, F>,
+    grads: &Gradients<F>,
+    config: &TrainConfig,
+) -> f64 {
+    opt.update(net, grads, &config.optimizer, &config.schedule, config.clip_norm)
 }
 
 fn count_correct<F: Float>(ysum: &Array2<F>, classes: &[usize], probs: &mut Array2<F>) -> usize {
