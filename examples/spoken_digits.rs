@@ -61,6 +61,9 @@ struct Args {
     /// Learning rate (Adam).
     #[arg(long, default_value_t = 5e-3)]
     lr: f64,
+    /// Decoupled weight decay (AdamW); 0 is plain Adam.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -164,11 +167,12 @@ fn main() -> Result<()> {
         Algo::Bptt => Algorithm::Bptt,
     };
     let batches_per_epoch = train.len().div_ceil(args.batch);
-    let mut config = TrainConfig::new(
-        algorithm,
-        Loss::CrossEntropy(Window::Last(args.steps / 2)),
-        Optimizer::adam(args.lr),
-    );
+    let optimizer = if args.weight_decay > 0.0 {
+        Optimizer::adamw(args.lr, args.weight_decay)
+    } else {
+        Optimizer::adam(args.lr)
+    };
+    let mut config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::Last(args.steps / 2)), optimizer);
     let total = args.epochs * batches_per_epoch;
     config.schedule = Schedule::Cosine {
         warmup: (total / 20).min(50),

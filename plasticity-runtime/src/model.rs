@@ -257,7 +257,6 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
 
     /// Expands the partials into dense matrices (row-major): `j` `[k·k]`, `jz` `[k]`,
     /// `b` `[k·p]`, `bz` `[p]`, `p` `[k·q]`, `pz` `[q]`. Zero entries are written as zero.
-    #[allow(clippy::too_many_arguments)]
     fn dense_partials<T: Real>(
         consts: &[T],
         dynv: &[T],
@@ -272,7 +271,6 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// The reverse step of BPTT for one neuron: given `dh = dE/dh^t` (`[k]`) and
     /// `dz = dE/dz^t`, writes `dh_prev = J^T dh + Jz^T dz` (`[k]`) and `d_input = B^T dh +
     /// Bz^T dz` (`[p]`), and adds `P^T dh + Pz^T dz` into `d_learn` (`[q]`).
-    #[allow(clippy::too_many_arguments)]
     fn vjp<T: Real>(consts: &[T], dynv: &[T], dh: &[T], dz: T, dh_prev: &mut [T], d_input: &mut [T], d_learn: &mut [T]);
 
     /// e-prop for the synapses of one postsynaptic neuron on input port `port`, one step:
@@ -281,7 +279,6 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// by eq. 1), computes the eligibility trace `e` (eq. 2) of every synapse and adds
     /// `l · e` into `grad` (`[n]`). When `ebar` is non-empty (`[n]`) it holds the κ-filtered
     /// trace `ē ← κ ē + e`, and `l · ē` is added instead.
-    #[allow(clippy::too_many_arguments)]
     fn synapse_traces<T: Real>(
         port: usize,
         consts: &[T],
@@ -304,6 +301,5 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
     /// parameter-major) follows eq. 1 with `P` as input, the trace `e = Jz ε + Pz` (`[q]`)
     /// is κ-filtered into `ebar` when non-empty, and `l · e` (or `l · ē`) is added into
     /// `grad` (`[q]`).
-    #[allow(clippy::too_many_arguments)]
     fn param_traces<T: Real>(consts: &[T], dynv: &[T], eps: &mut [T], ebar: &mut [T], grad: &mut [T], l: T, kappa: T);
 }
