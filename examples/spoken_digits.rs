@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
+use plasticity_examples::plots;
 use plasticity_examples::spike_data::{SpikeDataset, SpikeSample, bin};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{
@@ -185,6 +186,7 @@ fn main() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let start = std::time::Instant::now();
+    let (mut loss_curve, mut train_curve, mut test_curve) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 0..args.epochs {
         order.shuffle(&mut rng);
         let bar = ProgressBar::new(batches_per_epoch as u64);
@@ -224,7 +226,50 @@ fn main() -> Result<()> {
             start.elapsed().as_secs_f64()
         );
         trainer.save_checkpoint(args.output.join("last.ckpt"))?;
+        let e = (epoch + 1) as f64;
+        loss_curve.push((e, loss / seen as f64));
+        train_curve.push((e, 100.0 * correct as f64 / seen as f64));
+        test_curve.push((e, 100.0 * test_acc));
     }
+    plots::line_chart(
+        &args.output.join("loss.png"),
+        "training loss",
+        "epoch",
+        &[("loss", loss_curve)],
+    )?;
+    plots::line_chart(
+        &args.output.join("accuracy.png"),
+        "accuracy (%)",
+        "epoch",
+        &[("train", train_curve), ("test (held-out speakers)", test_curve)],
+    )?;
+    // Input and hidden spikes of the first test utterance.
+    let first = test_x.select(Axis(1), &[0]);
+    let run = trainer.network().run(first.view())?;
+    let hidden: Vec<(f64, usize)> = run.spikes[0]
+        .indexed_iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|((t, _, j), _)| (t as f64 * dt, j))
+        .collect();
+    plots::raster(
+        &args.output.join("raster_hidden.png"),
+        "hidden spikes, first test utterance",
+        &hidden,
+        args.hidden,
+        args.duration,
+    )?;
+    let input: Vec<(f64, usize)> = test[0]
+        .spikes
+        .iter()
+        .map(|s| (f64::from(s.time), usize::from(s.unit)))
+        .collect();
+    plots::raster(
+        &args.output.join("raster_input.png"),
+        "cochlea spikes, first test utterance",
+        &input,
+        data.channels,
+        args.duration,
+    )?;
     let (train_acc, _) = evaluate(&mut trainer, &train_x, &train_y)?;
     let (test_acc, confusion) = evaluate(&mut trainer, &test_x, &test_y)?;
     println!("confusion matrix (rows: true class, columns: predicted; 0-9 English, 10-19 German):");

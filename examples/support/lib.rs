@@ -1,7 +1,8 @@
-//! Support code shared by the examples: the audio-to-spike encoder, atomic file writing
-//! and safetensors dumps.
+//! Support code shared by the examples: the audio-to-spike encoder, the spike data file,
+//! PNG plots, atomic file writing and safetensors dumps.
 
 pub mod audio;
+pub mod plots;
 pub mod spike_data;
 
 use std::collections::BTreeMap;
