@@ -1,8 +1,11 @@
 //! PNG plots for the examples: line charts of training curves and spike rasters.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const COLOURS: [RGBColor; 4] = [
@@ -12,11 +15,36 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A white canvas with a titled, meshed chart over `x` × `y`.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    title: &str,
+    (x, y): (Range<f64>, Range<f64>),
+    (x_label, y_label): (&str, &str),
+) -> Result<Chart<'a, 'b>> {
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(chart)
+}
+
 /// A line chart of one or more named series of `(x, y)` points.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
-    let points = series.iter().flat_map(|(_, s)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points {
+    for &(x, y) in series.iter().flat_map(|(_, s)| s.iter()) {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
@@ -24,19 +52,12 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<
     }
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut chart = frame(
+        &root,
+        title,
+        (x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad)),
+        (x_label, ""),
+    )?;
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         chart
@@ -58,20 +79,12 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<
 /// A spike raster: `(time, neuron)` dots over `neurons` rows and `duration` time units.
 pub fn raster(path: &Path, title: &str, spikes: &[(f64, usize)], neurons: usize, duration: f64) -> Result<()> {
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..duration.max(1e-9), 0.0..neurons.max(1) as f64)
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("neuron")
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut chart = frame(
+        &root,
+        title,
+        (0.0..duration.max(1e-9), 0.0..neurons.max(1) as f64),
+        ("time (s)", "neuron"),
+    )?;
     chart
         .draw_series(
             spikes

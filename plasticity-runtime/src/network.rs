@@ -384,29 +384,24 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
                     ))
                 }
             };
-            if layer.w_in.len() != p {
-                return Err(invalid(
-                    &format!("layer {l} input weights"),
-                    layer.w_in.len(),
-                    &format!("one matrix per input port ({p})"),
-                ));
-            }
-            for (port, w) in layer.w_in.iter().enumerate() {
-                check_matrix(&format!("layer {l} W_in[{port}]"), &w.view(), n, n_pre)?;
-                standard(format!("layer {l} W_in[{port}]"), w.is_standard_layout())?;
-            }
-            if let Some(w_rec) = &layer.w_rec {
-                if w_rec.len() != p {
+            // One matrix per port, each `[n, cols]`, finite, row-major.
+            let check_weights = |what: &str, name: &str, ws: &[Array2<F>], cols: usize| -> Result<()> {
+                if ws.len() != p {
                     return Err(invalid(
-                        &format!("layer {l} recurrent weights"),
-                        w_rec.len(),
+                        &format!("layer {l} {what}"),
+                        ws.len(),
                         &format!("one matrix per input port ({p})"),
                     ));
                 }
-                for (port, w) in w_rec.iter().enumerate() {
-                    check_matrix(&format!("layer {l} W_rec[{port}]"), &w.view(), n, n)?;
-                    standard(format!("layer {l} W_rec[{port}]"), w.is_standard_layout())?;
+                for (port, w) in ws.iter().enumerate() {
+                    check_matrix(&format!("layer {l} {name}[{port}]"), &w.view(), n, cols)?;
+                    standard(format!("layer {l} {name}[{port}]"), w.is_standard_layout())?;
                 }
+                Ok(())
+            };
+            check_weights("input weights", "W_in", &layer.w_in, n_pre)?;
+            if let Some(w_rec) = &layer.w_rec {
+                check_weights("recurrent weights", "W_rec", w_rec, n)?;
             }
             if let Some(bias) = &layer.bias {
                 if bias.len() != p {
