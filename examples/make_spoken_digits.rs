@@ -29,6 +29,10 @@ struct Args {
     /// Held-out test speakers.
     #[arg(long, default_value_t = 8)]
     test_speakers: usize,
+    /// Also write the set in SHD's HDF5 layout into this folder, as `spoken_digits_train.h5`
+    /// and `spoken_digits_test.h5` (needs the `hdf5` feature).
+    #[arg(long)]
+    h5: Option<PathBuf>,
     /// Channels of the cochlea model.
     #[arg(long, default_value_t = 700)]
     channels: usize,
@@ -48,6 +52,10 @@ const VARIANTS: [&str; 40] = [
     "caleb", "david", "ed", "edward", "gene", "iven", "john", "linda", "max", "michel", "norbert", "paul", "robert",
     "steph", "travis", "victor", "zac", "m8", "f5", "iven2", "steph2", "edward2", "gene2", "iven3",
 ];
+
+/// Test speaker `k` takes the pitch, speed and loudness of index `TEST_PROSODY + k`, whatever
+/// the number of training speakers, so enlarging the training set leaves the test set as it is.
+const TEST_PROSODY: usize = 64;
 
 struct Speaker {
     id: u16,
@@ -77,12 +85,19 @@ fn speakers(train: usize, test: usize) -> Result<Vec<Speaker>> {
     let mut out: Vec<Speaker> = (0..train)
         .map(|i| pick(i, VARIANTS[i % train_variants], false))
         .collect();
-    out.extend((0..test).map(|k| pick(train + k, VARIANTS[VARIANTS.len() - 1 - k], true)));
+    out.extend((0..test).map(|k| Speaker {
+        id: (train + k) as u16,
+        ..pick(TEST_PROSODY + k, VARIANTS[VARIANTS.len() - 1 - k], true)
+    }));
     Ok(out)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.h5.is_some() && !cfg!(feature = "hdf5") {
+        // Fail before the synthesis, not after it.
+        bail!(NO_HDF5);
+    }
     Command::new("espeak-ng")
         .arg("--version")
         .output()
@@ -156,5 +171,30 @@ fn main() -> Result<()> {
         bytes.len() as f64 / 1e6
     );
     let _ = std::fs::remove_dir(&dir);
+    if let Some(folder) = &args.h5 {
+        write_h5(folder, &set)?;
+    }
     Ok(())
+}
+
+/// The set in SHD's layout, one file per split, with the twenty words as `extra/keys`.
+#[cfg(feature = "hdf5")]
+fn write_h5(folder: &std::path::Path, set: &SpikeDataset) -> Result<()> {
+    std::fs::create_dir_all(folder)?;
+    let keys: Vec<&str> = ENGLISH.iter().chain(GERMAN.iter()).copied().collect();
+    for (name, test) in [("spoken_digits_train.h5", false), ("spoken_digits_test.h5", true)] {
+        let split: Vec<&SpikeSample> = set.samples.iter().filter(|s| s.test == test).collect();
+        let path = folder.join(name);
+        plasticity_examples::shd::write_shd(&path, &split, &keys)?;
+        println!("wrote {} ({} utterances)", path.display(), split.len());
+    }
+    Ok(())
+}
+
+const NO_HDF5: &str =
+    "--h5 needs the `hdf5` feature (cargo run --release --features hdf5 --example make_spoken_digits)";
+
+#[cfg(not(feature = "hdf5"))]
+fn write_h5(_folder: &std::path::Path, _set: &SpikeDataset) -> Result<()> {
+    bail!(NO_HDF5)
 }

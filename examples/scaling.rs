@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use ndarray::{Array1, Array2, Array3};
-use plasticity_examples::write_atomic;
+use plasticity_examples::{plots, write_atomic};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, StepTargets, Targets,
@@ -236,6 +236,9 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// One sweep point for the plots: algorithm, hidden, steps, ms per step, peak RSS in MiB.
+type Point = (&'static str, usize, usize, f64, f64);
+
 /// Runs one measurement per point in a child process (so peak RSS is per point) and
 /// collects the JSON lines into a CSV.
 fn sweep(args: &Args, path: &Path) -> Result<()> {
@@ -255,6 +258,7 @@ fn sweep(args: &Args, path: &Path) -> Result<()> {
             points.push((algorithm, 256, steps));
         }
     }
+    let mut measured: Vec<Point> = Vec::new();
     for (algorithm, hidden, steps) in points {
         let out = std::process::Command::new(&exe)
             .args(["--model", model, "--algorithm", algorithm])
@@ -292,9 +296,54 @@ fn sweep(args: &Args, path: &Path) -> Result<()> {
         eprintln!("{row}");
         csv.push_str(&row);
         csv.push('\n');
+        let number = |k: &str| -> Result<f64> {
+            field(k)
+                .parse()
+                .with_context(|| format!("sweep point {algorithm} H={hidden} T={steps}: no number `{k}` in {line:?}"))
+        };
+        measured.push((
+            algorithm,
+            hidden,
+            steps,
+            number("ms_per_step")?,
+            number("peak_rss_bytes")? / (1024.0 * 1024.0),
+        ));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
     }
     write_atomic(path, csv.as_bytes())?;
     std::io::stdout().flush()?;
     println!("wrote {}", path.display());
+    // Three plots beside the CSV: time against H (T = 100), and time and memory against T (H = 256).
+    let series = |x_of: fn(&Point) -> Option<f64>, y_of: fn(&Point) -> f64| {
+        ["eprop", "bptt"].map(|a| {
+            let points: Vec<(f64, f64)> = measured
+                .iter()
+                .filter(|m| m.0 == a)
+                .filter_map(|m| x_of(m).map(|x| (x, y_of(m))))
+                .collect();
+            (if a == "eprop" { "e-prop" } else { "BPTT" }, points)
+        })
+    };
+    let stem = path.with_extension("");
+    let png = |suffix: &str| PathBuf::from(format!("{}_{suffix}.png", stem.display()));
+    let by_hidden = series(|m| (m.2 == 100).then_some(m.1 as f64), |m| m.3);
+    let by_steps = series(|m| (m.1 == 256).then_some(m.2 as f64), |m| m.3);
+    let rss_by_steps = series(|m| (m.1 == 256).then_some(m.2 as f64), |m| m.4);
+    let title = format!("{model}, {} inputs, batch {}", args.inputs, args.batch);
+    for (file, what, x_label, data) in [
+        (png("hidden"), "ms per step, T = 100", "hidden neurons H", by_hidden),
+        (png("steps"), "ms per step, H = 256", "sequence length T", by_steps),
+        (
+            png("memory"),
+            "peak RSS (MiB), H = 256",
+            "sequence length T",
+            rss_by_steps,
+        ),
+    ] {
+        plots::line_chart(&file, &format!("{what}: {title}"), x_label, &data)?;
+        println!("wrote {}", file.display());
+    }
     Ok(())
 }

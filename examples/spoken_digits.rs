@@ -8,6 +8,11 @@
 //! printed and a checkpoint written; at the end a confusion matrix.
 //!
 //! cargo run --release --example spoken_digits
+//!
+//! Real SHD or SSC files (HDF5, one per split) need the `hdf5` feature and the system HDF5
+//! library:
+//!
+//! cargo run --release --features hdf5 --example spoken_digits -- --data shd_train.h5 --test-data shd_test.h5
 
 use std::path::PathBuf;
 
@@ -16,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
 use plasticity_examples::plots;
-use plasticity_examples::spike_data::{SpikeDataset, SpikeSample, bin};
+use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Schedule, Targets, TrainConfig,
@@ -35,9 +40,17 @@ enum Algo {
 /// Trains an ALIF network on spoken digits.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Spike data file (the bundled set by default).
+    /// Spike data: the bundled compact file, or an SHD/SSC training file (`.h5`, feature
+    /// `hdf5`).
     #[arg(long, default_value = "examples/data/spoken_digits.bin")]
     data: PathBuf,
+    /// Test split for an `.h5` training file (default: its name with `train` replaced by
+    /// `test`).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Input channels of `.h5` files (SHD and SSC have 700).
+    #[arg(long, default_value_t = 700)]
+    channels: usize,
     /// Training algorithm.
     #[arg(long, value_enum, default_value = "eprop")]
     algorithm: Algo,
@@ -107,11 +120,9 @@ fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut StdRng) -> Arr
     out
 }
 
-const CLASSES: usize = 20;
-
 fn main() -> Result<()> {
     let args = Args::parse();
-    let data = SpikeDataset::load(&args.data)?;
+    let data = load_splits(&args.data, args.test_data.as_deref(), args.channels)?;
     let mut train: Vec<&SpikeSample> = data.samples.iter().filter(|s| !s.test).collect();
     let mut test: Vec<&SpikeSample> = data.samples.iter().filter(|s| s.test).collect();
     if let Some(n) = args.limit {
@@ -121,13 +132,8 @@ fn main() -> Result<()> {
     if train.is_empty() || test.is_empty() {
         bail!("{}: needs training and test samples", args.data.display());
     }
-    if let Some(s) = data.samples.iter().find(|s| usize::from(s.label) >= CLASSES) {
-        bail!(
-            "{}: label {} is out of range (20 classes)",
-            args.data.display(),
-            s.label
-        );
-    }
+    // 20 classes for SHD and the bundled set, 35 for SSC.
+    let classes = data.samples.iter().map(|s| usize::from(s.label) + 1).max().unwrap_or(0);
     let train_x = bin(&train, data.channels, args.steps, args.duration, args.pool);
     let test_x = bin(&test, data.channels, args.steps, args.duration, args.pool);
     let train_y: Vec<usize> = train.iter().map(|s| usize::from(s.label)).collect();
@@ -160,7 +166,7 @@ fn main() -> Result<()> {
                 .init_in(Init::Gaussian { gain: 1.0 })
                 .init_rec(Init::Gaussian { gain: 0.5 }),
         )
-        .readout(ReadoutSpec::new(CLASSES, (-dt / 0.05).exp()))
+        .readout(ReadoutSpec::new(classes, (-dt / 0.05).exp()))
         .seed(args.seed)
         .build::<f32>()?;
     let algorithm = match args.algorithm {
@@ -216,7 +222,7 @@ fn main() -> Result<()> {
             bar.inc(1);
         }
         bar.finish();
-        let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y)?;
+        let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y, classes)?;
         println!(
             "epoch {:>2}: train loss {:.3}, train accuracy {:.1}%, test accuracy {:.1}%, {:.0} s",
             epoch + 1,
@@ -270,9 +276,11 @@ fn main() -> Result<()> {
         data.channels,
         args.duration,
     )?;
-    let (train_acc, _) = evaluate(&mut trainer, &train_x, &train_y)?;
-    let (test_acc, confusion) = evaluate(&mut trainer, &test_x, &test_y)?;
-    println!("confusion matrix (rows: true class, columns: predicted; 0-9 English, 10-19 German):");
+    let (train_acc, _) = evaluate(&mut trainer, &train_x, &train_y, classes)?;
+    let (test_acc, confusion) = evaluate(&mut trainer, &test_x, &test_y, classes)?;
+    println!(
+        "confusion matrix (rows: true class, columns: predicted; SHD and the bundled set: 0-9 English, 10-19 German):"
+    );
     for (c, row) in confusion.iter().enumerate() {
         println!("{c:>3} {}", row.iter().map(|v| format!("{v:>3}")).collect::<String>());
     }
@@ -292,8 +300,13 @@ fn main() -> Result<()> {
 }
 
 /// Accuracy (arg-max of the readout summed over the loss window) and confusion matrix.
-fn evaluate(trainer: &mut Trainer<BellecAlif, f32>, x: &Array3<f32>, y: &[usize]) -> Result<(f64, Vec<Vec<usize>>)> {
-    let mut confusion = vec![vec![0usize; CLASSES]; CLASSES];
+fn evaluate(
+    trainer: &mut Trainer<BellecAlif, f32>,
+    x: &Array3<f32>,
+    y: &[usize],
+    classes: usize,
+) -> Result<(f64, Vec<Vec<usize>>)> {
+    let mut confusion = vec![vec![0usize; classes]; classes];
     let steps = x.shape()[0];
     for start in (0..y.len()).step_by(128) {
         let idx: Vec<usize> = (start..(start + 128).min(y.len())).collect();
@@ -305,10 +318,10 @@ fn evaluate(trainer: &mut Trainer<BellecAlif, f32>, x: &Array3<f32>, y: &[usize]
             .sum_axis(Axis(0));
         for (k, &i) in idx.iter().enumerate() {
             let row = summed.row(k);
-            let pred = (0..CLASSES).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+            let pred = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
             confusion[y[i]][pred] += 1;
         }
     }
-    let correct: usize = (0..CLASSES).map(|c| confusion[c][c]).sum();
+    let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
     Ok((correct as f64 / y.len().max(1) as f64, confusion))
 }

@@ -1,9 +1,11 @@
 //! A compact file of spike-encoded utterances (the bundled spoken-digits set), and binning
 //! of spikes into network input.
 //!
-//! Format (little-endian): the 16-byte magic `PLASTICITY-SPK1\0`, `u32` channels, `u32`
+//! Format (little-endian): the 16-byte magic `PLASTICITY-SPK2\0`, `u32` channels, `u32`
 //! sample count, then per sample: `u8` label, `u8` split (0 train, 1 test), `u16` speaker,
-//! `u32` spike count and that many `(u16 time in 0.1 ms, u16 channel)` pairs.
+//! `u32` spike count, then the spikes in time order, each one LEB128 varint
+//! `(Δtick << bits) | channel`: `Δtick` is the time since the previous spike in ticks of 0.1 ms
+//! and `bits` the bits needed for a channel id. A typical spike takes two bytes.
 
 use std::path::Path;
 
@@ -12,7 +14,9 @@ use ndarray::Array3;
 
 use crate::audio::Spike;
 
-const MAGIC: &[u8; 16] = b"PLASTICITY-SPK1\0";
+const MAGIC: &[u8; 16] = b"PLASTICITY-SPK2\0";
+/// The first version of the format, two `u16` per spike.
+const MAGIC_V1: &[u8; 16] = b"PLASTICITY-SPK1\0";
 /// Time resolution of stored spikes, seconds.
 const TICK: f64 = 1e-4;
 
@@ -39,24 +43,38 @@ pub struct SpikeDataset {
 }
 
 impl SpikeDataset {
-    /// Serialises the set.
+    /// Serialises the set. Spike times must lie in 0 to 7 days (ticks of 0.1 ms in a `u32`).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bits = channel_bits(self.channels);
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.channels as u32).to_le_bytes());
         out.extend_from_slice(&(self.samples.len() as u32).to_le_bytes());
-        for s in &self.samples {
+        for (i, s) in self.samples.iter().enumerate() {
             out.push(s.label);
             out.push(u8::from(s.test));
             out.extend_from_slice(&s.speaker.to_le_bytes());
             out.extend_from_slice(&(s.spikes.len() as u32).to_le_bytes());
+            let mut ticks = Vec::with_capacity(s.spikes.len());
             for sp in &s.spikes {
                 let tick = (f64::from(sp.time) / TICK).round();
-                if !(0.0..=f64::from(u16::MAX)).contains(&tick) {
-                    bail!("spike time {} s does not fit the format (at most 6.5 s)", sp.time);
+                if !(0.0..=f64::from(u32::MAX)).contains(&tick) {
+                    bail!("sample {i}: spike time {} s does not fit the format", sp.time);
                 }
-                out.extend_from_slice(&(tick as u16).to_le_bytes());
-                out.extend_from_slice(&sp.unit.to_le_bytes());
+                if usize::from(sp.unit) >= self.channels {
+                    bail!(
+                        "sample {i}: spike on channel {}, the set has {} channels",
+                        sp.unit,
+                        self.channels
+                    );
+                }
+                ticks.push((tick as u64, u64::from(sp.unit)));
+            }
+            ticks.sort_unstable();
+            let mut last = 0;
+            for (tick, unit) in ticks {
+                write_varint(&mut out, ((tick - last) << bits) | unit);
+                last = tick;
             }
         }
         Ok(out)
@@ -71,12 +89,19 @@ impl SpikeDataset {
 
     /// Parses the format.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() >= 16 && &bytes[..16] == MAGIC_V1 {
+            bail!("written in the first version of the format; regenerate it with make_spoken_digits");
+        }
         if bytes.len() < 24 || &bytes[..16] != MAGIC {
             bail!("not a plasticity spike data file (bad magic bytes)");
         }
         let u32_at = |p: usize| u32::from_le_bytes(bytes[p..p + 4].try_into().expect("4 bytes"));
         let channels = u32_at(16) as usize;
         let count = u32_at(20) as usize;
+        if channels == 0 || channels > usize::from(u16::MAX) + 1 {
+            bail!("{channels} channels; expected 1 to 65536");
+        }
+        let bits = channel_bits(channels);
         let mut pos = 24;
         let mut samples = Vec::with_capacity(count.min(1 << 20));
         for i in 0..count {
@@ -88,23 +113,24 @@ impl SpikeDataset {
             let speaker = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
             let n = u32_at(pos + 4) as usize;
             pos += 8;
-            if bytes.len() - pos < n * 4 {
-                bail!("truncated in the spikes of sample {i}");
-            }
-            let mut spikes = Vec::with_capacity(n);
-            for k in 0..n {
-                let p = pos + 4 * k;
-                let tick = u16::from_le_bytes([bytes[p], bytes[p + 1]]);
-                let unit = u16::from_le_bytes([bytes[p + 2], bytes[p + 3]]);
-                if usize::from(unit) >= channels {
+            // Every spike takes at least one byte.
+            let mut spikes = Vec::with_capacity(n.min(bytes.len() - pos));
+            let mut tick = 0u64;
+            for _ in 0..n {
+                let Some((v, used)) = read_varint(&bytes[pos..]) else {
+                    bail!("truncated or corrupt in the spikes of sample {i}");
+                };
+                pos += used;
+                tick += v >> bits;
+                let unit = v & ((1 << bits) - 1);
+                if unit as usize >= channels {
                     bail!("sample {i}: spike on channel {unit}, the file has {channels} channels");
                 }
                 spikes.push(Spike {
-                    time: (f64::from(tick) * TICK) as f32,
-                    unit,
+                    time: (tick as f64 * TICK) as f32,
+                    unit: unit as u16,
                 });
             }
-            pos += n * 4;
             samples.push(SpikeSample {
                 label,
                 speaker,
@@ -117,6 +143,85 @@ impl SpikeDataset {
         }
         Ok(SpikeDataset { channels, samples })
     }
+}
+
+/// Loads the training and test splits: the compact format (one file holding both), or with
+/// the `hdf5` feature an SHD/SSC training file (`.h5`) and its test file, by default the same
+/// name with `train` replaced by `test`. `channels` applies to HDF5 files, which do not
+/// store it. Skipped spikes are reported once per file on standard error.
+pub fn load_splits(data: &Path, test_data: Option<&Path>, channels: usize) -> Result<SpikeDataset> {
+    let is_h5 = data.extension().is_some_and(|e| e == "h5" || e == "hdf5");
+    if !is_h5 {
+        if test_data.is_some() {
+            bail!(
+                "--test-data goes with an .h5 training file; {} holds both splits",
+                data.display()
+            );
+        }
+        return SpikeDataset::load(data);
+    }
+    let test = match test_data {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let name = data
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !name.contains("train") {
+                bail!(
+                    "{}: give the test split with --test-data (the name has no `train` to replace)",
+                    data.display()
+                );
+            }
+            data.with_file_name(name.replace("train", "test"))
+        }
+    };
+    load_h5_splits(data, &test, channels)
+}
+
+#[cfg(feature = "hdf5")]
+fn load_h5_splits(train: &Path, test: &Path, channels: usize) -> Result<SpikeDataset> {
+    let mut samples = Vec::new();
+    for (path, is_test) in [(train, false), (test, true)] {
+        let (set, report) = crate::shd::read_shd(path, channels, is_test)?;
+        eprintln!("{}: {report}", path.display());
+        samples.extend(set.samples);
+    }
+    Ok(SpikeDataset { channels, samples })
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn load_h5_splits(train: &Path, _test: &Path, _channels: usize) -> Result<SpikeDataset> {
+    bail!(
+        "{}: reading HDF5 needs the `hdf5` feature (cargo run --release --features hdf5 ...) and \
+         the system HDF5 library (Debian: libhdf5-dev)",
+        train.display()
+    )
+}
+
+/// Bits that hold any channel id below `channels`.
+fn channel_bits(channels: usize) -> u32 {
+    usize::BITS - channels.saturating_sub(1).max(1).leading_zeros()
+}
+
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The value and the bytes it took; `None` if the input ends inside it or it overflows.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (k, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * k);
+        if b & 0x80 == 0 {
+            return Some((v, k + 1));
+        }
+    }
+    None
 }
 
 /// Spike counts of `samples` binned into `steps` bins over `duration` seconds and pooled
@@ -156,20 +261,52 @@ mod tests {
         assert_eq!(back.samples[0].spikes[1].unit, 3);
         assert!((back.samples[0].spikes[0].time - 0.0123).abs() < 1e-4);
         assert!(
-            SpikeDataset::from_bytes(&bytes[..bytes.len() - 2])
+            SpikeDataset::from_bytes(&bytes[..bytes.len() - 1])
                 .unwrap_err()
                 .to_string()
                 .contains("sample 0")
         );
+        // Claim 3 channels: ids still take two bits, and the last spike's channel 3 is out of range.
         let mut bad = bytes.clone();
-        let last = bad.len() - 2;
-        bad[last] = 9;
+        bad[16..20].copy_from_slice(&3u32.to_le_bytes());
         assert!(
             SpikeDataset::from_bytes(&bad)
                 .unwrap_err()
                 .to_string()
-                .contains("channel 9")
+                .contains("channel 3, the file has 3")
         );
+        // Many spikes over 700 channels, with equal times and large gaps: exact to the tick,
+        // sorted, and a second round trip changes nothing.
+        let spikes: Vec<Spike> = (0..5000u32)
+            .map(|k| Spike {
+                time: ((k / 3) * (1 + k % 7)) as f32 * 1e-4,
+                unit: ((k * 7919) % 700) as u16,
+            })
+            .collect();
+        let big = SpikeDataset {
+            channels: 700,
+            samples: vec![SpikeSample {
+                label: 19,
+                speaker: 65535,
+                test: false,
+                spikes,
+            }],
+        };
+        let once = SpikeDataset::from_bytes(&big.to_bytes().unwrap()).unwrap();
+        let twice = SpikeDataset::from_bytes(&once.to_bytes().unwrap()).unwrap();
+        assert_eq!(once, twice);
+        let mut want: Vec<(u32, u16)> = big.samples[0]
+            .spikes
+            .iter()
+            .map(|s| ((f64::from(s.time) / TICK).round() as u32, s.unit))
+            .collect();
+        want.sort_unstable();
+        let got: Vec<(u32, u16)> = once.samples[0]
+            .spikes
+            .iter()
+            .map(|s| ((f64::from(s.time) / TICK).round() as u32, s.unit))
+            .collect();
+        assert_eq!(got, want);
         let x = bin(&[&back.samples[0]], 4, 10, 1.0, 2);
         assert_eq!(x.shape(), &[10, 1, 2]);
         assert_eq!(x.sum(), 2.0);
