@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result, check_finite, check_shape, invalid};
 use crate::init::Init;
-use crate::linalg::{gemm_nn, gemm_nt};
+use crate::linalg::{gemm_nn, gemm_nt, transpose_into};
 use crate::model::NeuronModel;
 use crate::real::{Float, Real};
 use crate::surrogate::Plain;
@@ -314,10 +314,10 @@ impl<F: Float> LayerBuffers<F> {
     /// weights may have changed (a new sequence, an optimiser update).
     pub fn refresh_weights<M: NeuronModel>(&mut self, layer: &Layer<M, F>) {
         for (t, w) in self.w_in_t.iter_mut().zip(&layer.w_in) {
-            t.assign(&w.t());
+            transpose_into(&mut t.view_mut(), &w.view());
         }
         for (t, w) in self.w_rec_t.iter_mut().zip(layer.w_rec.iter().flatten()) {
-            t.assign(&w.t());
+            transpose_into(&mut t.view_mut(), &w.view());
         }
     }
 }
