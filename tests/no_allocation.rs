@@ -10,7 +10,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ndarray::{Array1, Array2};
-use plasticity_runtime::models::BellecAlif;
+use plasticity_runtime::NeuronModel;
+use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Feedback, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, StepTargets, TrainConfig, Trainer,
     Window,
@@ -56,14 +57,19 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn allocations_during_steps(threads: usize, kappa: f64, update_every: Option<usize>) -> usize {
+fn allocations_during_steps<M: NeuronModel>(
+    model: M,
+    threads: usize,
+    kappa: f64,
+    update_every: Option<usize>,
+) -> usize {
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     MEMBER_OF.with(|m| m.set(generation));
     pool.broadcast(|_| MEMBER_OF.with(|m| m.set(generation)));
     pool.install(|| {
         let net = NetworkBuilder::new(20)
-            .layer(LayerSpec::new(BellecAlif::default(), 32).recurrent(true).bias(true))
+            .layer(LayerSpec::new(model, 32).recurrent(true).bias(true))
             .readout(ReadoutSpec::new(4, kappa))
             .seed(1)
             .build::<f32>()
@@ -97,11 +103,20 @@ fn allocations_during_steps(threads: usize, kappa: f64, update_every: Option<usi
 
 #[test]
 fn eprop_steps_do_not_allocate() {
-    assert_eq!(allocations_during_steps(1, 0.0, None), 0, "single thread, κ = 0");
+    let alif = BellecAlif::default;
     assert_eq!(
-        allocations_during_steps(1, 0.8, Some(10)),
+        allocations_during_steps(alif(), 1, 0.0, None),
+        0,
+        "single thread, κ = 0"
+    );
+    assert_eq!(
+        allocations_during_steps(alif(), 1, 0.8, Some(10)),
         0,
         "single thread, κ > 0, online updates"
     );
-    assert_eq!(allocations_during_steps(2, 0.8, Some(10)), 0, "two threads");
+    assert_eq!(allocations_during_steps(alif(), 2, 0.8, Some(10)), 0, "two threads");
+    // LIF's traces are all factorised: with κ = 0 its gradient is the outer-product path.
+    let lif = BellecLif::default;
+    assert_eq!(allocations_during_steps(lif(), 1, 0.0, None), 0, "LIF, single thread");
+    assert_eq!(allocations_during_steps(lif(), 2, 0.0, Some(10)), 0, "LIF, two threads");
 }
