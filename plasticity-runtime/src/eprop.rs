@@ -54,54 +54,12 @@ struct SourceTraces<F> {
     fact: Vec<F>,
     per_synapse: usize,
     factorised: usize,
-    /// For a source whose traces are all factorised and not κ-filtered: the gradient update
-    /// is a sum of outer products over the batch, done per neuron for all samples at once.
-    outer: Option<OuterTerms>,
-    /// Indices of the nonzero presynaptic values of each sample, `[B, n_pre]`, the first
-    /// `active_len[b]` of each row valid (event-driven input term of `outer`).
-    active: Vec<u32>,
-    active_len: Vec<usize>,
+    /// Where the trace coefficients `Jz` (reachable rows) and `Bz` of this port live. When
+    /// the source keeps no per-synapse or filtered trace, a step whose coefficients (times
+    /// the learning signal) are all zero adds nothing and is skipped.
+    coefficients: Vec<EntryKind>,
     /// Length of this source's region in the arena: `B·S·n_pre + (B·n_pre if κ>0) + n_pre`.
     len: usize,
-}
-
-/// The eligibility trace of a factorised-only source, `e_ji = Σ_f Jz_f(j) ε_f[i] + Bz(j) x_i`,
-/// as the list of its terms: `(factorised row f, where Jz_f lives)` and where `Bz` lives.
-#[derive(Clone, Debug)]
-struct OuterTerms {
-    fact: Vec<(usize, EntryKind)>,
-    pre: Option<EntryKind>,
-}
-
-/// Samples' terms summed into a gradient row per pass.
-const OUTER_GROUP: usize = 8;
-
-/// `grad += Σ_k coefs[k] · rows[k]`, in chunks of 64 kept in registers: the gradient row is
-/// read and written once for up to [`OUTER_GROUP`] terms.
-#[inline]
-fn add_scaled_rows<F: Float>(grad: &mut [F], coefs: &[F], rows: &[&[F]]) {
-    const W: usize = 64;
-    let n = grad.len();
-    let mut chunks = grad.chunks_exact_mut(W);
-    for (c, g) in (&mut chunks).enumerate() {
-        let mut acc = [<F as Real>::zero(); W];
-        acc.copy_from_slice(g);
-        for (&k, row) in coefs.iter().zip(rows) {
-            let r = &row[c * W..(c + 1) * W];
-            for t in 0..W {
-                acc[t] += k * r[t];
-            }
-        }
-        g.copy_from_slice(&acc);
-    }
-    let done = n - n % W;
-    for (t, g) in chunks.into_remainder().iter_mut().enumerate() {
-        let mut a = *g;
-        for (&k, row) in coefs.iter().zip(rows) {
-            a += k * row[done + t];
-        }
-        *g = a;
-    }
 }
 
 /// Trace storage of one layer. Per postsynaptic neuron, one contiguous region holds, for
@@ -195,18 +153,14 @@ impl<F: Float> Eprop<F> {
                 let n = layer.size();
                 let mut sources = Vec::new();
                 for (port, pl) in M::PATTERN.ports.iter().enumerate() {
-                    let outer = (pl.per_synapse == 0 && !filtered).then(|| OuterTerms {
-                        fact: pl
-                            .rows
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(r, layout)| match layout {
-                                RowLayout::Factorised(f) => M::PATTERN.entry(Matrix::Jz, 0, r).map(|e| (*f, e.kind)),
-                                _ => None,
-                            })
-                            .collect(),
-                        pre: M::PATTERN.entry(Matrix::Bz, 0, port).map(|e| e.kind),
-                    });
+                    let coefficients: Vec<EntryKind> = pl
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, layout)| **layout != RowLayout::Absent)
+                        .filter_map(|(r, _)| M::PATTERN.entry(Matrix::Jz, 0, r).map(|e| e.kind))
+                        .chain(M::PATTERN.entry(Matrix::Bz, 0, port).map(|e| e.kind))
+                        .collect();
                     let mut add = |source: Source, n_pre: usize| {
                         let len = batch * pl.per_synapse * n_pre + if filtered { batch * n_pre } else { 0 } + n_pre;
                         sources.push(SourceTraces {
@@ -216,13 +170,7 @@ impl<F: Float> Eprop<F> {
                             fact: vec![<F as Real>::zero(); batch * pl.factorised * n_pre],
                             per_synapse: pl.per_synapse,
                             factorised: pl.factorised,
-                            active: if outer.as_ref().is_some_and(|o| o.pre.is_some()) {
-                                vec![0; batch * n_pre]
-                            } else {
-                                Vec::new()
-                            },
-                            active_len: vec![0; batch],
-                            outer: outer.clone(),
+                            coefficients: coefficients.clone(),
                             len,
                         });
                     };
@@ -347,35 +295,6 @@ impl<F: Float> Eprop<F> {
             }
             let pre_in: ArrayView2<F> = if l == 0 { x } else { self.bufs[l - 1].z.view() };
             let z_prev = buf.z_prev.view();
-            // Active presynaptic inputs per sample, for the event-driven input term.
-            for s in &mut lt.sources {
-                let SourceTraces {
-                    source,
-                    n_pre,
-                    active,
-                    active_len,
-                    ..
-                } = s;
-                if active.is_empty() {
-                    continue;
-                }
-                for (b, (row, len)) in active.chunks_mut(*n_pre).zip(active_len.iter_mut()).enumerate() {
-                    let pre: &[F] = match source {
-                        Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                        Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                        Source::Bias => &[<F as Real>::one()],
-                    };
-                    let mut k = 0;
-                    for (i, &v) in pre.iter().enumerate() {
-                        if v != <F as Real>::zero() {
-                            row[k] = i as u32;
-                            k += 1;
-                        }
-                    }
-                    *len = k;
-                }
-            }
-            let any_outer = lt.sources.iter().any(|s| s.outer.is_some());
             let dynv = &buf.dynv;
             let nd = M::NUM_DYNAMIC;
             let n = layer.size();
@@ -412,11 +331,17 @@ impl<F: Float> Eprop<F> {
                                 let (syn_all, src) = src.split_at_mut(batch * syn_len);
                                 let ebar_len = if filtered { s.n_pre } else { 0 };
                                 let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
-                                if s.outer.is_some() {
-                                    // Below, all samples at once.
-                                    continue;
-                                }
                                 let fact_len = s.factorised * s.n_pre;
+                                if s.per_synapse == 0 && !filtered {
+                                    let zero = <F as Real>::zero();
+                                    let coefficient = |kind: &EntryKind| match *kind {
+                                        EntryKind::Constant(i) => consts[i],
+                                        EntryKind::Dynamic(i) => dv[i],
+                                    };
+                                    if l_bj == zero || s.coefficients.iter().all(|c| coefficient(c) == zero) {
+                                        continue;
+                                    }
+                                }
                                 let pre: &[F] = match s.source {
                                     Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
                                     Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
@@ -449,69 +374,6 @@ impl<F: Float> Eprop<F> {
                                     kappa,
                                 );
                             }
-                        }
-                    }
-                    if !any_outer {
-                        return;
-                    }
-                    // Factorised-only sources: `grad_j += Σ_b L_bj e_bj`, an outer product
-                    // over the batch. Dense terms are summed into the gradient row in groups;
-                    // the input term touches only the sample's active inputs.
-                    for (jj, region) in block.chunks_mut(stride).enumerate() {
-                        let j = blk * NEURON_BLOCK + jj;
-                        if j >= n {
-                            break;
-                        }
-                        let mut rest = region;
-                        for s in sources {
-                            let (src, tail) = rest.split_at_mut(s.len);
-                            rest = tail;
-                            let Some(o) = &s.outer else { continue };
-                            let grad = &mut src[s.len - s.n_pre..];
-                            let fact_len = s.factorised * s.n_pre;
-                            let mut coefs = [<F as Real>::zero(); OUTER_GROUP];
-                            let mut rows: [&[F]; OUTER_GROUP] = [&[]; OUTER_GROUP];
-                            let mut count = 0;
-                            for b in 0..batch {
-                                let l_bj = signal[[b, j]];
-                                if l_bj == <F as Real>::zero() {
-                                    continue;
-                                }
-                                let value = |kind: EntryKind| match kind {
-                                    EntryKind::Constant(i) => consts[i],
-                                    EntryKind::Dynamic(i) => dynv[b * dstride + i * n + j],
-                                };
-                                for &(f, kind) in &o.fact {
-                                    let c = l_bj * value(kind);
-                                    if c == <F as Real>::zero() {
-                                        continue;
-                                    }
-                                    let at = b * fact_len + f * s.n_pre;
-                                    coefs[count] = c;
-                                    rows[count] = &s.fact[at..at + s.n_pre];
-                                    count += 1;
-                                    if count == OUTER_GROUP {
-                                        add_scaled_rows(grad, &coefs, &rows);
-                                        count = 0;
-                                    }
-                                }
-                                if let Some(kind) = o.pre {
-                                    let c = l_bj * value(kind);
-                                    if c != <F as Real>::zero() {
-                                        let pre: &[F] = match s.source {
-                                            Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                                            Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                                            Source::Bias => &one,
-                                        };
-                                        let active = &s.active[b * s.n_pre..b * s.n_pre + s.active_len[b]];
-                                        for &i in active {
-                                            let i = i as usize;
-                                            grad[i] += c * pre[i];
-                                        }
-                                    }
-                                }
-                            }
-                            add_scaled_rows(grad, &coefs[..count], &rows[..count]);
                         }
                     }
                 });
