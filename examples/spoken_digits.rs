@@ -78,6 +78,12 @@ struct Args {
     /// Decoupled weight decay (AdamW); 0 is plain Adam.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
+    /// Steps at the end of each sample that the loss and the prediction cover.
+    #[arg(long, default_value_t = 50)]
+    loss_steps: usize,
+    /// Time constant of the leaky readout, ms.
+    #[arg(long, default_value_t = 50.0)]
+    readout_tau: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -129,6 +135,9 @@ fn main() -> Result<()> {
         train.truncate(n);
         test.truncate(n);
     }
+    if args.loss_steps == 0 || args.loss_steps > args.steps {
+        bail!("--loss-steps must be between 1 and --steps ({})", args.steps);
+    }
     if train.is_empty() || test.is_empty() {
         bail!("{}: needs training and test samples", args.data.display());
     }
@@ -166,7 +175,7 @@ fn main() -> Result<()> {
                 .init_in(Init::Gaussian { gain: 1.0 })
                 .init_rec(Init::Gaussian { gain: 0.5 }),
         )
-        .readout(ReadoutSpec::new(classes, (-dt / 0.05).exp()))
+        .readout(ReadoutSpec::new(classes, (-dt / (args.readout_tau * 1e-3)).exp()))
         .seed(args.seed)
         .build::<f32>()?;
     let algorithm = match args.algorithm {
@@ -179,7 +188,7 @@ fn main() -> Result<()> {
     } else {
         Optimizer::adam(args.lr)
     };
-    let mut config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::Last(args.steps / 2)), optimizer);
+    let mut config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::Last(args.loss_steps)), optimizer);
     let total = args.epochs * batches_per_epoch;
     config.schedule = Schedule::Cosine {
         warmup: (total / 20).min(50),
@@ -222,7 +231,7 @@ fn main() -> Result<()> {
             bar.inc(1);
         }
         bar.finish();
-        let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y, classes)?;
+        let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y, classes, args.loss_steps)?;
         println!(
             "epoch {:>2}: train loss {:.3}, train accuracy {:.1}%, test accuracy {:.1}%, {:.0} s",
             epoch + 1,
@@ -276,8 +285,8 @@ fn main() -> Result<()> {
         data.channels,
         args.duration,
     )?;
-    let (train_acc, _) = evaluate(&mut trainer, &train_x, &train_y, classes)?;
-    let (test_acc, confusion) = evaluate(&mut trainer, &test_x, &test_y, classes)?;
+    let (train_acc, _) = evaluate(&mut trainer, &train_x, &train_y, classes, args.loss_steps)?;
+    let (test_acc, confusion) = evaluate(&mut trainer, &test_x, &test_y, classes, args.loss_steps)?;
     println!(
         "confusion matrix (rows: true class, columns: predicted; SHD and the bundled set: 0-9 English, 10-19 German):"
     );
@@ -305,6 +314,7 @@ fn evaluate(
     x: &Array3<f32>,
     y: &[usize],
     classes: usize,
+    window: usize,
 ) -> Result<(f64, Vec<Vec<usize>>)> {
     let mut confusion = vec![vec![0usize; classes]; classes];
     let steps = x.shape()[0];
@@ -314,7 +324,7 @@ fn evaluate(
         let out = trainer.network().run(xb.view())?;
         let summed = out
             .readout
-            .slice(ndarray::s![steps - steps / 2.., .., ..])
+            .slice(ndarray::s![steps - window.min(steps).., .., ..])
             .sum_axis(Axis(0));
         for (k, &i) in idx.iter().enumerate() {
             let row = summed.row(k);
