@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value = "examples/data/spoken_digits.bin")]
     out: PathBuf,
     /// Training speakers.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     train_speakers: usize,
     /// Held-out test speakers.
     #[arg(long, default_value_t = 8)]

@@ -55,10 +55,10 @@ struct Args {
     #[arg(long, value_enum, default_value = "eprop")]
     algorithm: Algo,
     /// Epochs.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 20)]
     epochs: usize,
     /// Hidden ALIF neurons.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     hidden: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
@@ -79,7 +79,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
     /// Steps at the end of each sample that the loss and the prediction cover.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 80)]
     loss_steps: usize,
     /// Time constant of the leaky readout, ms.
     #[arg(long, default_value_t = 50.0)]
