@@ -333,11 +333,14 @@ fn sweep(args: &Args, path: &Path) -> Result<()> {
     // Three plots beside the CSV: time against H (T = 100), and time and memory against T (H = 256).
     let series = |x_of: fn(&Point) -> Option<f64>, y_of: fn(&Point) -> f64| {
         ["eprop", "bptt"].map(|a| {
-            let points: Vec<(f64, f64)> = measured
+            let mut points: Vec<(f64, f64)> = measured
                 .iter()
                 .filter(|m| m.0 == a)
                 .filter_map(|m| x_of(m).map(|x| (x, y_of(m))))
                 .collect();
+            // (H = 256, T = 100) is in both grids: plot it once.
+            points.sort_by(|p, q| p.0.total_cmp(&q.0));
+            points.dedup_by(|p, q| p.0 == q.0);
             (if a == "eprop" { "e-prop" } else { "BPTT" }, points)
         })
     };

@@ -1,4 +1,7 @@
 //! PNG plots for the examples: line charts of training curves and spike rasters.
+//!
+//! Text is drawn with a bundled font (a subset of DejaVu Sans, `support/fonts/`), so plotting
+//! needs no system font libraries.
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,6 +18,24 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+/// Registers the bundled font as `sans-serif`, once.
+fn font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            include_bytes!("fonts/DejaVuSans-subset.ttf"),
+        )
+        .is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("the bundled font could not be read"))
+    }
+}
+
 type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A white canvas with a titled, meshed chart over `x` × `y`.
@@ -24,6 +45,7 @@ fn frame<'a, 'b>(
     (x, y): (Range<f64>, Range<f64>),
     (x_label, y_label): (&str, &str),
 ) -> Result<Chart<'a, 'b>> {
+    font()?;
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 24))
