@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "eprop")]
     algorithm: Algo,
     /// Epochs.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     epochs: usize,
     /// Hidden ALIF neurons.
     #[arg(long, default_value_t = 256)]
