@@ -13,6 +13,21 @@ pub(crate) fn gemm_nt<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayVi
     gemm_nn(beta, out, a, &w.t());
 }
 
+/// `y += s·x` on contiguous rows as a plain slice loop (vectorised, no per-call dispatch:
+/// the products above make thousands of these calls per step); other layouts go through
+/// ndarray.
+#[inline]
+fn axpy<F: Float>(y: &mut ndarray::ArrayViewMut1<F>, s: F, x: &ndarray::ArrayView1<F>) {
+    match (y.as_slice_mut(), x.as_slice()) {
+        (Some(y), Some(x)) => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y += s * x;
+            }
+        }
+        _ => y.scaled_add(s, x),
+    }
+}
+
 /// `out[b, j] = beta·out[b, j] + Σ_k a[b, k] · w[k, j]` (`out = β out + a w`), skipping
 /// zero entries of `a`.
 pub(crate) fn gemm_nn<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayView2<F>, w: &ArrayView2<F>) {
@@ -30,7 +45,7 @@ pub(crate) fn gemm_nn<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayVi
                 if ak == <F as Real>::zero() {
                     continue;
                 }
-                o.scaled_add(ak, &w.row(k));
+                axpy(&mut o, ak, &w.row(k));
             }
         });
 }
@@ -45,7 +60,7 @@ pub(crate) fn gemm_tn_acc<F: Float>(out: &mut ArrayViewMut2<F>, a: &ArrayView2<F
             for (a_row, c_row) in a.axis_iter(Axis(0)).zip(c.axis_iter(Axis(0))) {
                 let s = a_row[i];
                 if s != <F as Real>::zero() {
-                    o.scaled_add(s, &c_row);
+                    axpy(&mut o, s, &c_row);
                 }
             }
         });

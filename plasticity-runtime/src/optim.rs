@@ -1,10 +1,15 @@
 //! Optimisers, learning-rate schedules and gradient clipping.
 
+use rayon::prelude::*;
+
 use crate::error::{Result, invalid};
 use crate::gradients::Gradients;
 use crate::model::NeuronModel;
 use crate::network::Network;
 use crate::real::{Float, Real};
+
+/// Parameters per parallel task in an optimiser update.
+const UPDATE_CHUNK: usize = 16 * 1024;
 
 /// An update rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -287,14 +292,22 @@ impl<F: Float> OptimizerState<F> {
                     let (lr_f, eps_f, s) = (F::from_f64(lr), F::from_f64(eps), F::from_f64(scale));
                     let (c1, c2) = (F::from_f64(c1), F::from_f64(c2));
                     let decay = F::from_f64(1.0 - lr * wd);
-                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let g = g * s;
-                        *m = b1 * *m + (<F as Real>::one() - b1) * g;
-                        *v = b2 * *v + (<F as Real>::one() - b2) * g * g;
-                        let mhat = *m / c1;
-                        let vhat = *v / c2;
-                        *p = *p * decay - lr_f * mhat / (vhat.sqrt() + eps_f);
-                    }
+                    // Element-wise and independent: large tensors are split over threads (the
+                    // division and square root per element make this the bulk of an update).
+                    p.par_chunks_mut(UPDATE_CHUNK)
+                        .zip(g.par_chunks(UPDATE_CHUNK))
+                        .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                        .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                        .for_each(|(((p, g), m), v)| {
+                            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                                let g = g * s;
+                                *m = b1 * *m + (<F as Real>::one() - b1) * g;
+                                *v = b2 * *v + (<F as Real>::one() - b2) * g * g;
+                                let mhat = *m / c1;
+                                let vhat = *v / c2;
+                                *p = *p * decay - lr_f * mhat / (vhat.sqrt() + eps_f);
+                            }
+                        });
                 }
             }
         });
