@@ -246,6 +246,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn split_loading_explains_what_is_wrong() {
+        let msg = |r: Result<SpikeDataset>| format!("{:#}", r.unwrap_err());
+        let e = msg(load_splits(Path::new("set.bin"), Some(Path::new("t.bin")), 700));
+        assert!(e.contains("holds both splits"), "{e}");
+        let e = msg(load_splits(Path::new("digits.h5"), None, 700));
+        assert!(e.contains("--test-data"), "{e}");
+        let e = msg(load_splits(Path::new("/nonexistent/shd_train.h5"), None, 700));
+        if cfg!(feature = "hdf5") {
+            assert!(e.contains("shd_train.h5"), "{e}");
+        } else {
+            assert!(e.contains("`hdf5` feature"), "{e}");
+        }
+        let e = msg(load_splits(Path::new("/nonexistent/set.bin"), None, 700));
+        assert!(e.contains("/nonexistent/set.bin"), "{e}");
+    }
+
+    #[test]
     fn round_trip_and_errors() {
         let set = SpikeDataset {
             channels: 4,
