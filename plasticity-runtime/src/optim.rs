@@ -292,8 +292,7 @@ impl<F: Float> OptimizerState<F> {
                     let (lr_f, eps_f, s) = (F::from_f64(lr), F::from_f64(eps), F::from_f64(scale));
                     let (c1, c2) = (F::from_f64(c1), F::from_f64(c2));
                     let decay = F::from_f64(1.0 - lr * wd);
-                    // Element-wise and independent: large tensors are split over threads (the
-                    // division and square root per element make this the bulk of an update).
+                    // Element-wise and independent: large tensors are split over threads.
                     p.par_chunks_mut(UPDATE_CHUNK)
                         .zip(g.par_chunks(UPDATE_CHUNK))
                         .zip(m.par_chunks_mut(UPDATE_CHUNK))
