@@ -6,83 +6,177 @@
 //! `δz^t = ∂E/∂z^t + (W^rec)^T δI^{t+1} (+ (W^in_{l+1})^T δI_{l+1}^t)`. Memory grows
 //! linearly with the sequence length.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
+use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 
 use crate::eprop::RateRegularization;
 use crate::gradients::Gradients;
-use crate::linalg::{gemm_nn, gemm_tn_acc};
+use crate::linalg::{add_transposed, gemm_nn, outer_acc_t};
 use crate::model::NeuronModel;
-use crate::network::{MAX_DYNAMIC, MAX_PORTS, MAX_STATES, Network, gather_partials};
+use crate::network::{LayerBuffers, MAX_DYNAMIC, MAX_PORTS, Network, gather_partials, reset_state};
 use crate::real::{Float, Real};
 
-/// What the forward pass keeps for one layer.
+/// What the forward and backward passes keep for one layer.
 struct Tape<F> {
     /// Dynamic partials per step, `[T][B·max(n·ND, 1)]`.
     dynv: Vec<F>,
     /// Outputs per step, `[T+1, B, n]`, index 0 is the initial (zero) output.
     z: Array3<F>,
+    /// Input adjoints `δI^t` of every step, `[T, B, p, n]`: the backward pass needs the next
+    /// step's for the recurrent term, and the weight gradients are formed from all of them at
+    /// once after the recursion (one product over `T·B` rows instead of `T` thin ones).
+    di: Array4<F>,
+}
+
+/// Everything BPTT stores and works in, kept from batch to batch: allocated for the first
+/// batch of a given size and sequence length, then only overwritten, so later batches neither
+/// allocate nor fault fresh pages in.
+pub(crate) struct Workspace<F> {
+    batch: usize,
+    t_len: usize,
+    bufs: Vec<LayerBuffers<F>>,
+    tapes: Vec<Tape<F>>,
+    y: Array2<F>,
+    ys: Array3<F>,
+    errs: Array3<F>,
+    dh: Vec<Vec<F>>,
+    /// `δh^{t-1}` being formed while `dh` holds `δh^t`; the two are swapped after each step.
+    dh_prev: Vec<Vec<F>>,
+    dlearn: Vec<Vec<F>>,
+    dz: Vec<Array2<F>>,
+    /// Scratch for one transposed weight gradient, sized for the largest weight matrix.
+    acc_t: Vec<F>,
+}
+
+impl<F: Float> Workspace<F> {
+    /// Storage for `net` with batch size `batch` and `t_len` steps.
+    pub(crate) fn new<M: NeuronModel>(net: &Network<M, F>, batch: usize, t_len: usize) -> Self {
+        let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
+        let n_out = net.n_out();
+        let zero = <F as Real>::zero();
+        let mut largest = n_out * net.last_size();
+        let mut n_pre = net.n_in;
+        for layer in &net.layers {
+            let n = layer.size();
+            largest = largest.max(n * n_pre);
+            if layer.w_rec.is_some() {
+                largest = largest.max(n * n);
+            }
+            n_pre = n;
+        }
+        Workspace {
+            batch,
+            t_len,
+            bufs: net.buffers(batch),
+            tapes: net
+                .layers
+                .iter()
+                .map(|l| Tape {
+                    dynv: vec![zero; t_len * batch * (l.size() * nd).max(1)],
+                    z: Array3::zeros((t_len + 1, batch, l.size())),
+                    di: Array4::zeros((t_len, batch, p, l.size())),
+                })
+                .collect(),
+            y: Array2::zeros((batch, n_out)),
+            ys: Array3::zeros((t_len, batch, n_out)),
+            errs: Array3::zeros((t_len, batch, n_out)),
+            dh: net.layers.iter().map(|l| vec![zero; batch * l.size() * k]).collect(),
+            dh_prev: net.layers.iter().map(|l| vec![zero; batch * l.size() * k]).collect(),
+            dlearn: net
+                .layers
+                .iter()
+                .map(|l| vec![zero; batch * (l.size() * q).max(1)])
+                .collect(),
+            dz: net.layers.iter().map(|l| Array2::zeros((batch, l.size()))).collect(),
+            acc_t: vec![zero; largest],
+        }
+    }
+
+    /// Whether this storage fits `net` with `batch` samples of `t_len` steps.
+    pub(crate) fn fits<M: NeuronModel>(&self, net: &Network<M, F>, batch: usize, t_len: usize) -> bool {
+        self.batch == batch
+            && self.t_len == t_len
+            && self.ys.shape()[2] == net.n_out()
+            && self.tapes.len() == net.layers.len()
+            && self
+                .tapes
+                .iter()
+                .zip(&net.layers)
+                .all(|(t, l)| t.z.shape()[2] == l.size())
+    }
+}
+
+/// Bytes of what BPTT keeps for `net` with `batch` samples of `t_len` steps: per step and
+/// layer the dynamic partials `B·max(n·ND, 1)`, the outputs `B·n` and the input adjoints
+/// `B·p·n`, plus the readout and its error `2·B·n_out` (the gradients are counted apart).
+pub(crate) fn tape_bytes<M: NeuronModel, F: Float>(net: &Network<M, F>, batch: usize, t_len: usize) -> usize {
+    let per_step: usize = net
+        .layers
+        .iter()
+        .map(|l| batch * ((l.size() * M::NUM_DYNAMIC).max(1) + l.size() + M::NUM_INPUTS * l.size()))
+        .sum::<usize>()
+        + 2 * batch * net.n_out();
+    per_step * t_len * std::mem::size_of::<F>()
 }
 
 /// Runs the forward pass over `x` (`[T, B, n_in]`), then calls `error(ys, errs)` with the
 /// readout of every step (`[T, B, n_out]`) to get `errs = ∂E/∂y` (same shape, zeroed), and
-/// writes the exact gradients into `grads`. Returns the bytes of the tape it kept.
+/// writes the exact gradients into `grads`. `ws` is (re)built when it does not fit.
 pub(crate) fn gradients<M: NeuronModel, F: Float>(
     net: &Network<M, F>,
     x: ArrayView3<F>,
     reg: Option<(RateRegularization, F)>,
     grads: &mut Gradients<F>,
+    ws: &mut Option<Workspace<F>>,
     error: impl FnOnce(&ArrayView3<F>, &mut Array3<F>),
-) -> usize {
+) {
     let (t_len, batch) = (x.shape()[0], x.shape()[1]);
     let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
-    let n_out = net.n_out();
-    let mut bufs = net.buffers(batch);
-    let mut tapes: Vec<Tape<F>> = net
-        .layers
-        .iter()
-        .map(|l| Tape {
-            dynv: Vec::with_capacity(t_len * batch * (l.size() * nd).max(1)),
-            z: Array3::zeros((t_len + 1, batch, l.size())),
-        })
-        .collect();
-    let mut y = Array2::<F>::zeros((batch, n_out));
-    let mut ys = Array3::<F>::zeros((t_len, batch, n_out));
-    let mut errs = Array3::<F>::zeros((t_len, batch, n_out));
+    if !ws.as_ref().is_some_and(|w| w.fits(net, batch, t_len)) {
+        *ws = Some(Workspace::new(net, batch, t_len));
+    }
+    let Some(Workspace {
+        bufs,
+        tapes,
+        y,
+        ys,
+        errs,
+        dh,
+        dh_prev,
+        dlearn,
+        dz,
+        acc_t,
+        ..
+    }) = ws
+    else {
+        unreachable!("the workspace was just made")
+    };
+    let zero = <F as Real>::zero();
+    for ((layer, buf), tape) in net.layers.iter().zip(bufs.iter_mut()).zip(tapes.iter()) {
+        buf.refresh_weights(layer);
+        reset_state(layer, buf);
+        debug_assert!(tape.z.index_axis(Axis(0), 0).iter().all(|&v| v == zero));
+    }
+    y.fill(zero);
     for t in 0..t_len {
-        net.step_forward(x.index_axis(Axis(0), t), &mut bufs, true);
-        for (tape, buf) in tapes.iter_mut().zip(&bufs) {
-            tape.dynv.extend_from_slice(&buf.dynv);
+        net.step_forward(x.index_axis(Axis(0), t), bufs, true);
+        for (tape, buf) in tapes.iter_mut().zip(bufs.iter()) {
+            let len = buf.dynv.len();
+            tape.dynv[t * len..(t + 1) * len].copy_from_slice(&buf.dynv);
             tape.z.index_axis_mut(Axis(0), t + 1).assign(&buf.z);
         }
-        net.readout_step(&bufs.last().expect("a layer").z.view(), &mut y);
-        ys.index_axis_mut(Axis(0), t).assign(&y);
+        net.readout_step(&bufs.last().expect("a layer").z.view(), y);
+        ys.index_axis_mut(Axis(0), t).assign(y);
     }
-    error(&ys.view(), &mut errs);
+    errs.fill(zero);
+    error(&ys.view(), errs);
+    for v in dh.iter_mut().chain(dlearn.iter_mut()) {
+        v.fill(zero);
+    }
 
     grads.fill_zero();
     let kappa = net.readout.kappa;
     let n_layers = net.layers.len();
-    // Adjoint state per layer.
-    let mut dh: Vec<Vec<F>> = net
-        .layers
-        .iter()
-        .map(|l| vec![<F as Real>::zero(); batch * l.size() * k])
-        .collect();
-    let mut di: Vec<Array3<F>> = net.layers.iter().map(|l| Array3::zeros((p, batch, l.size()))).collect();
-    let mut di_next: Vec<Array3<F>> = di.clone();
-    let mut dlearn: Vec<Vec<F>> = net
-        .layers
-        .iter()
-        .map(|l| vec![<F as Real>::zero(); batch * (l.size() * q).max(1)])
-        .collect();
-    let mut di_scratch: Vec<Vec<Vec<F>>> = net
-        .layers
-        .iter()
-        .map(|l| vec![vec![<F as Real>::zero(); p * l.size()]; batch])
-        .collect();
-    let mut dz: Vec<Array2<F>> = net.layers.iter().map(|l| Array2::zeros((batch, l.size()))).collect();
-    let mut dy = Array2::<F>::zeros((batch, n_out));
     // Exact rate regularisation: ∂E/∂z_j^t = c (f_j − f*) · scale, f_j over batch and time.
     let rate_signal: Vec<Vec<F>> = tapes
         .iter()
@@ -102,124 +196,117 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
         .collect();
 
     for t in (0..t_len).rev() {
-        // Readout adjoint δy^t = err^t + κ δy^{t+1}.
-        dy.mapv_inplace(|v| v * kappa);
-        dy += &errs.index_axis(Axis(0), t);
-        let z_last = tapes[n_layers - 1].z.index_axis(Axis(0), t + 1);
-        gemm_tn_acc(&mut grads.readout_w.view_mut(), &dy.view(), &z_last);
-        if let Some(b) = &mut grads.readout_b {
-            for row in dy.axis_iter(Axis(0)) {
-                b.iter_mut().zip(row.iter()).for_each(|(g, &d)| *g += d);
-            }
+        // Readout adjoint δy^t = err^t + κ δy^{t+1}, formed in place: `errs` becomes δy.
+        if t + 1 < t_len {
+            let (mut now, next) = errs.view_mut().split_at(Axis(0), t + 1);
+            now.index_axis_mut(Axis(0), t)
+                .zip_mut_with(&next.index_axis(Axis(0), 0), |d, &nx| *d += kappa * nx);
         }
+        let dy = errs.index_axis(Axis(0), t);
         for l in (0..n_layers).rev() {
             let layer = &net.layers[l];
             let n = layer.size();
+            let (below, above) = tapes.split_at_mut(l + 1);
+            let tape = &mut below[l];
             let dzl = &mut dz[l];
-            dzl.fill(<F as Real>::zero());
             if l + 1 == n_layers {
-                gemm_nn(
-                    <F as Real>::zero(),
-                    &mut dzl.view_mut(),
-                    &dy.view(),
-                    &net.readout.w.view(),
-                );
+                gemm_nn(<F as Real>::zero(), &mut dzl.view_mut(), &dy, &net.readout.w.view());
             } else {
-                let above = &net.layers[l + 1];
+                dzl.fill(<F as Real>::zero());
+                let di_above = above[0].di.index_axis(Axis(0), t);
                 for port in 0..p {
                     gemm_nn(
                         <F as Real>::one(),
                         &mut dzl.view_mut(),
-                        &di[l + 1].index_axis(Axis(0), port),
-                        &above.w_in[port].view(),
+                        &di_above.index_axis(Axis(1), port),
+                        &net.layers[l + 1].w_in[port].view(),
                     );
                 }
             }
-            if let Some(w_rec) = &layer.w_rec {
+            if let (Some(w_rec), true) = (&layer.w_rec, t + 1 < t_len) {
+                let di_next = tape.di.index_axis(Axis(0), t + 1);
                 for (port, w) in w_rec.iter().enumerate() {
                     gemm_nn(
                         <F as Real>::one(),
                         &mut dzl.view_mut(),
-                        &di_next[l].index_axis(Axis(0), port),
+                        &di_next.index_axis(Axis(1), port),
                         &w.view(),
                     );
                 }
             }
             if !rate_signal[l].is_empty() {
-                for (j, &s) in rate_signal[l].iter().enumerate() {
-                    dzl.column_mut(j).mapv_inplace(|v| v + s);
+                for mut row in dzl.axis_iter_mut(Axis(0)) {
+                    row.iter_mut().zip(&rate_signal[l]).for_each(|(v, &s)| *v += s);
                 }
             }
-            // Per neuron: the reverse step.
+            // Per neuron: the reverse step, writing δI^t straight into the tape.
             let dstride = (n * nd).max(1);
-            let dyn_t = &tapes[l].dynv[t * batch * dstride..(t + 1) * batch * dstride];
+            let dyn_t = &tape.dynv[t * batch * dstride..(t + 1) * batch * dstride];
             let consts = &layer.consts[..];
             let dzl = &dz[l];
-            let dil = &mut di[l];
-            let di_b = &mut di_scratch[l];
-            dh[l]
+            let mut di_t = tape.di.index_axis_mut(Axis(0), t);
+            let di_t = di_t.as_slice_mut().expect("a fresh standard-layout tape");
+            dh_prev[l]
                 .par_chunks_mut(n * k)
+                .zip(dh[l].par_chunks(n * k))
                 .zip(dlearn[l].par_chunks_mut((n * q).max(1)))
-                .zip(di_b.par_iter_mut())
+                .zip(di_t.par_chunks_mut(p * n))
                 .enumerate()
-                .for_each(|(b, ((dh_b, dl_b), di_out))| {
-                    let mut prev = [<F as Real>::zero(); MAX_STATES];
+                .for_each(|(b, (((dh_prev_b, dh_b), dl_b), di_out))| {
                     let mut dinp = [<F as Real>::zero(); MAX_PORTS];
                     let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
                     let block = &dyn_t[b * dstride..b * dstride + n * nd];
                     for j in 0..n {
                         gather_partials(block, j, n, &mut dv_buf[..nd]);
-                        let dv = &dv_buf[..nd];
-                        let dhj = &mut dh_b[j * k..(j + 1) * k];
                         M::vjp(
                             consts,
-                            dv,
-                            dhj,
+                            &dv_buf[..nd],
+                            &dh_b[j * k..(j + 1) * k],
                             dzl[[b, j]],
-                            &mut prev[..k],
+                            &mut dh_prev_b[j * k..(j + 1) * k],
                             &mut dinp[..p],
                             &mut dl_b[j * q..(j + 1) * q],
                         );
-                        dhj.copy_from_slice(&prev[..k]);
                         for port in 0..p {
                             di_out[port * n + j] = dinp[port];
                         }
                     }
                 });
-            for (b, v) in di_b.iter().enumerate() {
-                for port in 0..p {
-                    dil.slice_mut(s![port, b, ..])
-                        .iter_mut()
-                        .zip(&v[port * n..(port + 1) * n])
-                        .for_each(|(d, s)| *d = *s);
-                }
-            }
-            // Weight gradients from δI^t.
-            let lg = &mut grads.layers[l];
-            let pre: ArrayView2<F> = if l == 0 {
-                x.index_axis(Axis(0), t)
-            } else {
-                tapes[l - 1].z.index_axis(Axis(0), t + 1)
-            };
-            let z_prev = tapes[l].z.index_axis(Axis(0), t);
-            for port in 0..p {
-                let d = dil.index_axis(Axis(0), port);
-                gemm_tn_acc(&mut lg.w_in[port].view_mut(), &d, &pre);
-                if let Some(w) = &mut lg.w_rec {
-                    gemm_tn_acc(&mut w[port].view_mut(), &d, &z_prev);
-                }
-                if let Some(bias) = &mut lg.bias {
-                    for row in d.axis_iter(Axis(0)) {
-                        bias[port].iter_mut().zip(row.iter()).for_each(|(g, &v)| *g += v);
-                    }
-                }
-            }
+            std::mem::swap(&mut dh[l], &mut dh_prev[l]);
         }
-        std::mem::swap(&mut di, &mut di_next);
+    }
+
+    // Weight gradients from all δI at once: dE/dW = Σ_{t,b} δI^t_b ⊗ pre^t_b, touching only
+    // the nonzero (spiking) presynaptic entries.
+    let z_last = &tapes[n_layers - 1].z;
+    accumulate_outer(
+        &mut grads.readout_w.view_mut(),
+        &errs.view(),
+        &z_last.slice(s![1.., .., ..]),
+        acc_t,
+    );
+    if let Some(b) = &mut grads.readout_b {
+        column_sums(&mut b.view_mut(), &errs.view());
     }
     for (l, layer) in net.layers.iter().enumerate() {
         let n = layer.size();
         let lg = &mut grads.layers[l];
+        let pre: ArrayView3<F> = if l == 0 {
+            x.view()
+        } else {
+            tapes[l - 1].z.slice(s![1.., .., ..])
+        };
+        let tape = &tapes[l];
+        for port in 0..p {
+            let d = tape.di.index_axis(Axis(2), port);
+            accumulate_outer(&mut lg.w_in[port].view_mut(), &d, &pre, acc_t);
+            if let Some(w) = &mut lg.w_rec {
+                accumulate_outer(&mut w[port].view_mut(), &d, &tape.z.slice(s![..t_len, .., ..]), acc_t);
+            }
+            if let Some(bias) = &mut lg.bias {
+                column_sums(&mut bias[port].view_mut(), &d);
+            }
+        }
         for b in 0..batch {
             for j in 0..n {
                 for qi in 0..q {
@@ -233,6 +320,25 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
             }
         }
     }
-    tapes.iter().map(|tp| tp.dynv.len() + tp.z.len()).sum::<usize>() * std::mem::size_of::<F>()
-        + (errs.len() + ys.len()) * std::mem::size_of::<F>()
+}
+
+/// `grad[j, i] += Σ_{t,b} d[t, b, j] · pre[t, b, i]`, formed transposed (rows over the
+/// presynaptic index, so only active inputs are visited) and added in place.
+/// `scratch` holds at least `grad.len()` values.
+fn accumulate_outer<F: Float>(grad: &mut ArrayViewMut2<F>, d: &ArrayView3<F>, pre: &ArrayView3<F>, scratch: &mut [F]) {
+    let shape = (grad.ncols(), grad.nrows());
+    let scratch = &mut scratch[..shape.0 * shape.1];
+    scratch.fill(<F as Real>::zero());
+    let mut acc_t = ArrayViewMut2::from_shape(shape, scratch).expect("scratch sized for the largest weight");
+    outer_acc_t(&mut acc_t, d, pre);
+    add_transposed(grad, &acc_t.view());
+}
+
+/// `out[j] += Σ_{t,b} d[t, b, j]`.
+fn column_sums<F: Float>(out: &mut ArrayViewMut1<F>, d: &ArrayView3<F>) {
+    for plane in d.outer_iter() {
+        for row in plane.outer_iter() {
+            out.zip_mut_with(&row, |o, &v| *o += v);
+        }
+    }
 }

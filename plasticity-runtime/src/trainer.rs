@@ -154,6 +154,7 @@ pub struct Trainer<M, F> {
     opt: OptimizerState<F>,
     grads: Gradients<F>,
     eprop: Option<Eprop<F>>,
+    bptt: Option<bptt::Workspace<F>>,
     probs: Array2<F>,
     err: Array2<F>,
     ysum: Array2<F>,
@@ -174,6 +175,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
             opt,
             grads,
             eprop: None,
+            bptt: None,
             probs: Array2::zeros((0, 0)),
             err: Array2::zeros((0, 0)),
             ysum: Array2::zeros((0, 0)),
@@ -252,16 +254,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 self.ensure_eprop(batch, fb);
                 self.eprop.as_ref().map_or(0, |e| e.state_bytes())
             }
-            Algorithm::Bptt => {
-                let per_step: usize = self
-                    .net
-                    .layers
-                    .iter()
-                    .map(|l| batch * (l.size() * M::NUM_DYNAMIC).max(1) + batch * l.size())
-                    .sum::<usize>()
-                    + 2 * batch * self.net.n_out();
-                per_step * t_len * f + grads
-            }
+            Algorithm::Bptt => bptt::tape_bytes(&self.net, batch, t_len) + grads,
         }
     }
 
@@ -409,7 +402,8 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 let reg = self.reg(batch, t_len);
                 let mut stats = BatchStats::default();
                 let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
-                bptt::gradients(&self.net, inputs, reg, &mut self.grads, |ys, errs| {
+                let ws = &mut self.bptt;
+                bptt::gradients(&self.net, inputs, reg, &mut self.grads, ws, |ys, errs| {
                     stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
                     if let Some(hook) = hook {
                         for t in 0..t_len {
