@@ -150,6 +150,12 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
     let classes: Vec<usize> = (0..batch).map(|b| b % CLASSES).collect();
     let class_view = Array1::from_vec(classes.clone());
     let mut x = Array2::<f32>::zeros((batch, args.inputs));
+    // BPTT needs the whole sequence at once; the buffer is drawn anew in place every
+    // iteration, the same generation work e-prop does step by step.
+    let mut xs = match args.algorithm {
+        Algo::Eprop => Array3::<f32>::zeros((0, 0, 0)),
+        Algo::Bptt => Array3::<f32>::zeros((steps, batch, args.inputs)),
+    };
     let mut times = Vec::new();
     // e-prop: milliseconds per sequence spent outside the time loop (begin_sequence and
     // end_sequence: resetting traces, copying gradients, the optimiser step).
@@ -171,9 +177,7 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
                 }
             }
             Algo::Bptt => {
-                let xs = Array3::from_shape_fn((steps, batch, args.inputs), |_| {
-                    if rng.random_bool(0.1) { 1.0f32 } else { 0.0 }
-                });
+                xs.mapv_inplace(|_| if rng.random_bool(0.1) { 1.0 } else { 0.0 });
                 trainer.train_batch(xs.view(), Targets::Classes(&classes))?;
             }
         }

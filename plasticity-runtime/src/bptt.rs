@@ -13,7 +13,7 @@ use crate::eprop::RateRegularization;
 use crate::gradients::Gradients;
 use crate::linalg::{add_transposed, gemm_nn, outer_acc_t};
 use crate::model::NeuronModel;
-use crate::network::{LayerBuffers, MAX_DYNAMIC, MAX_PORTS, Network, gather_partials, reset_state};
+use crate::network::{LayerBuffers, MAX_DYNAMIC, MAX_PORTS, Network, Recorder, gather_partials, reset_state};
 use crate::real::{Float, Real};
 
 /// What the forward and backward passes keep for one layer.
@@ -26,6 +26,25 @@ struct Tape<F> {
     /// step's for the recurrent term, and the weight gradients are formed from all of them at
     /// once after the recursion (one product over `T·B` rows instead of `T` thin ones).
     di: Array4<F>,
+}
+
+/// The tape slots of step `t`.
+struct TapeStep<'a, F> {
+    tapes: &'a mut [Tape<F>],
+    t: usize,
+}
+
+impl<F: Float> Recorder<F> for TapeStep<'_, F> {
+    fn slots(&mut self, l: usize) -> (&mut [F], &mut [F]) {
+        let tape = &mut self.tapes[l];
+        let len = tape.dynv.len() / tape.di.shape()[0];
+        let z = tape
+            .z
+            .index_axis_mut(Axis(0), self.t + 1)
+            .into_slice()
+            .expect("a standard-layout tape");
+        (&mut tape.dynv[self.t * len..(self.t + 1) * len], z)
+    }
 }
 
 /// Everything BPTT stores and works in, kept from batch to batch: allocated for the first
@@ -159,12 +178,7 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
     }
     y.fill(zero);
     for t in 0..t_len {
-        net.step_forward(x.index_axis(Axis(0), t), bufs, true);
-        for (tape, buf) in tapes.iter_mut().zip(bufs.iter()) {
-            let len = buf.dynv.len();
-            tape.dynv[t * len..(t + 1) * len].copy_from_slice(&buf.dynv);
-            tape.z.index_axis_mut(Axis(0), t + 1).assign(&buf.z);
-        }
+        net.step_forward_recorded(x.index_axis(Axis(0), t), bufs, &mut TapeStep { tapes, t });
         net.readout_step(&bufs.last().expect("a layer").z.view(), y);
         ys.index_axis_mut(Axis(0), t).assign(y);
     }
@@ -279,11 +293,11 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
     // Weight gradients from all δI at once: dE/dW = Σ_{t,b} δI^t_b ⊗ pre^t_b, touching only
     // the nonzero (spiking) presynaptic entries.
     let z_last = &tapes[n_layers - 1].z;
-    accumulate_outer(
+    // The readout error is dense and `W^out` has few rows: dE/dW^out = δyᵀ z directly.
+    outer_acc_t(
         &mut grads.readout_w.view_mut(),
-        &errs.view(),
         &z_last.slice(s![1.., .., ..]),
-        acc_t,
+        &errs.view(),
     );
     if let Some(b) = &mut grads.readout_b {
         column_sums(&mut b.view_mut(), &errs.view());

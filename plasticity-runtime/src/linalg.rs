@@ -25,20 +25,22 @@ pub(crate) fn gemm_nt<F: Float>(beta: F, out: &mut ArrayViewMut2<F>, a: &ArrayVi
         });
 }
 
-/// `Σ a[i]·b[i]` in 16 independent lanes, so that it vectorises (a single running sum
-/// cannot be reordered by the compiler).
+/// `Σ a[i]·b[i]` in 8 independent lanes, so that it vectorises (a single running sum cannot
+/// be reordered by the compiler). Wider accumulators measured slower.
 fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    const LANES: usize = 16;
-    let split = a.len().min(b.len()) / LANES * LANES;
+    const LANES: usize = 8;
+    let len = a.len().min(b.len());
+    let (a_chunks, a_tail) = a[..len].as_chunks::<LANES>();
+    let (b_chunks, b_tail) = b[..len].as_chunks::<LANES>();
     let mut acc = [<F as Real>::zero(); LANES];
-    for (x, y) in a[..split].chunks_exact(LANES).zip(b[..split].chunks_exact(LANES)) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
         }
     }
-    let tail = a[split..]
+    let tail = a_tail
         .iter()
-        .zip(&b[split..])
+        .zip(b_tail)
         .fold(<F as Real>::zero(), |s, (&x, &y)| s + x * y);
     acc.iter().fold(tail, |s, &v| s + v)
 }
@@ -140,39 +142,120 @@ fn transpose_with<F: Float>(dst: &mut ArrayViewMut2<F>, src: &ArrayView2<F>, com
 
 /// `out_t[i, j] += Σ_{t,b} pre[t, b, i] · d[t, b, j]` (`out_t += preᵀ d` over all `T·B` rows),
 /// visiting only the nonzero entries of `pre`: with spiking inputs at 10 % density this is a
-/// tenth of a dense product. Each thread owns a block of rows of `out_t` small enough to stay
-/// in its core's L2 cache while every `(t, b)` row of `d` streams past it once.
+/// tenth of a dense product.
+///
+/// Threads own blocks of rows of `out_t`. Within a block, the `T·B` rows of `d` are taken
+/// [`ROW_BLOCK`] at a time (a few hundred KiB that stay in L2); for each row `i` of `out_t`
+/// the active rows of the block are summed into [`TILE`]-wide accumulators held in
+/// registers, so every `out_t` element is read and written once per row block rather than
+/// once per active entry.
 pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3<F>, pre: &ArrayView3<F>) {
-    const BLOCK_BYTES: usize = 1 << 20;
     let (n_pre, n) = out_t.dim();
     debug_assert_eq!(
         (d.shape()[0], d.shape()[1], d.shape()[2]),
         (pre.shape()[0], pre.shape()[1], n)
     );
     debug_assert_eq!(pre.shape()[2], n_pre);
-    if n_pre == 0 || n == 0 {
+    if n_pre == 0 || n == 0 || d.is_empty() {
         return;
     }
-    let by_cache = (BLOCK_BYTES / (n * std::mem::size_of::<F>())).max(1);
-    let by_threads = n_pre.div_ceil(4 * rayon::current_num_threads());
-    let rows = by_cache.min(by_threads).max(1);
+    let (d_owned, pre_owned);
+    let d = if d.is_standard_layout() || d.strides()[2] == 1 {
+        d.view()
+    } else {
+        d_owned = d.as_standard_layout().into_owned();
+        d_owned.view()
+    };
+    let pre = if pre.strides()[2] == 1 {
+        pre.view()
+    } else {
+        pre_owned = pre.as_standard_layout().into_owned();
+        pre_owned.view()
+    };
+    let (d_rows, pre_rows) = (rows_of(d), rows_of(pre));
+    let rows_per_task = n_pre.div_ceil(4 * rayon::current_num_threads()).max(1);
     out_t
-        .axis_chunks_iter_mut(Axis(0), rows)
+        .axis_chunks_iter_mut(Axis(0), rows_per_task)
         .into_par_iter()
         .enumerate()
-        .for_each(|(chunk, mut block)| {
-            let i0 = chunk * rows;
-            let i1 = i0 + block.nrows();
-            for (d_t, pre_t) in d.outer_iter().zip(pre.outer_iter()) {
-                for (d_row, pre_row) in d_t.outer_iter().zip(pre_t.outer_iter()) {
-                    for (ii, &s) in pre_row.slice(ndarray::s![i0..i1]).iter().enumerate() {
-                        if s != <F as Real>::zero() {
-                            axpy(&mut block.row_mut(ii), s, &d_row);
+        .for_each(|(task, mut block)| {
+            let i0 = task * rows_per_task;
+            let len = block.nrows();
+            // Active entries of this task's columns of `pre` in the current row block, grouped
+            // by column: column `c` holds `count[c]` of at most `ROW_BLOCK` slots. Filled
+            // without branches (every entry is written, only nonzero ones are kept).
+            let mut count = vec![0usize; len];
+            let mut entries: Vec<(u32, F)> = vec![(0, <F as Real>::zero()); len * ROW_BLOCK];
+            let mut packed = vec![<F as Real>::zero(); ROW_BLOCK * TILE];
+            for r0 in (0..d_rows.len()).step_by(ROW_BLOCK) {
+                let r1 = (r0 + ROW_BLOCK).min(d_rows.len());
+                count.fill(0);
+                for (r, row) in (r0..r1).zip(&pre_rows[r0..r1]) {
+                    for ((c, n_c), &v) in count.iter_mut().enumerate().zip(&row[i0..i0 + len]) {
+                        entries[c * ROW_BLOCK + *n_c] = (r as u32, v);
+                        *n_c += usize::from(v != <F as Real>::zero());
+                    }
+                }
+                // Tile-major: the block's rows of `d` restricted to one tile are packed into
+                // `packed` (ROW_BLOCK·TILE values, in L1; rows of `d` a power of two apart would
+                // all fall into the same cache sets) while every column of the task is summed.
+                let n = block.ncols();
+                for c0 in (0..n).step_by(TILE) {
+                    let c1 = (c0 + TILE).min(n);
+                    let width = c1 - c0;
+                    for (dst, row) in packed.chunks_exact_mut(TILE).zip(&d_rows[r0..r1]) {
+                        dst[..width].copy_from_slice(&row[c0..c1]);
+                    }
+                    for (c, &n_c) in count.iter().enumerate() {
+                        if n_c > 0 {
+                            let mut out_row = block.row_mut(c);
+                            let out = &mut out_row.as_slice_mut().expect("standard-layout accumulator")[c0..c1];
+                            accumulate_tile(out, r0, &entries[c * ROW_BLOCK..c * ROW_BLOCK + n_c], &packed);
                         }
                     }
                 }
             }
         });
+}
+
+/// Rows of `d` per block in [`outer_acc_t`].
+const ROW_BLOCK: usize = 128;
+/// Width of the register accumulators in [`outer_acc_t`].
+const TILE: usize = 64;
+
+/// `out += Σ_(r, v) v · packed[r − r0][..out.len()]` (`packed` holds rows of `TILE` values),
+/// summed in registers when the tile is full width.
+#[inline]
+fn accumulate_tile<F: Float>(out: &mut [F], r0: usize, active: &[(u32, F)], packed: &[F]) {
+    let row = |r: u32| &packed[(r as usize - r0) * TILE..(r as usize - r0 + 1) * TILE];
+    if let Ok(out) = <&mut [F; TILE]>::try_from(&mut *out) {
+        let mut acc = *out;
+        for &(r, v) in active {
+            let src: &[F; TILE] = row(r).try_into().expect("a full tile");
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a += v * x;
+            }
+        }
+        *out = acc;
+    } else {
+        for &(r, v) in active {
+            for (o, &x) in out.iter_mut().zip(row(r)) {
+                *o += v * x;
+            }
+        }
+    }
+}
+
+/// The `[T, B]` rows of `a`, each with unit stride, as slices in `(t, b)` order.
+fn rows_of<F>(a: ArrayView3<'_, F>) -> Vec<&[F]> {
+    let (t_len, batch) = (a.shape()[0], a.shape()[1]);
+    (0..t_len * batch)
+        .map(move |r| {
+            a.slice_move(ndarray::s![r / batch, r % batch, ..])
+                .to_slice()
+                .expect("rows with unit stride")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -211,7 +294,13 @@ mod tests {
     #[test]
     fn outer_product_over_time_matches_ndarray() {
         use ndarray::{Array3, s};
-        for (t, b, n, n_pre) in [(1, 1, 1, 1), (3, 2, 5, 7), (4, 3, 40, 300), (2, 5, 1100, 3)] {
+        for (t, b, n, n_pre) in [
+            (1, 1, 1, 1),
+            (3, 2, 5, 7),
+            (4, 3, 40, 300),
+            (2, 5, 1100, 3),
+            (30, 9, 130, 50),
+        ] {
             let d = Array3::from_shape_fn((t, b, n), |(i, j, k)| ((i * 7 + j * 3 + k) % 11) as f64 - 5.0);
             // Sparse binary presynaptic activity with a few zeros rows and a rate value.
             let pre = Array3::from_shape_fn((t, b, n_pre), |(i, j, k)| match (i + 2 * j + 3 * k) % 5 {

@@ -1,6 +1,6 @@
 //! Networks: input → layers of one neuron model → leaky readout.
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut1, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -485,12 +485,33 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
     /// One time step of every layer: `z_prev ← z`, then new currents, states and outputs
     /// (and dynamic partials when `partials`).
     pub(crate) fn step_forward(&self, x: ArrayView2<F>, bufs: &mut [LayerBuffers<F>], partials: bool) {
+        self.step_layers(x, bufs, partials, None);
+    }
+
+    /// [`Network::step_forward`] with partials that writes each layer's dynamic partials and
+    /// outputs straight into the slots `rec` gives (BPTT's tape), from the same parallel pass.
+    pub(crate) fn step_forward_recorded(
+        &self,
+        x: ArrayView2<F>,
+        bufs: &mut [LayerBuffers<F>],
+        rec: &mut dyn Recorder<F>,
+    ) {
+        self.step_layers(x, bufs, true, Some(rec));
+    }
+
+    fn step_layers(
+        &self,
+        x: ArrayView2<F>,
+        bufs: &mut [LayerBuffers<F>],
+        partials: bool,
+        mut rec: Option<&mut dyn Recorder<F>>,
+    ) {
         for l in 0..self.layers.len() {
             let (before, rest) = bufs.split_at_mut(l);
             let buf = &mut rest[0];
             std::mem::swap(&mut buf.z, &mut buf.z_prev);
             let pre = if l == 0 { x } else { before[l - 1].z.view() };
-            layer_step(&self.layers[l], pre, buf, partials);
+            layer_step(&self.layers[l], pre, buf, partials, rec.as_mut().map(|r| r.slots(l)));
         }
     }
 
@@ -520,12 +541,24 @@ pub(crate) fn reset_state<M: NeuronModel, F: Float>(layer: &Layer<M, F>, buf: &m
     buf.z_prev.fill(<F as Real>::zero());
 }
 
-/// Currents and the neuron update of one layer for one step.
+/// Where a recorded forward step writes what it keeps.
+pub(crate) trait Recorder<F> {
+    /// For layer `l`: the slots for this step's dynamic partials (`[B·max(n·ND, 1)]`, laid
+    /// out like [`LayerBuffers::dynv`]) and outputs (`[B·n]`).
+    fn slots(&mut self, l: usize) -> (&mut [F], &mut [F]);
+}
+
+/// One sample's state, outputs, partials and currents in [`layer_step`].
+type Sample<'a, F> = (((&'a mut [F], ArrayViewMut1<'a, F>), &'a mut [F]), ArrayView2<'a, F>);
+
+/// Currents and the neuron update of one layer for one step. With `record`, the partials
+/// go to its first slot instead of `buf.dynv` and the outputs are copied to its second.
 fn layer_step<M: NeuronModel, F: Float>(
     layer: &Layer<M, F>,
     pre: ArrayView2<F>,
     buf: &mut LayerBuffers<F>,
     partials: bool,
+    record: Option<(&mut [F], &mut [F])>,
 ) {
     let (k, p, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_DYNAMIC);
     let n = layer.size();
@@ -544,17 +577,31 @@ fn layer_step<M: NeuronModel, F: Float>(
     let learn = layer.learn.as_slice().expect("validated standard layout");
     let model = &layer.model;
     let dstride = (n * nd).max(1);
-    buf.state
+    let (dynv_out, z_out) = match record {
+        Some((d, z)) => (d, Some(z)),
+        None => (&mut buf.dynv[..], None),
+    };
+    let samples = buf
+        .state
         .par_chunks_mut(n * k)
         .zip(buf.z.axis_iter_mut(Axis(0)).into_par_iter())
-        .zip(buf.dynv.par_chunks_mut(dstride))
-        .zip(buf.current.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(((state, mut z), dynv), current)| {
-            let input = current.to_slice().expect("currents are allocated in standard layout");
-            let z = z.as_slice_mut().expect("outputs are allocated in standard layout");
-            let dynv = if partials { &mut dynv[..n * nd] } else { &mut [] };
-            model.eval_layer(learn, state, input, z, dynv, &mut Plain);
-        });
+        .zip(dynv_out.par_chunks_mut(dstride))
+        .zip(buf.current.axis_iter(Axis(0)).into_par_iter());
+    let step = |(((state, mut z), dynv), current): Sample<'_, F>, z_copy: Option<&mut [F]>| {
+        let input = current.to_slice().expect("currents are allocated in standard layout");
+        let z = z.as_slice_mut().expect("outputs are allocated in standard layout");
+        let dynv = if partials { &mut dynv[..n * nd] } else { &mut [] };
+        model.eval_layer(learn, state, input, z, dynv, &mut Plain);
+        if let Some(dst) = z_copy {
+            dst.copy_from_slice(z);
+        }
+    };
+    match z_out {
+        Some(z_out) => samples
+            .zip(z_out.par_chunks_mut(n.max(1)))
+            .for_each(|(sample, dst)| step(sample, Some(dst))),
+        None => samples.for_each(|sample| step(sample, None)),
+    }
 }
 
 /// The dynamic partials of neuron `j` of one sample (`[ND, n]` block) gathered into `out`.
