@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::eprop::RateRegularization;
 use crate::gradients::Gradients;
-use crate::linalg::{add_transposed, gemm_nn, outer_acc_t};
+use crate::linalg::{add_transposed, gemm_nn, gemm_nt, outer_acc_t};
 use crate::model::NeuronModel;
 use crate::network::{LayerBuffers, MAX_DYNAMIC, MAX_PORTS, Network, Recorder, gather_partials, reset_state};
 use crate::real::{Float, Real};
@@ -55,7 +55,6 @@ pub(crate) struct Workspace<F> {
     t_len: usize,
     bufs: Vec<LayerBuffers<F>>,
     tapes: Vec<Tape<F>>,
-    y: Array2<F>,
     ys: Array3<F>,
     errs: Array3<F>,
     dh: Vec<Vec<F>>,
@@ -96,7 +95,6 @@ impl<F: Float> Workspace<F> {
                     di: Array4::zeros((t_len, batch, p, l.size())),
                 })
                 .collect(),
-            y: Array2::zeros((batch, n_out)),
             ys: Array3::zeros((t_len, batch, n_out)),
             errs: Array3::zeros((t_len, batch, n_out)),
             dh: net.layers.iter().map(|l| vec![zero; batch * l.size() * k]).collect(),
@@ -157,7 +155,6 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
     let Some(Workspace {
         bufs,
         tapes,
-        y,
         ys,
         errs,
         dh,
@@ -176,11 +173,36 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
         reset_state(layer, buf);
         debug_assert!(tape.z.index_axis(Axis(0), 0).iter().all(|&v| v == zero));
     }
-    y.fill(zero);
     for t in 0..t_len {
         net.step_forward_recorded(x.index_axis(Axis(0), t), bufs, &mut TapeStep { tapes, t });
-        net.readout_step(&bufs.last().expect("a layer").z.view(), y);
-        ys.index_axis_mut(Axis(0), t).assign(y);
+    }
+    // The readout of every step at once (the forward pass does not need it): `W^out z^t` for
+    // all `T·B` rows in one parallel product, then `y^t = κ y^{t-1} + W^out z^t + b` in step
+    // order, the same operations in the same order as `Network::readout_step`.
+    {
+        let z_all = tapes.last().expect("a layer").z.slice(s![1.., .., ..]);
+        let n = z_all.shape()[2];
+        let z_all = z_all
+            .into_shape_with_order((t_len * batch, n))
+            .expect("a contiguous tape");
+        let mut flat = ys
+            .view_mut()
+            .into_shape_with_order((t_len * batch, net.n_out()))
+            .expect("a contiguous readout");
+        gemm_nt(zero, &mut flat, &z_all, &net.readout.w.view());
+        let kappa = net.readout.kappa;
+        for t in 0..t_len {
+            let (before, mut now) = ys.view_mut().split_at(Axis(0), t);
+            let mut now = now.index_axis_mut(Axis(0), 0);
+            if t > 0 && kappa != zero {
+                now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = kappa * prev + *y);
+            }
+            if let Some(b) = &net.readout.b {
+                for mut row in now.axis_iter_mut(Axis(0)) {
+                    row.zip_mut_with(b, |y, &bi| *y += bi);
+                }
+            }
+        }
     }
     errs.fill(zero);
     error(&ys.view(), errs);
