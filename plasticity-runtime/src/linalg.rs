@@ -1,6 +1,7 @@
 //! The few dense products the time loop needs, written so that they never allocate (a
 //! general GEMM allocates packing buffers on every call). Rows are independent, so they run
-//! in parallel over the batch or the output rows.
+//! in parallel over the batch or the output rows. [`outer_acc_t`] runs once per sequence,
+//! after BPTT's backward pass, and allocates its small per-task scratch.
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -166,7 +167,7 @@ pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3
         d_owned = d.as_standard_layout().into_owned();
         d_owned.view()
     };
-    let pre = if pre.strides()[2] == 1 {
+    let pre = if pre.is_standard_layout() || pre.strides()[2] == 1 {
         pre.view()
     } else {
         pre_owned = pre.as_standard_layout().into_owned();
@@ -190,9 +191,9 @@ pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3
             for r0 in (0..d_rows.len()).step_by(ROW_BLOCK) {
                 let r1 = (r0 + ROW_BLOCK).min(d_rows.len());
                 count.fill(0);
-                for (r, row) in (r0..r1).zip(&pre_rows[r0..r1]) {
+                for (r, row) in (0u32..).zip(&pre_rows[r0..r1]) {
                     for ((c, n_c), &v) in count.iter_mut().enumerate().zip(&row[i0..i0 + len]) {
-                        entries[c * ROW_BLOCK + *n_c] = (r as u32, v);
+                        entries[c * ROW_BLOCK + *n_c] = (r, v);
                         *n_c += usize::from(v != <F as Real>::zero());
                     }
                 }
@@ -210,7 +211,7 @@ pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3
                         if n_c > 0 {
                             let mut out_row = block.row_mut(c);
                             let out = &mut out_row.as_slice_mut().expect("standard-layout accumulator")[c0..c1];
-                            accumulate_tile(out, r0, &entries[c * ROW_BLOCK..c * ROW_BLOCK + n_c], &packed);
+                            accumulate_tile(out, &entries[c * ROW_BLOCK..c * ROW_BLOCK + n_c], &packed);
                         }
                     }
                 }
@@ -223,11 +224,12 @@ const ROW_BLOCK: usize = 128;
 /// Width of the register accumulators in [`outer_acc_t`].
 const TILE: usize = 64;
 
-/// `out += Σ_(r, v) v · packed[r − r0][..out.len()]` (`packed` holds rows of `TILE` values),
-/// summed in registers when the tile is full width.
+/// `out += Σ_(r, v) v · packed[r][..out.len()]` (`packed` holds the row block's rows of `TILE`
+/// values; `r` counts from the block's first row), summed in registers when the tile is full
+/// width.
 #[inline]
-fn accumulate_tile<F: Float>(out: &mut [F], r0: usize, active: &[(u32, F)], packed: &[F]) {
-    let row = |r: u32| &packed[(r as usize - r0) * TILE..(r as usize - r0 + 1) * TILE];
+fn accumulate_tile<F: Float>(out: &mut [F], active: &[(u32, F)], packed: &[F]) {
+    let row = |r: u32| &packed[r as usize * TILE..(r as usize + 1) * TILE];
     if let Ok(out) = <&mut [F; TILE]>::try_from(&mut *out) {
         let mut acc = *out;
         for &(r, v) in active {
