@@ -150,9 +150,9 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
     let (t_len, batch) = (x.shape()[0], x.shape()[1]);
     let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
     if !ws.as_ref().is_some_and(|w| w.fits(net, batch, t_len)) {
-        *ws = Some(Workspace::new(net, batch, t_len));
+        *ws = None;
     }
-    let Some(Workspace {
+    let Workspace {
         bufs,
         tapes,
         ys,
@@ -163,10 +163,7 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
         dz,
         acc_t,
         ..
-    }) = ws
-    else {
-        unreachable!("the workspace was just made")
-    };
+    } = ws.get_or_insert_with(|| Workspace::new(net, batch, t_len));
     let zero = <F as Real>::zero();
     for ((layer, buf), tape) in net.layers.iter().zip(bufs.iter_mut()).zip(tapes.iter()) {
         buf.refresh_weights(layer);
