@@ -51,8 +51,6 @@ impl<F: Float> Recorder<F> for TapeStep<'_, F> {
 /// batch of a given size and sequence length, then only overwritten, so later batches neither
 /// allocate nor fault fresh pages in.
 pub(crate) struct Workspace<F> {
-    batch: usize,
-    t_len: usize,
     bufs: Vec<LayerBuffers<F>>,
     tapes: Vec<Tape<F>>,
     ys: Array3<F>,
@@ -62,7 +60,8 @@ pub(crate) struct Workspace<F> {
     dh_prev: Vec<Vec<F>>,
     dlearn: Vec<Vec<F>>,
     dz: Vec<Array2<F>>,
-    /// Scratch for one transposed weight gradient, sized for the largest weight matrix.
+    /// Scratch for one transposed weight gradient, sized for the largest input or recurrent
+    /// weight matrix.
     acc_t: Vec<F>,
 }
 
@@ -72,7 +71,7 @@ impl<F: Float> Workspace<F> {
         let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
         let n_out = net.n_out();
         let zero = <F as Real>::zero();
-        let mut largest = n_out * net.last_size();
+        let mut largest = 0;
         let mut n_pre = net.n_in;
         for layer in &net.layers {
             let n = layer.size();
@@ -83,8 +82,6 @@ impl<F: Float> Workspace<F> {
             n_pre = n;
         }
         Workspace {
-            batch,
-            t_len,
             bufs: net.buffers(batch),
             tapes: net
                 .layers
@@ -111,9 +108,7 @@ impl<F: Float> Workspace<F> {
 
     /// Whether this storage fits `net` with `batch` samples of `t_len` steps.
     pub(crate) fn fits<M: NeuronModel>(&self, net: &Network<M, F>, batch: usize, t_len: usize) -> bool {
-        self.batch == batch
-            && self.t_len == t_len
-            && self.ys.shape()[2] == net.n_out()
+        self.ys.shape() == [t_len, batch, net.n_out()]
             && self.tapes.len() == net.layers.len()
             && self
                 .tapes
