@@ -190,9 +190,7 @@ pub(crate) fn gradients<M: NeuronModel, F: Float>(
                 now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = kappa * prev + *y);
             }
             if let Some(b) = &net.readout.b {
-                for mut row in now.axis_iter_mut(Axis(0)) {
-                    row.zip_mut_with(b, |y, &bi| *y += bi);
-                }
+                now += b;
             }
         }
     }

@@ -520,9 +520,7 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
         let r = &self.readout;
         gemm_nt(r.kappa, &mut y.view_mut(), z, &r.w.view());
         if let Some(b) = &r.b {
-            for mut row in y.axis_iter_mut(Axis(0)) {
-                row.iter_mut().zip(b.iter()).for_each(|(v, &bi)| *v += bi);
-            }
+            *y += b;
         }
     }
 }
@@ -569,9 +567,7 @@ fn layer_step<M: NeuronModel, F: Float>(
             gemm_nn(<F as Real>::one(), &mut cur, &buf.z_prev.view(), &w_rec_t.view());
         }
         if let Some(bias) = &layer.bias {
-            for mut row in cur.axis_iter_mut(Axis(0)) {
-                row.iter_mut().zip(bias[port].iter()).for_each(|(v, &bi)| *v += bi);
-            }
+            cur += &bias[port];
         }
     }
     let learn = layer.learn.as_slice().expect("validated standard layout");
