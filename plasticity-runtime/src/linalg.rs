@@ -146,8 +146,8 @@ fn transpose_with<F: Float>(dst: &mut ArrayViewMut2<F>, src: &ArrayView2<F>, com
 /// tenth of a dense product.
 ///
 /// Threads own blocks of rows of `out_t`. Within a block, the `T·B` rows of `d` are taken
-/// [`ROW_BLOCK`] at a time (a few hundred KiB that stay in L2); for each row `i` of `out_t`
-/// the active rows of the block are summed into [`TILE`]-wide accumulators held in
+/// [`ROW_BLOCK`] at a time and one [`TILE`]-wide column strip of them is packed (so it stays
+/// in L1); for each row `i` of `out_t` the active rows are summed into accumulators held in
 /// registers, so every `out_t` element is read and written once per row block rather than
 /// once per active entry.
 pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3<F>, pre: &ArrayView3<F>) {
