@@ -248,6 +248,157 @@ fn accumulate_tile<F: Float>(out: &mut [F], active: &[(u32, F)], packed: &[F]) {
     }
 }
 
+/// Presynaptic neurons (rows of a transposed gradient) per register block of [`window_acc`].
+pub(crate) const MR: usize = 4;
+/// Postsynaptic neurons (columns) per register block of [`window_acc`].
+pub(crate) const NR: usize = 32;
+
+/// The two factors of a windowed e-prop gradient update (see [`window_acc`]). Row `k` of
+/// term `r` is `r·rows + k`, `k < used`.
+pub(crate) struct WindowProduct<'a, F> {
+    /// Rows per term, and rows in use.
+    pub rows: usize,
+    pub used: usize,
+    /// Postsynaptic coefficients `c[row, j]`, `[n/NR panels][terms·rows][NR]`, zero-padded.
+    pub coef: &'a [F],
+    /// `(term, _)` of the dense terms; the `d`-th has its presynaptic rows at `d·rows` of `fact`.
+    pub dense: &'a [(usize, usize)],
+    /// Presynaptic rows of the dense terms, `[n_pre/MR panels][dense·rows][MR]`, zero-padded.
+    pub fact: &'a [F],
+    /// The sparse term: its index, and per presynaptic neuron `i` its nonzero values as
+    /// `(k, value)` from `i·rows`, `count[i]` of them.
+    pub input: Option<SparseTerm<'a, F>>,
+}
+
+/// The sparse term of a [`WindowProduct`]: `(term, active, count)`.
+pub(crate) type SparseTerm<'a, F> = (usize, &'a [(u32, F)], &'a [u32]);
+
+/// `grad_t[i, j] += Σ_dense Σ_k fact[k, i]·coef[k, j] + Σ_(k, v) in active(i) v·coef_input[k, j]`
+/// for the row-major `grad_t` (`[n_pre, n]`).
+///
+/// Threads own blocks of [`MR`] rows of `grad_t`. Each [`MR`]×[`NR`] block is read once, summed
+/// over every row of the window in registers (each loaded coefficient feeds [`MR`] fused
+/// multiply-adds, each presynaptic value [`NR`]), then the sparse term adds one coefficient row
+/// per nonzero presynaptic value, and the block is written once.
+pub(crate) fn window_acc<F: Float>(grad_t: &mut [F], n: usize, w: &WindowProduct<'_, F>) {
+    if n == 0 || w.used == 0 || grad_t.is_empty() {
+        return;
+    }
+    let n_pre = grad_t.len() / n;
+    let groups = n_pre.div_ceil(MR);
+    let per_task = groups.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let span = w.coef.len() / (n.div_ceil(NR) * NR);
+    let fact_span = w.dense.len() * w.rows;
+    let panel = |c0: usize, term: usize| &w.coef[((c0 / NR) * span + term * w.rows) * NR..][..w.rows * NR];
+    grad_t
+        .par_chunks_mut(n * MR * per_task)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for c0 in (0..n).step_by(NR) {
+                for (g, group) in chunk.chunks_mut(n * MR).enumerate() {
+                    let at = (task * per_task + g) * fact_span * MR;
+                    for (d, &(term, _)) in w.dense.iter().enumerate() {
+                        let a = &w.fact[at + d * w.rows * MR..][..w.used * MR];
+                        let p = &panel(c0, term)[..w.used * NR];
+                        with_block(group, n, c0, |acc| register_block(a, p, acc));
+                    }
+                }
+            }
+            if let Some((term, active, count)) = w.input {
+                let i0 = task * per_task * MR;
+                for (i, row) in (i0..).zip(chunk.chunks_mut(n)) {
+                    let active = &active[i * w.rows..][..count[i] as usize];
+                    if active.is_empty() {
+                        continue;
+                    }
+                    for c0 in (0..n).step_by(NR) {
+                        let width = NR.min(n - c0);
+                        sparse_tile(&mut row[c0..c0 + width], active, panel(c0, term));
+                    }
+                }
+            }
+        });
+}
+
+/// Runs `f` on the [`MR`]×[`NR`] block at column `c0` of `rows` (rows of `stride` values) and
+/// stores its result: full blocks straight from and to registers, edge blocks through a
+/// zero-padded copy.
+#[inline(always)]
+fn with_block<F: Float>(rows: &mut [F], stride: usize, c0: usize, f: impl FnOnce([[F; NR]; MR]) -> [[F; NR]; MR]) {
+    let width = NR.min(stride - c0);
+    if width == NR && rows.len() == stride * MR {
+        let mut it = rows.chunks_exact_mut(stride);
+        let block: [&mut [F; NR]; MR] = std::array::from_fn(|_| {
+            let row = it.next().expect("MR rows");
+            (&mut row[c0..c0 + NR]).try_into().expect("NR columns")
+        });
+        let sums = f(block.each_ref().map(|r| **r));
+        for (row, sum) in block.into_iter().zip(sums) {
+            *row = sum;
+        }
+    } else {
+        edge_block(rows, stride, c0, width, f);
+    }
+}
+
+/// [`with_block`] for a block cut by the last row or column, through a zero-padded copy.
+#[inline(never)]
+fn edge_block<F: Float>(
+    rows: &mut [F],
+    stride: usize,
+    c0: usize,
+    width: usize,
+    f: impl FnOnce([[F; NR]; MR]) -> [[F; NR]; MR],
+) {
+    let mut acc = [[<F as Real>::zero(); NR]; MR];
+    for (acc_r, row) in acc.iter_mut().zip(rows.chunks(stride)) {
+        acc_r[..width].copy_from_slice(&row[c0..c0 + width]);
+    }
+    let acc = f(acc);
+    for (acc_r, row) in acc.iter().zip(rows.chunks_mut(stride)) {
+        row[c0..c0 + width].copy_from_slice(&acc_r[..width]);
+    }
+}
+
+/// `out += Σ_(k, v) v · p[k][..out.len()]` (`p` in rows of [`NR`] values), summed in
+/// registers when `out` is a full tile.
+#[inline(always)]
+fn sparse_tile<F: Float>(out: &mut [F], active: &[(u32, F)], p: &[F]) {
+    let row = |k: u32| &p[k as usize * NR..][..NR];
+    if let Ok(out) = <&mut [F; NR]>::try_from(&mut *out) {
+        let mut acc = *out;
+        for &(k, v) in active {
+            let src: &[F; NR] = row(k).try_into().expect("a full row");
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a = v.mul_add_fast(x, *a);
+            }
+        }
+        *out = acc;
+    } else {
+        for &(k, v) in active {
+            for (o, &x) in out.iter_mut().zip(row(k)) {
+                *o = v.mul_add_fast(x, *o);
+            }
+        }
+    }
+}
+
+/// `acc[r][c] + Σ_k a[k][r] · p[k][c]`, all `MR·NR` sums held in registers.
+#[inline(always)]
+fn register_block<F: Float>(a: &[F], p: &[F], acc: [[F; NR]; MR]) -> [[F; NR]; MR] {
+    let (a, _) = a.as_chunks::<MR>();
+    let (p, _) = p.as_chunks::<NR>();
+    let mut sums = acc;
+    for (av, pv) in a.iter().zip(p) {
+        for (s, &ar) in sums.iter_mut().zip(av) {
+            for (s, &pc) in s.iter_mut().zip(pv) {
+                *s = ar.mul_add_fast(pc, *s);
+            }
+        }
+    }
+    sums
+}
+
 /// The `[T, B]` rows of `a`, each with unit stride, as slices in `(t, b)` order.
 fn rows_of<F>(a: ArrayView3<'_, F>) -> Vec<&[F]> {
     let (t_len, batch) = (a.shape()[0], a.shape()[1]);

@@ -157,7 +157,29 @@ impl_real!(f32, libm::erff);
 impl_real!(f64, libm::erf);
 
 /// The float types networks are built with: [`Real`] plus what matrix products need.
-pub trait Float: Real + ndarray::LinalgScalar + ndarray::ScalarOperand + std::iter::Sum {}
+pub trait Float: Real + ndarray::LinalgScalar + ndarray::ScalarOperand + std::iter::Sum {
+    /// `self · a + b`: one fused instruction when the target has FMA, otherwise a multiply
+    /// and an add (never a slow software fused multiply-add).
+    fn mul_add_fast(self, a: Self, b: Self) -> Self;
+}
 
-impl Float for f32 {}
-impl Float for f64 {}
+/// Whether the target executes a fused multiply-add as one instruction.
+const HARDWARE_FMA: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            #[inline(always)]
+            fn mul_add_fast(self, a: Self, b: Self) -> Self {
+                if HARDWARE_FMA {
+                    self.mul_add(a, b)
+                } else {
+                    self * a + b
+                }
+            }
+        }
+    };
+}
+
+impl_float!(f32);
+impl_float!(f64);
