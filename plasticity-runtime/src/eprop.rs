@@ -25,7 +25,7 @@ const NEURON_BLOCK: usize = 8;
 
 /// Rows per term a gradient window aims for (steps · B): enough for the windowed product to
 /// run from registers, few enough that the window stays in the L2 cache.
-const WINDOW_ROWS: usize = 128;
+const WINDOW_ROWS: usize = 64;
 
 /// Where the learning signals come from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -187,60 +187,92 @@ impl<F: Float> LayerTraces<F> {
         let (batch, n) = self.signal.dim();
         let dstride = dynv.len() / batch;
         let slot = self.window_len;
-        let zero = <F as Real>::zero();
+        let signal = self.signal.as_slice().expect("row-major signal");
         let one = [<F as Real>::one()];
         for w in &mut self.windows {
-            let span = w.terms.len() * w.rows;
-            for b in 0..batch {
-                let k = slot * batch + b;
-                let signal = self.signal.row(b);
-                let signal = signal.as_slice().expect("row-major signal");
-                for (r, &(_, kind)) in w.terms.iter().enumerate() {
-                    let row = r * w.rows + k;
-                    for (t, l) in signal.chunks(NR).enumerate() {
-                        let out = &mut w.coef[(t * span + row) * NR..][..l.len()];
-                        match kind {
-                            EntryKind::Dynamic(i) => {
-                                let d = &dynv[b * dstride + i * n + t * NR..][..l.len()];
-                                for ((o, &l), &d) in out.iter_mut().zip(l).zip(d) {
-                                    *o = l * d;
+            let (rows, terms) = (w.rows, &w.terms[..]);
+            // Coefficients: one panel of NR neurons per task.
+            w.coef
+                .par_chunks_mut(terms.len() * rows * NR)
+                .with_min_len(8)
+                .enumerate()
+                .for_each(|(t, panel)| {
+                    let j0 = t * NR;
+                    let width = NR.min(n - j0);
+                    for b in 0..batch {
+                        let l = &signal[b * n + j0..][..width];
+                        for (r, &(_, kind)) in terms.iter().enumerate() {
+                            let out = &mut panel[(r * rows + slot * batch + b) * NR..][..width];
+                            match kind {
+                                EntryKind::Dynamic(i) => {
+                                    let d = &dynv[b * dstride + i * n + j0..][..width];
+                                    for ((o, &l), &d) in out.iter_mut().zip(l).zip(d) {
+                                        *o = l * d;
+                                    }
                                 }
-                            }
-                            EntryKind::Constant(i) => {
-                                for (o, &l) in out.iter_mut().zip(l) {
-                                    *o = l * consts[i];
+                                EntryKind::Constant(i) => {
+                                    for (o, &l) in out.iter_mut().zip(l) {
+                                        *o = l * consts[i];
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            }
-            let fspan = w.dense.len() * w.rows;
+                });
+            let (dense, has_input) = (&w.dense[..], w.input.is_some());
             for sw in &mut w.sources {
                 let s = &self.sources[sw.source];
-                let fact_len = s.factorised * s.n_pre;
-                for b in 0..batch {
-                    let k = slot * batch + b;
-                    for (d, &(_, f)) in w.dense.iter().enumerate() {
-                        let src = &s.fact[b * fact_len + f * s.n_pre..][..s.n_pre];
-                        let row = d * w.rows + k;
-                        for (g, v) in src.chunks(MR).enumerate() {
-                            sw.fact[(g * fspan + row) * MR..][..v.len()].copy_from_slice(v);
-                        }
-                    }
-                    if w.input.is_some() {
-                        let x: &[F] = match s.source {
+                let (n_pre, fact_len) = (s.n_pre, s.factorised * s.n_pre);
+                // Trace rows: one panel of MR presynaptic neurons per task.
+                if !dense.is_empty() {
+                    sw.fact
+                        .par_chunks_mut(dense.len() * rows * MR)
+                        .with_min_len(32)
+                        .enumerate()
+                        .for_each(|(g, panel)| {
+                            let i0 = g * MR;
+                            let width = MR.min(n_pre - i0);
+                            for b in 0..batch {
+                                for (d, &(_, f)) in dense.iter().enumerate() {
+                                    let src = &s.fact[b * fact_len + f * n_pre + i0..][..width];
+                                    let dst = &mut panel[(d * rows + slot * batch + b) * MR..][..width];
+                                    match (<&mut [F; MR]>::try_from(&mut *dst), <&[F; MR]>::try_from(src)) {
+                                        (Ok(dst), Ok(src)) => *dst = *src,
+                                        _ => dst.copy_from_slice(src),
+                                    }
+                                }
+                            }
+                        });
+                }
+                // Nonzero presynaptic values, appended per presynaptic neuron (branch-free:
+                // every value is written, only nonzero ones are kept).
+                if has_input {
+                    let x = |b: usize| -> &[F] {
+                        match s.source {
                             Source::Input => pre_rows[0].row(b).to_slice().expect("row-major input"),
                             Source::Recurrent => pre_rows[1].row(b).to_slice().expect("row-major spikes"),
                             Source::Bias => &one,
-                        };
-                        for ((i, &v), c) in x.iter().enumerate().zip(&mut sw.count) {
-                            if v != zero {
-                                sw.active[i * w.rows + *c as usize] = (k as u32, v);
-                                *c += 1;
-                            }
                         }
-                    }
+                    };
+                    const CHUNK: usize = 64;
+                    sw.active
+                        .par_chunks_mut(CHUNK * rows)
+                        .zip(sw.count.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, (active, count))| {
+                            let i0 = c * CHUNK;
+                            for b in 0..batch {
+                                let k = (slot * batch + b) as u32;
+                                let x_b = &x(b)[i0..i0 + count.len()];
+                                for (ii, &v) in x_b.iter().enumerate() {
+                                    if v != <F as Real>::zero() {
+                                        let n_i = &mut count[ii];
+                                        active[ii * rows + *n_i as usize] = (k, v);
+                                        *n_i += 1;
+                                    }
+                                }
+                            }
+                        });
                 }
             }
         }

@@ -294,26 +294,25 @@ pub(crate) fn window_acc<F: Float>(grad_t: &mut [F], n: usize, w: &WindowProduct
         .par_chunks_mut(n * MR * per_task)
         .enumerate()
         .for_each(|(task, chunk)| {
+            // Column tiles outer: a tile's coefficient panel stays in L1 while the task's rows
+            // pass over it.
             for c0 in (0..n).step_by(NR) {
+                let width = NR.min(n - c0);
                 for (g, group) in chunk.chunks_mut(n * MR).enumerate() {
-                    let at = (task * per_task + g) * fact_span * MR;
+                    let gi = task * per_task + g;
                     for (d, &(term, _)) in w.dense.iter().enumerate() {
-                        let a = &w.fact[at + d * w.rows * MR..][..w.used * MR];
+                        let a = &w.fact[(gi * fact_span + d * w.rows) * MR..][..w.used * MR];
                         let p = &panel(c0, term)[..w.used * NR];
                         with_block(group, n, c0, |acc| register_block(a, p, acc));
                     }
-                }
-            }
-            if let Some((term, active, count)) = w.input {
-                let i0 = task * per_task * MR;
-                for (i, row) in (i0..).zip(chunk.chunks_mut(n)) {
-                    let active = &active[i * w.rows..][..count[i] as usize];
-                    if active.is_empty() {
-                        continue;
-                    }
-                    for c0 in (0..n).step_by(NR) {
-                        let width = NR.min(n - c0);
-                        sparse_tile(&mut row[c0..c0 + width], active, panel(c0, term));
+                    // The sparse term on the same block, while it is in L1.
+                    if let Some((term, active, count)) = w.input {
+                        for (i, row) in (gi * MR..).zip(group.chunks_mut(n)) {
+                            let active = &active[i * w.rows..][..count[i] as usize];
+                            if !active.is_empty() {
+                                sparse_tile(&mut row[c0..c0 + width], active, panel(c0, term));
+                            }
+                        }
                     }
                 }
             }
