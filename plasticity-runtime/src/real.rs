@@ -157,7 +157,10 @@ impl_real!(f32, libm::erff);
 impl_real!(f64, libm::erf);
 
 /// The float types networks are built with: [`Real`] plus what matrix products need.
-pub trait Float: Real + ndarray::LinalgScalar + ndarray::ScalarOperand + std::iter::Sum {
+/// Implemented for `f32` and `f64` only.
+pub trait Float:
+    Real + ndarray::LinalgScalar + ndarray::ScalarOperand + std::iter::Sum + crate::linalg::block::RegisterBlock
+{
     /// `self · a + b`: one fused instruction when the target has FMA, otherwise a multiply
     /// and an add (never a slow software fused multiply-add).
     fn mul_add_fast(self, a: Self, b: Self) -> Self;
