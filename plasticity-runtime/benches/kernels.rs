@@ -103,7 +103,7 @@ fn vjp<M: NeuronModel + Default>(bencher: Bencher) {
 }
 
 /// One full streamed e-prop step of a 1024-neuron layer, batch 16, 700 inputs.
-#[divan::bench(types = [BellecLif, BellecAlif], sample_count = 20)]
+#[divan::bench(types = [BellecLif, BellecAlif], sample_count = 200)]
 fn eprop_step<M: NeuronModel + Default>(bencher: Bencher) {
     let net = NetworkBuilder::new(N_PRE)
         .layer(LayerSpec::new(M::default(), N))
