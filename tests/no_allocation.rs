@@ -113,7 +113,7 @@ fn eprop_steps_do_not_allocate() {
         "single thread, κ > 0, online updates"
     );
     assert_eq!(allocations_during_steps(alif(), 2, 0.8, Some(10)), 0, "two threads");
-    // LIF's traces are all factorised: with κ = 0 its gradient is the outer-product path.
+    // LIF's traces are all factorised: with κ = 0 its gradient goes through the window.
     let lif = BellecLif::default;
     assert_eq!(allocations_during_steps(lif(), 1, 0.0, None), 0, "LIF, single thread");
     assert_eq!(allocations_during_steps(lif(), 2, 0.0, Some(10)), 0, "LIF, two threads");

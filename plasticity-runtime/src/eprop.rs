@@ -5,8 +5,11 @@
 //! matrix); then, in parallel over postsynaptic neurons, the generated `synapse_traces`
 //! kernel advances every per-synapse eligibility vector (eq. 1), forms the eligibility trace
 //! (eq. 2), κ-filters it when the readout leaks, and accumulates `L · ē` into the weight
-//! gradient. Factorised traces are advanced once per presynaptic neuron. Nothing depends on
-//! the sequence length: all buffers are allocated when the engine is built.
+//! gradient. Factorised traces are advanced once per presynaptic neuron. Ports whose traces
+//! are all factorised, without κ-filtering, skip the per-neuron kernel: their gradient is a
+//! sum of outer products, collected over a few steps in a [`PortWindow`] and added as one
+//! product. Nothing depends on the sequence length: all buffers are allocated when the engine
+//! is built.
 
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
@@ -115,9 +118,9 @@ struct SourceWindow<F> {
 }
 
 /// Trace storage of one layer. Per postsynaptic neuron, one contiguous region holds, for
-/// every source, its per-synapse traces, κ-filtered traces and weight gradients, then the
-/// learnable-parameter traces and gradients: `par_chunks_mut` hands each thread whole
-/// neurons.
+/// every source that is not windowed, its per-synapse traces, κ-filtered traces and weight
+/// gradients, then the learnable-parameter traces and gradients: `par_chunks_mut` hands each
+/// thread whole neurons. Windowed sources keep their gradient in `grad_t` instead.
 #[derive(Clone, Debug)]
 struct LayerTraces<F> {
     sources: Vec<SourceTraces<F>>,
@@ -244,8 +247,8 @@ impl<F: Float> LayerTraces<F> {
                             }
                         });
                 }
-                // Nonzero presynaptic values, appended per presynaptic neuron (branch-free:
-                // every value is written, only nonzero ones are kept).
+                // Nonzero presynaptic values, appended to each presynaptic neuron's list; tasks
+                // own blocks of presynaptic neurons.
                 if has_input {
                     let x = |b: usize| -> &[F] {
                         match s.source {
@@ -738,25 +741,20 @@ impl<F: Float> Eprop<F> {
     /// gradient windows, learning signals), excluding the network's own state and parameters.
     pub fn state_bytes(&self) -> usize {
         let f = std::mem::size_of::<F>();
-        self.layers
-            .iter()
-            .map(|lt| {
-                let window: usize = (lt.windows.iter())
-                    .map(|w| {
-                        let sources = w.sources.iter().map(|sw| {
-                            sw.fact.len()
-                                + (sw.active.len() * std::mem::size_of::<(u32, F)>()
-                                    + sw.count.len() * std::mem::size_of::<u32>())
-                                .div_ceil(f)
-                        });
-                        w.coef.len() + sources.sum::<usize>()
-                    })
-                    .sum();
-                let sources = lt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
-                lt.arena.len() + sources.sum::<usize>() + lt.signal.len() + window
-            })
-            .sum::<usize>()
-            * f
+        let window_bytes = |w: &PortWindow<F>| {
+            let sources = w.sources.iter().map(|sw| {
+                sw.fact.len() * f
+                    + sw.active.len() * std::mem::size_of::<(u32, F)>()
+                    + sw.count.len() * std::mem::size_of::<u32>()
+            });
+            w.coef.len() * f + sources.sum::<usize>()
+        };
+        let layer_bytes = |lt: &LayerTraces<F>| {
+            let sources = lt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
+            (lt.arena.len() + sources.sum::<usize>() + lt.signal.len()) * f
+                + lt.windows.iter().map(window_bytes).sum::<usize>()
+        };
+        self.layers.iter().map(layer_bytes).sum::<usize>()
             + (self.zbar.len() + self.readout_w.len() + self.readout_b.len()) * f
     }
 }

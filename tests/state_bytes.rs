@@ -1,0 +1,122 @@
+//! `Trainer::state_bytes` equals the formulas of docs/training.md (section "Memory"), computed
+//! here from the model's published layout: e-prop with and without κ-filtering, with gradient
+//! windows (factorised-only ports) and without, two layers, recurrent weights and biases,
+//! batches below and above the window's row target; BPTT linear in T.
+
+use plasticity_runtime::models::*;
+use plasticity_runtime::{
+    Algorithm, Feedback, LayerSpec, Loss, Matrix, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, RowLayout,
+    TrainConfig, Trainer, Window,
+};
+
+const N_IN: usize = 37;
+const HIDDEN: [usize; 2] = [70, 45];
+const N_OUT: usize = 5;
+
+/// The documented e-prop state, in bytes, for f32.
+fn eprop_formula<M: NeuronModel>(batch: usize, kappa: f64) -> usize {
+    let f = 4;
+    let (k, q) = (M::NUM_STATES, M::NUM_LEARNABLE);
+    let filtered = usize::from(kappa > 0.0);
+    let w = batch * (64 / batch).max(1);
+    let round = |x: usize, m: usize| x.div_ceil(m) * m;
+    let mut values = 0;
+    let mut bytes = 0;
+    for (l, &n) in HIDDEN.iter().enumerate() {
+        let sources = [if l == 0 { N_IN } else { HIDDEN[l - 1] }, n, 1];
+        for (port, pl) in M::PATTERN.ports.iter().enumerate() {
+            for m in sources {
+                values += batch * pl.factorised * m + batch * pl.per_synapse * n * m + filtered * batch * n * m + n * m;
+            }
+            if pl.per_synapse == 0 && filtered == 0 {
+                let d = (pl.rows.iter().enumerate())
+                    .filter(|(r, layout)| {
+                        matches!(layout, RowLayout::Factorised(_)) && M::PATTERN.entry(Matrix::Jz, 0, *r).is_some()
+                    })
+                    .count();
+                let has_bz = usize::from(M::PATTERN.entry(Matrix::Bz, 0, port).is_some());
+                if d + has_bz > 0 {
+                    values += (d + has_bz) * w * round(n, 32);
+                    for m in sources {
+                        values += d * w * round(m, 4) + has_bz * 2 * w * m;
+                        bytes += 4 * m;
+                    }
+                }
+            }
+        }
+        values += batch * n * q * k + filtered * batch * n * q + n * q + batch * n;
+    }
+    values += N_OUT * HIDDEN[1] + N_OUT + batch * HIDDEN[1];
+    values * f + bytes
+}
+
+/// The documented BPTT state, in bytes, for f32: the tape plus the gradients.
+fn bptt_formula<M: NeuronModel>(batch: usize, t_len: usize) -> usize {
+    let nd = M::NUM_DYNAMIC;
+    let per_step: usize = HIDDEN
+        .iter()
+        .map(|&n| batch * (n * nd).max(1) + batch * n + batch * M::NUM_INPUTS * n)
+        .sum::<usize>()
+        + 2 * batch * N_OUT;
+    let p = M::NUM_INPUTS;
+    let params: usize = (HIDDEN.iter().enumerate())
+        .map(|(l, &n)| {
+            let m = if l == 0 { N_IN } else { HIDDEN[l - 1] };
+            p * (n * m + n * n + n) + n * M::NUM_LEARNABLE
+        })
+        .sum::<usize>()
+        + N_OUT * HIDDEN[1]
+        + N_OUT;
+    (t_len * per_step + params) * 4
+}
+
+fn trainer<M: NeuronModel>(model: M, algorithm: Algorithm, kappa: f64) -> Trainer<M, f32> {
+    let layer = |n| LayerSpec::new(model.clone(), n).recurrent(true).bias(true);
+    let net = NetworkBuilder::new(N_IN)
+        .layer(layer(HIDDEN[0]))
+        .layer(layer(HIDDEN[1]))
+        .readout(ReadoutSpec::new(N_OUT, kappa))
+        .seed(3)
+        .build::<f32>()
+        .unwrap();
+    Trainer::new(
+        net,
+        TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3)),
+    )
+    .unwrap()
+}
+
+fn check<M: NeuronModel + Default>() {
+    for kappa in [0.0, 0.6] {
+        for batch in [1, 3, 16, 100] {
+            let mut tr = trainer(M::default(), Algorithm::Eprop(Feedback::Symmetric), kappa);
+            assert_eq!(
+                tr.state_bytes(batch, 50),
+                eprop_formula::<M>(batch, kappa),
+                "{} e-prop, κ = {kappa}, B = {batch}",
+                M::PATTERN.model
+            );
+            // Independent of the sequence length.
+            assert_eq!(tr.state_bytes(batch, 5000), tr.state_bytes(batch, 50));
+        }
+    }
+    let mut tr = trainer(M::default(), Algorithm::Bptt, 0.0);
+    for (batch, t_len) in [(1, 10), (16, 100), (5, 1000)] {
+        assert_eq!(
+            tr.state_bytes(batch, t_len),
+            bptt_formula::<M>(batch, t_len),
+            "{} BPTT, B = {batch}, T = {t_len}",
+            M::PATTERN.model
+        );
+    }
+}
+
+#[test]
+fn state_bytes_follow_the_documented_formulas() {
+    // Factorised-only (gradient window at κ = 0), per-synapse rows, two ports, learnable
+    // parameters.
+    check::<BellecLif>();
+    check::<BellecAlif>();
+    check::<CubaLif>();
+    check::<SigmaDelta>();
+}
