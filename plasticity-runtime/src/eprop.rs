@@ -7,7 +7,7 @@
 //! (eq. 2), κ-filters it when the readout leaks, and accumulates `L · ē` into the weight
 //! gradient. Factorised traces are advanced once per presynaptic neuron. Ports whose traces
 //! are all factorised, without κ-filtering, skip the per-neuron kernel: their gradient is a
-//! sum of outer products, collected over a few steps in a [`PortWindow`] and added as one
+//! sum of outer products, collected over a few steps in a gradient window and added as one
 //! product. Nothing depends on the sequence length: all buffers are allocated when the engine
 //! is built.
 
