@@ -818,12 +818,14 @@ mod tests {
         let (n_in, hidden, batch, steps) = (37, 70, 16, 30);
         let net: Network<M, f64> = NetworkBuilder::new(n_in)
             .layer(
-                LayerSpec::new(model, hidden)
+                LayerSpec::new(model.clone(), hidden)
                     .recurrent(true)
                     .bias(true)
                     .init_in(Init::Gaussian { gain: 3.0 })
                     .init_rec(Init::Gaussian { gain: 1.0 }),
             )
+            // A second layer: spikes of the first as its sparse input, random feedback.
+            .layer(LayerSpec::new(model, 40).init_in(Init::Gaussian { gain: 3.0 }))
             .readout(ReadoutSpec::new(3, 0.0))
             .seed(5)
             .build()
@@ -836,9 +838,11 @@ mod tests {
         });
         let errs = Array3::from_shape_fn((steps, batch, 3), |_| rng.random_range(-1.0..1.0));
         let mut windowed = Eprop::new(&net, batch, Feedback::Symmetric);
-        assert!(windowed.layers[0].windows.len() == M::NUM_INPUTS && windowed.layers[0].window_steps > 1);
+        assert!((windowed.layers.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
         let mut single = windowed.clone();
-        single.layers[0].window_steps = 1;
+        for lt in &mut single.layers {
+            lt.window_steps = 1;
+        }
         let (mut ga, mut gb) = (Gradients::zeros(&net), Gradients::zeros(&net));
         for e in [&mut windowed, &mut single] {
             e.begin_sequence(&net);
@@ -862,7 +866,7 @@ mod tests {
             if [12, 21, steps - 1].contains(&t) {
                 windowed.gradients(&net, &mut ga);
                 single.gradients(&net, &mut gb);
-                assert!(ga.norm() > 0.0);
+                assert!(ga.layers.iter().all(|l| l.w_in[0].iter().any(|&g| g != 0.0)));
                 let diff = ga.max_rel_diff(&gb, 1e-12);
                 assert!(diff <= 1e-10, "{} step {t}: {diff:e}", M::PATTERN.model);
             }
