@@ -211,7 +211,7 @@ pub(crate) fn outer_acc_t<F: Float>(out_t: &mut ArrayViewMut2<F>, d: &ArrayView3
                         if n_c > 0 {
                             let mut out_row = block.row_mut(c);
                             let out = &mut out_row.as_slice_mut().expect("standard-layout accumulator")[c0..c1];
-                            accumulate_tile(out, &entries[c * ROW_BLOCK..c * ROW_BLOCK + n_c], &packed);
+                            accumulate_tile::<F, TILE>(out, &entries[c * ROW_BLOCK..c * ROW_BLOCK + n_c], &packed);
                         }
                     }
                 }
@@ -224,16 +224,15 @@ const ROW_BLOCK: usize = 128;
 /// Width of the register accumulators in [`outer_acc_t`].
 const TILE: usize = 64;
 
-/// `out += Σ_(r, v) v · packed[r][..out.len()]` (`packed` holds the row block's rows of `TILE`
-/// values; `r` counts from the block's first row), summed in registers when the tile is full
-/// width.
-#[inline]
-fn accumulate_tile<F: Float>(out: &mut [F], active: &[(u32, F)], packed: &[F]) {
-    let row = |r: u32| &packed[r as usize * TILE..(r as usize + 1) * TILE];
-    if let Ok(out) = <&mut [F; TILE]>::try_from(&mut *out) {
+/// `out += Σ_(r, v) v · rows[r][..out.len()]` (`rows` in rows of `W` values), summed in
+/// registers when `out` is a full row of `W`.
+#[inline(always)]
+fn accumulate_tile<F: Float, const W: usize>(out: &mut [F], active: &[(u32, F)], rows: &[F]) {
+    let row = |r: u32| &rows[r as usize * W..][..W];
+    if let Ok(out) = <&mut [F; W]>::try_from(&mut *out) {
         let mut acc = *out;
         for &(r, v) in active {
-            let src: &[F; TILE] = row(r).try_into().expect("a full tile");
+            let src: &[F; W] = row(r).try_into().expect("a full row");
             for (a, &x) in acc.iter_mut().zip(src) {
                 *a += v * x;
             }
@@ -310,7 +309,7 @@ pub(crate) fn window_acc<F: Float>(grad_t: &mut [F], n: usize, w: &WindowProduct
                         for (i, row) in (gi * MR..).zip(group.chunks_mut(n)) {
                             let active = &active[i * w.rows..][..count[i] as usize];
                             if !active.is_empty() {
-                                sparse_tile(&mut row[c0..c0 + width], active, panel(c0, term));
+                                accumulate_tile::<F, NR>(&mut row[c0..c0 + width], active, panel(c0, term));
                             }
                         }
                     }
@@ -345,29 +344,6 @@ fn edge_block<F: Float>(rows: &mut [F], stride: usize, c0: usize, width: usize, 
     f(acc.each_mut());
     for (acc_r, row) in acc.iter().zip(rows.chunks_mut(stride)) {
         row[c0..c0 + width].copy_from_slice(&acc_r[..width]);
-    }
-}
-
-/// `out += Σ_(k, v) v · p[k][..out.len()]` (`p` in rows of [`NR`] values), summed in
-/// registers when `out` is a full tile.
-#[inline(always)]
-fn sparse_tile<F: Float>(out: &mut [F], active: &[(u32, F)], p: &[F]) {
-    let row = |k: u32| &p[k as usize * NR..][..NR];
-    if let Ok(out) = <&mut [F; NR]>::try_from(&mut *out) {
-        let mut acc = *out;
-        for &(k, v) in active {
-            let src: &[F; NR] = row(k).try_into().expect("a full row");
-            for (a, &x) in acc.iter_mut().zip(src) {
-                *a = v.mul_add_fast(x, *a);
-            }
-        }
-        *out = acc;
-    } else {
-        for &(k, v) in active {
-            for (o, &x) in out.iter_mut().zip(row(k)) {
-                *o = v.mul_add_fast(x, *o);
-            }
-        }
     }
 }
 
