@@ -51,6 +51,27 @@ enum Source {
     Bias,
 }
 
+/// A layer's presynaptic activity at one step, per [`Source`].
+struct Presynaptic<'a, F> {
+    /// The layer's input, `[B, n_pre]`.
+    input: ArrayView2<'a, F>,
+    /// The layer's previous output, `[B, n]`.
+    z_prev: ArrayView2<'a, F>,
+    /// The constant input of a bias.
+    one: [F; 1],
+}
+
+impl<F: Float> Presynaptic<'_, F> {
+    /// Sample `b`'s activity from `source`.
+    fn row(&self, source: Source, b: usize) -> &[F] {
+        match source {
+            Source::Input => self.input.row(b).to_slice().expect("row-major input"),
+            Source::Recurrent => self.z_prev.row(b).to_slice().expect("row-major spikes"),
+            Source::Bias => &self.one,
+        }
+    }
+}
+
 /// One presynaptic source of one port: offsets of its region inside a neuron's arena.
 #[derive(Clone, Debug)]
 struct SourceTraces<F> {
@@ -139,9 +160,6 @@ struct LayerTraces<F> {
     /// Steps a window holds, and steps it holds now.
     window_steps: usize,
     window_len: usize,
-    /// Whether the per-neuron trace kernel has anything to do (a per-synapse or filtered
-    /// source, or learnable parameters).
-    per_neuron: bool,
 }
 
 impl<F: Float> LayerTraces<F> {
@@ -186,12 +204,11 @@ impl<F: Float> LayerTraces<F> {
     /// Appends one step to the windows: the learning signal times each term's coefficient,
     /// each source's factorised traces (before this step advances them) and its nonzero
     /// presynaptic values. Flushes when the window is full.
-    fn push_window(&mut self, consts: &[F], dynv: &[F], pre_rows: [&ArrayView2<F>; 2]) {
+    fn push_window(&mut self, consts: &[F], dynv: &[F], pre: &Presynaptic<'_, F>) {
         let (batch, n) = self.signal.dim();
         let dstride = dynv.len() / batch;
         let slot = self.window_len;
         let signal = self.signal.as_slice().expect("row-major signal");
-        let one = [<F as Real>::one()];
         for w in &mut self.windows {
             let (rows, terms) = (w.rows, &w.terms[..]);
             // Coefficients: one panel of NR neurons per task.
@@ -250,13 +267,6 @@ impl<F: Float> LayerTraces<F> {
                 // Nonzero presynaptic values, appended to each presynaptic neuron's list; tasks
                 // own blocks of presynaptic neurons.
                 if has_input {
-                    let x = |b: usize| -> &[F] {
-                        match s.source {
-                            Source::Input => pre_rows[0].row(b).to_slice().expect("row-major input"),
-                            Source::Recurrent => pre_rows[1].row(b).to_slice().expect("row-major spikes"),
-                            Source::Bias => &one,
-                        }
-                    };
                     const CHUNK: usize = 64;
                     sw.active
                         .par_chunks_mut(CHUNK * rows)
@@ -266,7 +276,7 @@ impl<F: Float> LayerTraces<F> {
                             let i0 = c * CHUNK;
                             for b in 0..batch {
                                 let k = (slot * batch + b) as u32;
-                                let x_b = &x(b)[i0..i0 + count.len()];
+                                let x_b = &pre.row(s.source, b)[i0..i0 + count.len()];
                                 for (ii, &v) in x_b.iter().enumerate() {
                                     if v != <F as Real>::zero() {
                                         let n_i = &mut count[ii];
@@ -441,7 +451,6 @@ impl<F: Float> Eprop<F> {
                         });
                     }
                 }
-                let per_neuron = q > 0 || sources.iter().any(|s| !s.windowed);
                 let params = batch * q * k + if filtered { batch * q } else { 0 } + q;
                 let stride = sources.iter().map(|s| s.len).sum::<usize>() + params;
                 let seed = match feedback {
@@ -465,7 +474,6 @@ impl<F: Float> Eprop<F> {
                     windows,
                     window_steps,
                     window_len: 0,
-                    per_neuron,
                 }
             })
             .collect();
@@ -559,8 +567,11 @@ impl<F: Float> Eprop<F> {
                     lt.signal.column_mut(j).mapv_inplace(|v| v + s);
                 }
             }
-            let pre_in: ArrayView2<F> = if l == 0 { x } else { self.bufs[l - 1].z.view() };
-            let z_prev = buf.z_prev.view();
+            let pre = Presynaptic {
+                input: if l == 0 { x } else { self.bufs[l - 1].z.view() },
+                z_prev: buf.z_prev.view(),
+                one: [<F as Real>::one()],
+            };
             let dynv = &buf.dynv;
             let nd = M::NUM_DYNAMIC;
             let n = layer.size();
@@ -568,19 +579,18 @@ impl<F: Float> Eprop<F> {
             let consts = &layer.consts[..];
             // A step whose learning signal is zero everywhere adds nothing to the windows.
             if !lt.windows.is_empty() && lt.signal.iter().any(|&v| v != <F as Real>::zero()) {
-                lt.push_window(consts, dynv, [&pre_in, &z_prev]);
+                lt.push_window(consts, dynv, &pre);
             }
             let (batch, filtered) = (self.batch, self.filtered);
             let (k, q) = (M::NUM_STATES, M::NUM_LEARNABLE);
             let signal = &lt.signal;
             let sources = &lt.sources;
-            let one = [<F as Real>::one()];
             // Blocks of neurons per task; inside a block, samples outer and neurons inner, so
             // one sample's presynaptic activity and factorised traces stay in cache while
             // the block's gradient rows are updated.
             let stride = lt.stride;
-            let arena: &mut [F] = if lt.per_neuron { &mut lt.arena } else { &mut [] };
-            arena
+            // An empty arena (every source windowed, nothing learnable) has no blocks.
+            lt.arena
                 .par_chunks_mut(stride * NEURON_BLOCK)
                 .enumerate()
                 .for_each(|(blk, block)| {
@@ -606,16 +616,11 @@ impl<F: Float> Eprop<F> {
                                 let ebar_len = if filtered { s.n_pre } else { 0 };
                                 let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
                                 let fact_len = s.factorised * s.n_pre;
-                                let pre: &[F] = match s.source {
-                                    Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                                    Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                                    Source::Bias => &one,
-                                };
                                 M::synapse_traces(
                                     s.port,
                                     consts,
                                     dv,
-                                    pre,
+                                    pre.row(s.source, b),
                                     &s.fact[b * fact_len..(b + 1) * fact_len],
                                     &mut syn_all[b * syn_len..(b + 1) * syn_len],
                                     &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
@@ -648,12 +653,7 @@ impl<F: Float> Eprop<F> {
                 }
                 let fact_len = s.factorised * s.n_pre;
                 s.fact.par_chunks_mut(fact_len).enumerate().for_each(|(b, fact)| {
-                    let pre: &[F] = match s.source {
-                        Source::Input => pre_in.row(b).to_slice().expect("row-major input"),
-                        Source::Recurrent => z_prev.row(b).to_slice().expect("row-major spikes"),
-                        Source::Bias => &one,
-                    };
-                    M::factorised_traces(s.port, consts, pre, fact);
+                    M::factorised_traces(s.port, consts, pre.row(s.source, b), fact);
                 });
             }
         }
