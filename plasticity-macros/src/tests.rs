@@ -132,6 +132,9 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
     let mut v: Vec<(f64, f64)> = Vec::with_capacity(d.len());
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     let b = |x: f64| if x != 0.0 { 1.0 } else { 0.0 };
+    // `local · tangent`, exactly 0 when the operand does not depend on the direction: its
+    // local derivative may be infinite there (`x⁻²` at 0), which must not turn 0 into NaN.
+    let chain = |local: f64, tangent: f64| if tangent == 0.0 { 0.0 } else { local * tangent };
     for i in 0..d.len() {
         let g = |n: NodeId| v[n.0 as usize];
         let out = match d.node(NodeId(i as u32)).op {
@@ -147,16 +150,19 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
             }
             Op::Add(a, c) => (g(a).0 + g(c).0, g(a).1 + g(c).1),
             Op::Sub(a, c) => (g(a).0 - g(c).0, g(a).1 - g(c).1),
-            Op::Mul(a, c) => (g(a).0 * g(c).0, g(a).1 * g(c).0 + g(a).0 * g(c).1),
-            Op::Div(a, c) => (g(a).0 / g(c).0, (g(a).1 * g(c).0 - g(a).0 * g(c).1) / (g(c).0 * g(c).0)),
+            Op::Mul(a, c) => (g(a).0 * g(c).0, chain(g(c).0, g(a).1) + chain(g(a).0, g(c).1)),
+            Op::Div(a, c) => (
+                g(a).0 / g(c).0,
+                chain(1.0 / g(c).0, g(a).1) - chain(g(a).0 / (g(c).0 * g(c).0), g(c).1),
+            ),
             Op::Neg(a) => (-g(a).0, -g(a).1),
-            Op::Exp(a) => (g(a).0.exp(), g(a).0.exp() * g(a).1),
-            Op::Ln(a) => (g(a).0.ln(), g(a).1 / g(a).0),
-            Op::Sqrt(a) => (g(a).0.sqrt(), g(a).1 / (2.0 * g(a).0.sqrt())),
-            Op::Powi(a, n) => (g(a).0.powi(n), n as f64 * g(a).0.powi(n - 1) * g(a).1),
+            Op::Exp(a) => (g(a).0.exp(), chain(g(a).0.exp(), g(a).1)),
+            Op::Ln(a) => (g(a).0.ln(), chain(1.0 / g(a).0, g(a).1)),
+            Op::Sqrt(a) => (g(a).0.sqrt(), chain(1.0 / (2.0 * g(a).0.sqrt()), g(a).1)),
+            Op::Powi(a, n) => (g(a).0.powi(n), chain(n as f64 * g(a).0.powi(n - 1), g(a).1)),
             Op::Powf(a, c) => {
                 let y = g(a).0.powf(g(c).0);
-                (y, y * (g(c).1 * g(a).0.ln() + g(c).0 * g(a).1 / g(a).0))
+                (y, chain(y * g(a).0.ln(), g(c).1) + chain(y * g(c).0 / g(a).0, g(a).1))
             }
             Op::Abs(a) => (
                 g(a).0.abs(),
@@ -178,8 +184,8 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
                 },
                 0.0,
             ),
-            Op::Tanh(a) => (g(a).0.tanh(), (1.0 - g(a).0.tanh().powi(2)) * g(a).1),
-            Op::Sigmoid(a) => (sig(g(a).0), sig(g(a).0) * (1.0 - sig(g(a).0)) * g(a).1),
+            Op::Tanh(a) => (g(a).0.tanh(), chain(1.0 - g(a).0.tanh().powi(2), g(a).1)),
+            Op::Sigmoid(a) => (sig(g(a).0), chain(sig(g(a).0) * (1.0 - sig(g(a).0)), g(a).1)),
             Op::Min(a, c) => {
                 if g(c).0 < g(a).0 {
                     g(c)
@@ -205,7 +211,7 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
             }
             Op::Spike(a, _) => (
                 sig(3.0 * g(a).0),
-                3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)) * g(a).1,
+                chain(3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)), g(a).1),
             ),
             Op::SurrogateGrad(a, _) => (3.0 * sig(3.0 * g(a).0) * (1.0 - sig(3.0 * g(a).0)), 0.0),
             Op::Detach(a) => (frozen.map_or(g(a).0, |f| f[i]), 0.0),
