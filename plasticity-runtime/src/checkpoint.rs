@@ -2,7 +2,7 @@
 //! written atomically and read back with every inconsistency reported as an error.
 //!
 //! Format (little-endian): the 16-byte magic `PLASTICITY-CKPT\0`, a `u32` version, the
-//! model name (`u32` length + UTF-8), a `u32` tensor count, then per tensor its name, `u32`
+//! network's structure (`u32` length + UTF-8, see [`Network::structure`]), a `u32` tensor count, then per tensor its name, `u32`
 //! rank, `u64` dimensions and `f64` values, and finally an FNV-1a `u64` checksum of all
 //! preceding bytes. Values are stored as `f64` whatever the network's float type.
 
@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::model::NeuronModel;
 use crate::network::Network;
+use crate::params::Slot;
 use crate::real::Float;
 
 const MAGIC: &[u8; 16] = b"PLASTICITY-CKPT\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Named tensors, in a stable order.
 pub(crate) type Tensors = BTreeMap<String, ArrayD<f64>>;
@@ -185,46 +185,71 @@ pub(crate) fn read(path: &Path) -> Result<(String, Tensors)> {
     decode(path, &bytes)
 }
 
-fn dyn_of<F: Float, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> ArrayD<f64> {
-    a.mapv(|v| v.to_f64()).into_dyn()
-}
+impl<F: Float> Network<F> {
+    /// The name of the tensor in `slot`, as checkpoints store it: `populations.P.learnable`,
+    /// `populations.P.bias`, `projections.SOURCE->TARGET.PORT`, `readout.w.P`, `readout.b`.
+    pub fn tensor_name(&self, slot: Slot) -> String {
+        match slot {
+            Slot::Learnable(p) => format!("populations.{}.learnable", self.populations[p].name),
+            Slot::Bias(p) => format!("populations.{}.bias", self.populations[p].name),
+            Slot::Projection(i) => format!("projections.{}", self.projections[i].name),
+            Slot::ReadoutWeights(r) => format!("readout.w.{}", self.populations[self.readout.sources[r]].name),
+            Slot::ReadoutBias => "readout.b".into(),
+        }
+    }
 
-impl<M: NeuronModel, F: Float> Network<M, F> {
-    /// The trainable tensors by name: `layers.L.w_in.P`, `layers.L.w_rec.P`,
-    /// `layers.L.bias.P`, `layers.L.learn`, `readout.w`, `readout.b`.
+    /// The shape of the tensor in `slot`: `[n_post, n_pre]` for a dense projection, the
+    /// synapse count for a sparse one.
+    pub fn tensor_shape(&self, slot: Slot) -> Vec<usize> {
+        match slot {
+            Slot::Learnable(p) => self.params.learnable[p].shape().to_vec(),
+            Slot::Bias(p) => self.params.bias[p].as_ref().map_or(vec![0], |b| b.shape().to_vec()),
+            Slot::Projection(i) => {
+                let proj = &self.projections[i];
+                if proj.is_sparse() {
+                    vec![proj.num_weights()]
+                } else {
+                    vec![proj.n_post, proj.n_pre]
+                }
+            }
+            Slot::ReadoutWeights(r) => self.params.readout_w[r].shape().to_vec(),
+            Slot::ReadoutBias => vec![self.readout.size],
+        }
+    }
+
+    /// What the network is built of, as a checkpoint records it: every population's name,
+    /// model and size.
+    pub fn structure(&self) -> String {
+        let pops: Vec<String> = (self.populations.iter())
+            .map(|p| format!("{}:{}[{}]", p.name, p.pattern().model, p.size))
+            .collect();
+        pops.join(",")
+    }
+
+    /// The trainable tensors by name ([`Network::tensor_name`]).
     pub(crate) fn tensors(&self) -> Tensors {
         let mut t = Tensors::new();
-        for (l, layer) in self.layers.iter().enumerate() {
-            for (p, w) in layer.w_in.iter().enumerate() {
-                t.insert(format!("layers.{l}.w_in.{p}"), dyn_of(w));
-            }
-            for (p, w) in layer.w_rec.iter().flatten().enumerate() {
-                t.insert(format!("layers.{l}.w_rec.{p}"), dyn_of(w));
-            }
-            for (p, b) in layer.bias.iter().flatten().enumerate() {
-                t.insert(format!("layers.{l}.bias.{p}"), dyn_of(b));
-            }
-            t.insert(format!("layers.{l}.learn"), dyn_of(&layer.learn));
-        }
-        t.insert("readout.w".into(), dyn_of(&self.readout.w));
-        if let Some(b) = &self.readout.b {
-            t.insert("readout.b".into(), dyn_of(b));
-        }
+        self.params.for_each(|slot, values| {
+            let data = values.iter().map(|v| v.to_f64()).collect();
+            let array = ArrayD::from_shape_vec(IxDyn(&self.tensor_shape(slot)), data).expect("tensor shape");
+            t.insert(self.tensor_name(slot), array);
+        });
         t
     }
 
-    /// Writes the network's trainable tensors to `path`, atomically. The model's fixed
-    /// parameters and the sizes are part of the code that builds the network, not of the file.
+    /// Writes the network's trainable tensors to `path`, atomically. The models' fixed
+    /// parameters and the structure are part of the code that builds the network, not of the
+    /// file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), &encode(M::PATTERN.model, &self.tensors()))
+        write_atomic(path.as_ref(), &encode(&self.structure(), &self.tensors()))
     }
 
     /// Reads tensors written by [`Network::save`] into this network, which must have the
-    /// same model and sizes. Nothing is changed unless the whole file matches.
+    /// same structure. Nothing is changed unless the whole file matches.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let (model, mut tensors) = read(path)?;
-        self.assign(path, &model, &mut tensors)?;
+        let (structure, mut tensors) = read(path)?;
+        self.assign(path, &structure, &mut tensors)?;
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::Format {
                 path: path.to_path_buf(),
@@ -235,21 +260,22 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
     }
 
     /// Moves this network's tensors out of `tensors` into a copy, checks it, and installs it.
-    pub(crate) fn assign(&mut self, path: &Path, model: &str, tensors: &mut Tensors) -> Result<()> {
+    pub(crate) fn assign(&mut self, path: &Path, structure: &str, tensors: &mut Tensors) -> Result<()> {
         let fail = |message: String| Error::Format {
             path: path.to_path_buf(),
             message,
         };
-        if model != M::PATTERN.model {
+        if structure != self.structure() {
             return Err(fail(format!(
-                "checkpoint of model {model}, this network is {}",
-                M::PATTERN.model
+                "checkpoint of network {structure}, this network is {}",
+                self.structure()
             )));
         }
-        let mut next = self.clone();
-        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<F>> {
+        let mut next = self.params.clone();
+        for slot in self.params.slots() {
+            let (name, shape) = (self.tensor_name(slot), self.tensor_shape(slot));
             let t = tensors
-                .remove(name)
+                .remove(&name)
                 .ok_or_else(|| fail(format!("missing tensor {name}")))?;
             if t.shape() != shape {
                 return Err(fail(format!(
@@ -260,34 +286,17 @@ impl<M: NeuronModel, F: Float> Network<M, F> {
             if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
                 return Err(fail(format!("tensor {name}: non-finite value {bad}")));
             }
-            Ok(t.iter().map(|&v| F::from_f64(v)).collect())
-        };
-        for (l, layer) in next.layers.iter_mut().enumerate() {
-            for (p, w) in layer.w_in.iter_mut().enumerate() {
-                let v = take(&format!("layers.{l}.w_in.{p}"), w.shape())?;
-                w.iter_mut().zip(v).for_each(|(d, s)| *d = s);
-            }
-            for (p, w) in layer.w_rec.iter_mut().flatten().enumerate() {
-                let v = take(&format!("layers.{l}.w_rec.{p}"), w.shape())?;
-                w.iter_mut().zip(v).for_each(|(d, s)| *d = s);
-            }
-            for (p, b) in layer.bias.iter_mut().flatten().enumerate() {
-                let v = take(&format!("layers.{l}.bias.{p}"), b.shape())?;
-                b.iter_mut().zip(v).for_each(|(d, s)| *d = s);
-            }
-            let shape = layer.learn.shape().to_vec();
-            let v = take(&format!("layers.{l}.learn"), &shape)?;
-            layer.learn.iter_mut().zip(v).for_each(|(d, s)| *d = s);
+            next.get_mut(slot).iter_mut().zip(t.iter()).for_each(|(d, &s)| *d = F::from_f64(s));
         }
-        let shape = next.readout.w.shape().to_vec();
-        let v = take("readout.w", &shape)?;
-        next.readout.w.iter_mut().zip(v).for_each(|(d, s)| *d = s);
-        if let Some(b) = &mut next.readout.b {
-            let shape = b.shape().to_vec();
-            let v = take("readout.b", &shape)?;
-            b.iter_mut().zip(v).for_each(|(d, s)| *d = s);
+        for (proj, w) in self.projections.iter().zip(&next.projections) {
+            if !proj.respects_mask(w) {
+                return Err(fail(format!(
+                    "tensor projections.{}: nonzero weight where the mask has no synapse",
+                    proj.name
+                )));
+            }
         }
-        *self = next;
+        self.params = next;
         Ok(())
     }
 }

@@ -1,26 +1,28 @@
 //! Online e-prop (Bellec et al. 2020) driven by the generated kernels.
 //!
-//! Per step: the forward pass computes states, outputs and the dynamic partials; the
-//! readout error gives learning signals `L = err · B` (`B = W^out` or a fixed random
-//! matrix); then, in parallel over postsynaptic neurons, the generated `synapse_traces`
-//! kernel advances every per-synapse eligibility vector (eq. 1), forms the eligibility trace
-//! (eq. 2), κ-filters it when the readout leaks, and accumulates `L · ē` into the weight
-//! gradient. Factorised traces are advanced once per presynaptic neuron. Ports whose traces
-//! are all factorised, without κ-filtering, skip the per-neuron kernel: their gradient is a
-//! sum of outer products, collected over a few steps in a gradient window and added as one
-//! product. Nothing depends on the sequence length: all buffers are allocated when the engine
-//! is built.
+//! Per step: the forward pass computes states, outputs and the dynamic partials of every
+//! population; the readout error gives each population its learning signals `L = err · B`
+//! (`B = W^out` of the population's readout weights, or a fixed random matrix); then, per
+//! population, one call into the model's monomorphised trace pass advances, in parallel over
+//! postsynaptic neurons, every per-synapse eligibility vector (eq. 1) of every incoming
+//! projection, forms the eligibility trace (eq. 2), κ-filters it when the readout leaks, and
+//! accumulates `L · ē` into the weight gradient. Sparse projections keep traces and gradients
+//! for existing synapses only. Factorised traces are advanced once per presynaptic neuron.
+//! Dense projections onto ports whose traces are all factorised, without κ-filtering, skip the
+//! per-neuron kernel: their gradient is a sum of outer products, collected over a few steps
+//! in a gradient window and added as one product. Nothing depends on the sequence length:
+//! all buffers are allocated when the engine is built.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use crate::gradients::Gradients;
 use crate::init::Init;
 use crate::linalg::{MR, NR, WindowProduct, gemm_nn, gemm_tn_acc, transpose_into, window_acc};
-use crate::model::{EntryKind, Matrix, NeuronModel, RowLayout};
-use crate::network::{LayerBuffers, MAX_DYNAMIC, Network, gather_partials, reset_state};
+use crate::model::{EntryKind, Matrix, NeuronModel, Pattern, RowLayout};
+use crate::network::{Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Projection, gather_partials};
+use crate::params::Gradients;
 use crate::real::{Float, Real};
 
 /// Postsynaptic neurons per parallel task in the trace update.
@@ -30,69 +32,99 @@ const NEURON_BLOCK: usize = 8;
 /// run from registers, few enough that the window stays in the L2 cache.
 const WINDOW_ROWS: usize = 64;
 
+/// Synapses of a sparse row gathered per call of the trace kernel: their presynaptic values
+/// and factorised traces are copied to the stack, and their per-synapse traces are stored
+/// in chunks of this many, one state row after the other.
+const SPARSE_CHUNK: usize = 64;
+
 /// Where the learning signals come from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Feedback {
-    /// `B = (W^out)^T` for the last layer (symmetric e-prop): exact without recurrence.
-    /// Earlier layers use a fixed random matrix (seed 0).
+    /// `B = (W^out_p)^T` for every population `p` the readout reads (symmetric e-prop): exact
+    /// without recurrence. Populations the readout does not read use a fixed random matrix
+    /// (seed 0).
     Symmetric,
-    /// A fixed random matrix for every layer (random e-prop / broadcast alignment), drawn
-    /// `N(0, 1/n_out)` from `seed`.
+    /// A fixed random matrix for every population (random e-prop / broadcast alignment),
+    /// drawn `N(0, 1/n_out)` from `seed` plus the population's index.
     Random {
         /// Seed of the feedback matrices.
         seed: u64,
     },
 }
 
+/// What feeds one set of synapses of a population.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Input,
-    Recurrent,
+enum Origin {
+    /// Projection `i`.
+    Projection(usize),
+    /// The bias of a port (presynaptic activity 1).
     Bias,
 }
 
-/// A layer's presynaptic activity at one step, per [`Source`].
+/// The presynaptic activity of every source at one step.
 struct Presynaptic<'a, F> {
-    /// The layer's input, `[B, n_pre]`.
+    /// The network's input, `[B, n_in]`.
     input: ArrayView2<'a, F>,
-    /// The layer's previous output, `[B, n]`.
-    z_prev: ArrayView2<'a, F>,
+    pops: &'a [PopBuffers<F>],
+    projections: &'a [Projection],
     /// The constant input of a bias.
     one: [F; 1],
 }
 
 impl<F: Float> Presynaptic<'_, F> {
-    /// Sample `b`'s activity from `source`.
-    fn row(&self, source: Source, b: usize) -> &[F] {
-        match source {
-            Source::Input => self.input.row(b).to_slice().expect("row-major input"),
-            Source::Recurrent => self.z_prev.row(b).to_slice().expect("row-major spikes"),
-            Source::Bias => &self.one,
+    /// Sample `b`'s activity from `origin`.
+    fn row(&self, origin: Origin, b: usize) -> &[F] {
+        match origin {
+            Origin::Projection(i) => Network::<F>::presynaptic(&self.projections[i], self.input, self.pops)
+                .index_axis_move(Axis(0), b)
+                .to_slice()
+                .expect("row-major activity"),
+            Origin::Bias => &self.one,
         }
     }
 }
 
-/// One presynaptic source of one port: offsets of its region inside a neuron's arena.
+/// One set of synapses of one port of a population, and its region inside each neuron's
+/// part of the arena.
 #[derive(Clone, Debug)]
 struct SourceTraces<F> {
     port: usize,
-    source: Source,
+    source: Origin,
     n_pre: usize,
+    /// `row_ptr` and presynaptic indices of a sparse projection (empty when dense).
+    row_ptr: Vec<usize>,
+    col: Vec<u32>,
     /// Factorised traces, `[B, F, n_pre]`.
     fact: Vec<F>,
     per_synapse: usize,
     factorised: usize,
-    /// The port keeps neither per-synapse nor κ-filtered traces: the gradient is accumulated
-    /// through the port's [`PortWindow`] into `grad_t`, not by the per-neuron trace kernel,
-    /// and the source has no region in the arena.
+    /// The synapses keep neither per-synapse nor κ-filtered traces and are dense: the
+    /// gradient is accumulated through the port's [`PortWindow`] into `grad_t`, not by the
+    /// per-neuron trace kernel, and the source has no region in the arena.
     windowed: bool,
-    /// Length of this source's region in the arena: `B·S·n_pre + (B·n_pre if κ>0) + n_pre`,
-    /// or 0 when windowed.
-    len: usize,
     /// Transposed weight gradient `[n_pre, n]` of a windowed source (empty otherwise).
     grad_t: Vec<F>,
 }
 
+impl<F> SourceTraces<F> {
+    /// Synapses onto neuron `j`.
+    fn synapses(&self, j: usize) -> usize {
+        if self.row_ptr.is_empty() {
+            self.n_pre
+        } else {
+            self.row_ptr[j + 1] - self.row_ptr[j]
+        }
+    }
+    /// Length of neuron `j`'s region: `B·S·m + (B·m if κ>0) + m` for its `m` synapses, or 0
+    /// when windowed.
+    fn region(&self, j: usize, batch: usize, filtered: bool) -> usize {
+        if self.windowed {
+            0
+        } else {
+            self.synapses(j) * (batch * self.per_synapse + if filtered { batch } else { 0 } + 1)
+        }
+    }
+}
 /// One term of the eligibility trace of a port whose traces are all factorised:
 /// `e_ji = Σ_r Jz_r,j · ε_r,i + Bz_j · x_i`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,19 +170,22 @@ struct SourceWindow<F> {
     count: Vec<u32>,
 }
 
-/// Trace storage of one layer. Per postsynaptic neuron, one contiguous region holds, for
-/// every source that is not windowed, its per-synapse traces, κ-filtered traces and weight
-/// gradients, then the learnable-parameter traces and gradients: `par_chunks_mut` hands each
-/// thread whole neurons. Windowed sources keep their gradient in `grad_t` instead.
+/// Trace storage of one population. Per postsynaptic neuron, one contiguous region holds,
+/// for every source that is not windowed, its per-synapse traces, κ-filtered traces and weight
+/// gradients, then the learnable-parameter traces and gradients: parallel tasks own whole
+/// neurons. Windowed sources keep their gradient in `grad_t` instead.
 #[derive(Clone, Debug)]
-struct LayerTraces<F> {
+struct PopTraces<F> {
     sources: Vec<SourceTraces<F>>,
     arena: Vec<F>,
-    stride: usize,
+    /// `[n + 1]`: neuron `j`'s region is `starts[j]..starts[j + 1]`.
+    starts: Vec<usize>,
     /// Learning signal, `[B, n]`.
     signal: Array2<F>,
     /// Random feedback `[n_out, n]`, or `None` for symmetric.
     feedback: Option<Array2<F>>,
+    /// With symmetric feedback, which of the readout's sources this population is.
+    readout: Option<usize>,
     /// Running spike count per neuron (firing-rate regularisation).
     spike_count: Vec<f64>,
     /// Number of learnable parameters: the last `q` entries of a region are their gradients.
@@ -162,7 +197,7 @@ struct LayerTraces<F> {
     window_len: usize,
 }
 
-impl<F: Float> LayerTraces<F> {
+impl<F: Float> PopTraces<F> {
     fn neurons(&self) -> usize {
         self.signal.ncols()
     }
@@ -296,24 +331,25 @@ impl<F: Float> LayerTraces<F> {
     }
 
     /// Zeroes, in every neuron's region, the traces (`traces`) or the gradients (`!traces`).
-    fn clear(&mut self, traces: bool) {
-        let n = self.neurons();
+    fn clear(&mut self, traces: bool, batch: usize, filtered: bool) {
         let q = self.q;
         if !traces {
             for s in &mut self.sources {
                 s.grad_t.fill(<F as Real>::zero());
             }
         }
-        for region in self.arena.chunks_exact_mut(self.stride).take(n) {
+        for j in 0..self.neurons() {
+            let region = &mut self.arena[self.starts[j]..self.starts[j + 1]];
             let mut off = 0;
             for s in self.sources.iter().filter(|s| !s.windowed) {
-                let grad_at = off + s.len - s.n_pre;
+                let len = s.region(j, batch, filtered);
+                let grad_at = off + len - s.synapses(j);
                 if traces {
                     region[off..grad_at].fill(<F as Real>::zero());
                 } else {
-                    region[grad_at..off + s.len].fill(<F as Real>::zero());
+                    region[grad_at..off + len].fill(<F as Real>::zero());
                 }
-                off += s.len;
+                off += len;
             }
             let len = region.len();
             if traces {
@@ -327,14 +363,14 @@ impl<F: Float> LayerTraces<F> {
 
 /// The terms of a port's eligibility trace when every row it reaches is factorised: one per
 /// structurally nonzero `Jz` entry of a factorised row, then `Bz` of the port.
-fn window_terms<M: NeuronModel>(port: usize, rows: &[RowLayout]) -> Vec<(Term, EntryKind)> {
+fn window_terms(pattern: &Pattern, port: usize, rows: &[RowLayout]) -> Vec<(Term, EntryKind)> {
     rows.iter()
         .enumerate()
         .filter_map(|(r, layout)| match *layout {
-            RowLayout::Factorised(f) => M::PATTERN.entry(Matrix::Jz, 0, r).map(|e| (Term::Trace(f), e.kind)),
+            RowLayout::Factorised(f) => pattern.entry(Matrix::Jz, 0, r).map(|e| (Term::Trace(f), e.kind)),
             _ => None,
         })
-        .chain(M::PATTERN.entry(Matrix::Bz, 0, port).map(|e| (Term::Input, e.kind)))
+        .chain(pattern.entry(Matrix::Bz, 0, port).map(|e| (Term::Input, e.kind)))
         .collect()
 }
 
@@ -348,64 +384,187 @@ pub struct RateRegularization {
     pub target: f64,
 }
 
+/// One population's share of an e-prop step, handed to the model's monomorphised
+/// [`trace_pass`] through [`crate::network::Population`]'s kernels.
+pub(crate) struct TracePass<'a, 'p, F> {
+    consts: &'a [F],
+    /// Dynamic partials of the step, `[B, max(ND·n, 1)]`.
+    dynv: &'a [F],
+    signal: &'a Array2<F>,
+    sources: &'a [SourceTraces<F>],
+    pre: &'a Presynaptic<'p, F>,
+    arena: &'a mut [F],
+    starts: &'a [usize],
+    batch: usize,
+    filtered: bool,
+    kappa: F,
+}
+
+/// Calls `f(j0, j1, block)` on blocks of at most [`NEURON_BLOCK`] neurons in parallel, where
+/// `block` is the part of the arena holding the regions of neurons `j0..j1`.
+fn for_neuron_blocks<F: Send>(
+    arena: &mut [F],
+    starts: &[usize],
+    (j0, j1): (usize, usize),
+    f: &(impl Fn(usize, usize, &mut [F]) + Sync),
+) {
+    if j1 - j0 <= NEURON_BLOCK {
+        f(j0, j1, arena);
+        return;
+    }
+    let mid = j0 + ((j1 - j0) / 2).div_ceil(NEURON_BLOCK) * NEURON_BLOCK;
+    let (left, right) = arena.split_at_mut(starts[mid] - starts[j0]);
+    rayon::join(
+        || for_neuron_blocks(left, starts, (j0, mid), f),
+        || for_neuron_blocks(right, starts, (mid, j1), f),
+    );
+}
+
+/// The per-neuron part of an e-prop step for a population of model `M`: in parallel over
+/// blocks of postsynaptic neurons, every non-windowed source's traces and gradients, then
+/// the learnable parameters'. Within a block, samples are the outer loop and neurons the
+/// inner one, so one sample's presynaptic activity and factorised traces stay in cache
+/// while the block's gradient rows are updated.
+pub(crate) fn trace_pass<M: NeuronModel, F: Float>(pass: TracePass<'_, '_, F>) {
+    let TracePass {
+        consts,
+        dynv,
+        signal,
+        sources,
+        pre,
+        arena,
+        starts,
+        batch,
+        filtered,
+        kappa,
+    } = pass;
+    let (k, q, nd) = (M::NUM_STATES, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
+    let n = signal.ncols();
+    let dstride = (n * nd).max(1);
+    if arena.is_empty() {
+        return;
+    }
+    for_neuron_blocks(arena, starts, (0, n), &|j0, j1, block| {
+        let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
+        let mut pre_buf = [<F as Real>::zero(); SPARSE_CHUNK];
+        let mut fact_buf = [<F as Real>::zero(); MAX_STATES * SPARSE_CHUNK];
+        for b in 0..batch {
+            for j in j0..j1 {
+                let region = &mut block[starts[j] - starts[j0]..starts[j + 1] - starts[j0]];
+                gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
+                let dv = &dv_buf[..nd];
+                let l_bj = signal[[b, j]];
+                let mut rest = region;
+                for s in sources.iter().filter(|s| !s.windowed) {
+                    let m = s.synapses(j);
+                    let (src, tail) = rest.split_at_mut(s.region(j, batch, filtered));
+                    rest = tail;
+                    let syn_len = s.per_synapse * m;
+                    let (syn_all, src) = src.split_at_mut(batch * syn_len);
+                    let ebar_len = if filtered { m } else { 0 };
+                    let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
+                    let syn = &mut syn_all[b * syn_len..(b + 1) * syn_len];
+                    let ebar = &mut ebar_all[b * ebar_len..(b + 1) * ebar_len];
+                    let fact_len = s.factorised * s.n_pre;
+                    let fact = &s.fact[b * fact_len..(b + 1) * fact_len];
+                    let x = pre.row(s.source, b);
+                    if s.row_ptr.is_empty() {
+                        M::synapse_traces(s.port, consts, dv, x, fact, syn, ebar, grad, l_bj, kappa);
+                        continue;
+                    }
+                    // A sparse row: chunks of synapses, each with its presynaptic values and
+                    // factorised traces gathered, and its per-synapse traces stored
+                    // `[S, chunk]`.
+                    let cols = &s.col[s.row_ptr[j]..s.row_ptr[j + 1]];
+                    for (c, idx) in cols.chunks(SPARSE_CHUNK).enumerate() {
+                        let (c0, len) = (c * SPARSE_CHUNK, idx.len());
+                        for (u, &i) in idx.iter().enumerate() {
+                            pre_buf[u] = x[i as usize];
+                            for f in 0..s.factorised {
+                                fact_buf[f * len + u] = fact[f * s.n_pre + i as usize];
+                            }
+                        }
+                        let ebar = if filtered { &mut ebar[c0..c0 + len] } else { &mut [] };
+                        M::synapse_traces(
+                            s.port,
+                            consts,
+                            dv,
+                            &pre_buf[..len],
+                            &fact_buf[..s.factorised * len],
+                            &mut syn[s.per_synapse * c0..s.per_synapse * (c0 + len)],
+                            ebar,
+                            &mut grad[c0..c0 + len],
+                            l_bj,
+                            kappa,
+                        );
+                    }
+                }
+                if q > 0 {
+                    let (eps_all, rest) = rest.split_at_mut(batch * q * k);
+                    let ebar_len = if filtered { q } else { 0 };
+                    let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
+                    M::param_traces(
+                        consts,
+                        dv,
+                        &mut eps_all[b * q * k..(b + 1) * q * k],
+                        &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
+                        grad,
+                        l_bj,
+                        kappa,
+                    );
+                }
+            }
+        }
+    });
+}
+
 /// The e-prop engine for one batch size.
 #[derive(Clone, Debug)]
 pub(crate) struct Eprop<F> {
     pub batch: usize,
     filtered: bool,
-    layers: Vec<LayerTraces<F>>,
-    pub bufs: Vec<LayerBuffers<F>>,
+    pops: Vec<PopTraces<F>>,
+    pub bufs: Buffers<F>,
     /// Readout state `[B, n_out]`.
     pub y: Array2<F>,
-    /// κ-filtered last-layer output, `[B, n_last]`.
-    zbar: Array2<F>,
+    /// κ-filtered output of each readout source, `[B, n]`.
+    zbar: Vec<Array2<F>>,
     /// κ-filtered constant 1 (readout bias).
     bbar: F,
-    readout_w: Array2<F>,
+    readout_w: Vec<Array2<F>>,
     readout_b: Vec<F>,
     steps: usize,
 }
 
 impl<F: Float> Eprop<F> {
-    pub fn new<M: NeuronModel>(net: &Network<M, F>, batch: usize, feedback: Feedback) -> Self {
+    pub fn new(net: &Network<F>, batch: usize, feedback: Feedback) -> Self {
         let filtered = net.readout.kappa != <F as Real>::zero();
-        let (k, q) = (M::NUM_STATES, M::NUM_LEARNABLE);
         let n_out = net.n_out();
-        let n_layers = net.layers.len();
-        let layers = net
-            .layers
+        let pops = net
+            .populations
             .iter()
             .enumerate()
-            .map(|(l, layer)| {
-                let n = layer.size();
+            .map(|(p, pop)| {
+                let pattern = pop.pattern();
+                let (n, k, q) = (pop.size, pop.num_states(), pop.num_learnable());
                 let mut sources: Vec<SourceTraces<F>> = Vec::new();
                 let mut windows = Vec::new();
-                let port_terms: Vec<Vec<(Term, EntryKind)>> = M::PATTERN
-                    .ports
-                    .iter()
-                    .enumerate()
-                    .map(|(port, pl)| window_terms::<M>(port, pl.rows))
-                    .collect();
                 let window_steps = (WINDOW_ROWS / batch).max(1);
                 let rows = window_steps * batch;
-                for (port, pl) in M::PATTERN.ports.iter().enumerate() {
-                    let windowed = pl.per_synapse == 0 && !filtered;
+                for (port, pl) in pattern.ports.iter().enumerate() {
                     let first = sources.len();
-                    let mut add = |source: Source, n_pre: usize| {
-                        let len = if windowed {
-                            0
-                        } else {
-                            batch * pl.per_synapse * n_pre + if filtered { batch * n_pre } else { 0 } + n_pre
-                        };
+                    let mut add = |source: Origin, n_pre: usize, csr: Option<&crate::network::Csr>| {
+                        let windowed = pl.per_synapse == 0 && !filtered && csr.is_none();
                         sources.push(SourceTraces {
                             port,
                             source,
                             n_pre,
+                            row_ptr: csr.map_or_else(Vec::new, |c| c.row_ptr.clone()),
+                            col: csr.map_or_else(Vec::new, |c| c.col.clone()),
                             fact: vec![<F as Real>::zero(); batch * pl.factorised * n_pre],
                             per_synapse: pl.per_synapse,
                             factorised: pl.factorised,
                             windowed,
-                            len,
                             grad_t: if windowed {
                                 vec![<F as Real>::zero(); n_pre * n]
                             } else {
@@ -413,15 +572,15 @@ impl<F: Float> Eprop<F> {
                             },
                         });
                     };
-                    add(Source::Input, layer.n_pre());
-                    if layer.w_rec.is_some() {
-                        add(Source::Recurrent, n);
+                    for (i, proj) in net.incoming(p).filter(|(_, pr)| pr.port == port) {
+                        add(Origin::Projection(i), proj.n_pre, proj.csr());
                     }
-                    if layer.bias.is_some() {
-                        add(Source::Bias, 1);
+                    if net.params.bias[p].is_some() {
+                        add(Origin::Bias, 1, None);
                     }
-                    let terms = &port_terms[port];
-                    if windowed && !terms.is_empty() {
+                    let terms = window_terms(pattern, port, pl.rows);
+                    let windowed: Vec<usize> = (first..sources.len()).filter(|&si| sources[si].windowed).collect();
+                    if !windowed.is_empty() && !terms.is_empty() {
                         let dense: Vec<(usize, usize)> = (terms.iter().enumerate())
                             .filter_map(|(r, (term, _))| match *term {
                                 Term::Trace(f) => Some((r, f)),
@@ -430,7 +589,8 @@ impl<F: Float> Eprop<F> {
                             .collect();
                         let input = terms.iter().position(|(term, _)| *term == Term::Input);
                         let zeros = |len: usize| vec![<F as Real>::zero(); len];
-                        let window_sources = (first..sources.len())
+                        let window_sources = windowed
+                            .into_iter()
                             .map(|si| {
                                 let m = sources[si].n_pre;
                                 SourceWindow {
@@ -443,7 +603,7 @@ impl<F: Float> Eprop<F> {
                             .collect();
                         windows.push(PortWindow {
                             coef: zeros(n.div_ceil(NR) * NR * terms.len() * rows),
-                            terms: terms.clone(),
+                            terms,
                             dense,
                             input,
                             rows,
@@ -452,23 +612,28 @@ impl<F: Float> Eprop<F> {
                     }
                 }
                 let params = batch * q * k + if filtered { batch * q } else { 0 } + q;
-                let stride = sources.iter().map(|s| s.len).sum::<usize>() + params;
-                let seed = match feedback {
-                    Feedback::Symmetric => 0,
-                    Feedback::Random { seed } => seed,
+                let mut starts = vec![0];
+                for j in 0..n {
+                    let len: usize = sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>() + params;
+                    starts.push(starts[j] + len);
+                }
+                let readout = net.readout.sources.iter().position(|&s| s == p);
+                let (random, seed) = match feedback {
+                    Feedback::Symmetric => (readout.is_none(), 0),
+                    Feedback::Random { seed } => (true, seed),
                 };
-                let random = matches!(feedback, Feedback::Random { .. }) || l + 1 < n_layers;
                 let fb = random.then(|| {
-                    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(l as u64));
+                    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(p as u64));
                     Init::Gaussian { gain: 1.0 }.draw::<F>(n_out, n, &mut rng)
                 });
-                LayerTraces {
+                PopTraces {
                     sources,
                     // Empty when every source is windowed and nothing is learnable.
-                    arena: vec![<F as Real>::zero(); stride * n],
-                    stride: stride.max(1),
+                    arena: vec![<F as Real>::zero(); starts[n]],
+                    starts,
                     signal: Array2::zeros((batch, n)),
                     feedback: fb,
+                    readout,
                     spike_count: vec![0.0; n],
                     q,
                     windows,
@@ -480,188 +645,124 @@ impl<F: Float> Eprop<F> {
         Eprop {
             batch,
             filtered,
-            layers,
+            pops,
             bufs: net.buffers(batch),
             y: Array2::zeros((batch, n_out)),
-            zbar: Array2::zeros((batch, net.last_size())),
+            zbar: (net.readout.sources.iter())
+                .map(|&s| Array2::zeros((batch, net.populations[s].size)))
+                .collect(),
             bbar: <F as Real>::zero(),
-            readout_w: Array2::zeros(net.readout.w.raw_dim()),
+            readout_w: net.params.readout_w.iter().map(|w| Array2::zeros(w.raw_dim())).collect(),
             readout_b: vec![<F as Real>::zero(); n_out],
             steps: 0,
         }
     }
 
     /// Starts a new sequence: initial states, zero traces; gradients are kept.
-    pub fn begin_sequence<M: NeuronModel>(&mut self, net: &Network<M, F>) {
-        for (layer, buf) in net.layers.iter().zip(&mut self.bufs) {
-            reset_state(layer, buf);
-            buf.refresh_weights(layer);
-        }
-        for lt in &mut self.layers {
-            for s in &mut lt.sources {
+    pub fn begin_sequence(&mut self, net: &Network<F>) {
+        net.reset(&mut self.bufs);
+        net.refresh_weights(&mut self.bufs);
+        let (batch, filtered) = (self.batch, self.filtered);
+        for pt in &mut self.pops {
+            for s in &mut pt.sources {
                 s.fact.fill(<F as Real>::zero());
             }
-            lt.clear(true);
-            lt.spike_count.fill(0.0);
+            pt.clear(true, batch, filtered);
+            pt.spike_count.fill(0.0);
         }
         self.y.fill(<F as Real>::zero());
-        self.zbar.fill(<F as Real>::zero());
+        self.zbar.iter_mut().for_each(|z| z.fill(<F as Real>::zero()));
         self.bbar = <F as Real>::zero();
         self.steps = 0;
     }
 
     /// Re-reads the network's weights after an update within a sequence.
-    pub fn refresh_weights<M: NeuronModel>(&mut self, net: &Network<M, F>) {
-        for (layer, buf) in net.layers.iter().zip(&mut self.bufs) {
-            buf.refresh_weights(layer);
-        }
+    pub fn refresh_weights(&mut self, net: &Network<F>) {
+        net.refresh_weights(&mut self.bufs);
     }
 
     /// Sets every accumulated gradient to zero.
     pub fn zero_gradients(&mut self) {
-        for lt in &mut self.layers {
-            lt.clear(false);
-            lt.discard_window();
+        let (batch, filtered) = (self.batch, self.filtered);
+        for pt in &mut self.pops {
+            pt.clear(false, batch, filtered);
+            pt.discard_window();
         }
-        self.readout_w.fill(<F as Real>::zero());
+        self.readout_w.iter_mut().for_each(|w| w.fill(<F as Real>::zero()));
         self.readout_b.fill(<F as Real>::zero());
     }
 
     /// Forward part of a step: states, outputs, partials, readout. Returns the readout.
-    pub fn forward<M: NeuronModel>(&mut self, net: &Network<M, F>, x: ArrayView2<F>) -> ArrayView2<'_, F> {
-        net.step_forward(x, &mut self.bufs, true);
-        net.readout_step(&self.bufs.last().expect("a layer").z.view(), &mut self.y);
+    pub fn forward(&mut self, net: &Network<F>, x: ArrayView2<F>) -> ArrayView2<'_, F> {
+        net.step(x, &mut self.bufs, true, crate::network::SpikeMode::Plain, None);
+        net.readout_step(&self.bufs, &mut self.y);
         self.y.view()
     }
 
     /// Learning part of a step, after [`Eprop::forward`]: `err` is `∂E_t/∂y^t`, `[B, n_out]`.
-    pub fn learn<M: NeuronModel>(
-        &mut self,
-        net: &Network<M, F>,
-        x: ArrayView2<F>,
-        err: &ArrayView2<F>,
-        reg: Option<(RateRegularization, F)>,
-    ) {
+    pub fn learn(&mut self, net: &Network<F>, x: ArrayView2<F>, err: &ArrayView2<F>, reg: Option<(RateRegularization, F)>) {
         let kappa = net.readout.kappa;
         self.steps += 1;
-        let n_layers = net.layers.len();
-        for l in 0..n_layers {
-            let layer = &net.layers[l];
-            let lt = &mut self.layers[l];
+        let pre = Presynaptic {
+            input: x,
+            pops: &self.bufs.pops,
+            projections: &net.projections,
+            one: [<F as Real>::one()],
+        };
+        for (p, pop) in net.populations.iter().enumerate() {
+            let pt = &mut self.pops[p];
             // Learning signal L = err · B.
-            match &lt.feedback {
-                None => gemm_nn(
-                    <F as Real>::zero(),
-                    &mut lt.signal.view_mut(),
-                    err,
-                    &net.readout.w.view(),
-                ),
-                Some(fb) => gemm_nn(<F as Real>::zero(), &mut lt.signal.view_mut(), err, &fb.view()),
-            }
-            let buf = &self.bufs[l];
+            let fb = match (&pt.feedback, pt.readout) {
+                (Some(fb), _) => fb.view(),
+                (None, Some(r)) => net.params.readout_w[r].view(),
+                (None, None) => unreachable!("a population without random feedback is read out"),
+            };
+            gemm_nn(<F as Real>::zero(), &mut pt.signal.view_mut(), err, &fb);
+            let buf = &self.bufs.pops[p];
             if let Some((reg, scale)) = reg {
-                for (j, count) in lt.spike_count.iter_mut().enumerate() {
+                for (j, count) in pt.spike_count.iter_mut().enumerate() {
                     *count += buf.z.column(j).iter().map(|z| z.to_f64()).sum::<f64>();
                     let rate = *count / (self.steps * self.batch) as f64;
                     let s = F::from_f64(reg.strength * (rate - reg.target)) * scale;
-                    lt.signal.column_mut(j).mapv_inplace(|v| v + s);
+                    pt.signal.column_mut(j).mapv_inplace(|v| v + s);
                 }
             }
-            let pre = Presynaptic {
-                input: if l == 0 { x } else { self.bufs[l - 1].z.view() },
-                z_prev: buf.z_prev.view(),
-                one: [<F as Real>::one()],
-            };
-            let dynv = &buf.dynv;
-            let nd = M::NUM_DYNAMIC;
-            let n = layer.size();
-            let dstride = (n * nd).max(1);
-            let consts = &layer.consts[..];
+            let consts = &pop.consts[..];
+            let dynv = &buf.dynv[..];
             // A step whose learning signal is zero everywhere adds nothing to the windows.
-            if !lt.windows.is_empty() && lt.signal.iter().any(|&v| v != <F as Real>::zero()) {
-                lt.push_window(consts, dynv, &pre);
+            if !pt.windows.is_empty() && pt.signal.iter().any(|&v| v != <F as Real>::zero()) {
+                pt.push_window(consts, dynv, &pre);
             }
-            let (batch, filtered) = (self.batch, self.filtered);
-            let (k, q) = (M::NUM_STATES, M::NUM_LEARNABLE);
-            let signal = &lt.signal;
-            let sources = &lt.sources;
-            // Blocks of neurons per task; inside a block, samples outer and neurons inner, so
-            // one sample's presynaptic activity and factorised traces stay in cache while
-            // the block's gradient rows are updated.
-            let stride = lt.stride;
-            // An empty arena (every source windowed, nothing learnable) has no blocks.
-            lt.arena
-                .par_chunks_mut(stride * NEURON_BLOCK)
-                .enumerate()
-                .for_each(|(blk, block)| {
-                    let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
-                    for b in 0..batch {
-                        for (jj, region) in block.chunks_mut(stride).enumerate() {
-                            let j = blk * NEURON_BLOCK + jj;
-                            if j >= n {
-                                break;
-                            }
-                            gather_partials(&dynv[b * dstride..b * dstride + n * nd], j, n, &mut dv_buf[..nd]);
-                            let dv = &dv_buf[..nd];
-                            let l_bj = signal[[b, j]];
-                            let mut rest = region;
-                            for s in sources {
-                                let (src, tail) = rest.split_at_mut(s.len);
-                                rest = tail;
-                                if s.windowed {
-                                    continue;
-                                }
-                                let syn_len = s.per_synapse * s.n_pre;
-                                let (syn_all, src) = src.split_at_mut(batch * syn_len);
-                                let ebar_len = if filtered { s.n_pre } else { 0 };
-                                let (ebar_all, grad) = src.split_at_mut(batch * ebar_len);
-                                let fact_len = s.factorised * s.n_pre;
-                                M::synapse_traces(
-                                    s.port,
-                                    consts,
-                                    dv,
-                                    pre.row(s.source, b),
-                                    &s.fact[b * fact_len..(b + 1) * fact_len],
-                                    &mut syn_all[b * syn_len..(b + 1) * syn_len],
-                                    &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                                    grad,
-                                    l_bj,
-                                    kappa,
-                                );
-                            }
-                            if q > 0 {
-                                let (eps_all, rest) = rest.split_at_mut(batch * q * k);
-                                let ebar_len = if filtered { q } else { 0 };
-                                let (ebar_all, grad) = rest.split_at_mut(batch * ebar_len);
-                                M::param_traces(
-                                    consts,
-                                    dv,
-                                    &mut eps_all[b * q * k..(b + 1) * q * k],
-                                    &mut ebar_all[b * ebar_len..(b + 1) * ebar_len],
-                                    grad,
-                                    l_bj,
-                                    kappa,
-                                );
-                            }
-                        }
-                    }
-                });
+            pop.kernels.trace_pass(TracePass {
+                consts,
+                dynv,
+                signal: &pt.signal,
+                sources: &pt.sources,
+                pre: &pre,
+                arena: &mut pt.arena,
+                starts: &pt.starts,
+                batch: self.batch,
+                filtered: self.filtered,
+                kappa,
+            });
             // Factorised traces read the values before the step above; advance them now.
-            for s in &mut lt.sources {
+            for s in &mut pt.sources {
                 if s.factorised == 0 {
                     continue;
                 }
                 let fact_len = s.factorised * s.n_pre;
+                let (kernels, source, port) = (&pop.kernels, s.source, s.port);
                 s.fact.par_chunks_mut(fact_len).enumerate().for_each(|(b, fact)| {
-                    M::factorised_traces(s.port, consts, pre.row(s.source, b), fact);
+                    kernels.factorised_traces(port, consts, pre.row(source, b), fact);
                 });
             }
         }
-        // Readout: dE/dW^out = Σ_t err^t (z̄^t)^T with z̄ the κ-filtered output.
-        let z = &self.bufs.last().expect("a layer").z;
-        self.zbar.mapv_inplace(|v| v * kappa);
-        self.zbar += z;
-        gemm_tn_acc(&mut self.readout_w.view_mut(), err, &self.zbar.view());
+        // Readout: dE/dW^out_s = Σ_t err^t (z̄_s^t)^T with z̄ the κ-filtered output.
+        for ((zbar, &s), grad) in self.zbar.iter_mut().zip(&net.readout.sources).zip(&mut self.readout_w) {
+            zbar.mapv_inplace(|v| v * kappa);
+            *zbar += &self.bufs.pops[s].z;
+            gemm_tn_acc(&mut grad.view_mut(), err, &zbar.view());
+        }
         self.bbar = kappa * self.bbar + <F as Real>::one();
         for (o, g) in self.readout_b.iter_mut().enumerate() {
             *g += self.bbar * err.column(o).iter().copied().sum::<F>();
@@ -670,68 +771,61 @@ impl<F: Float> Eprop<F> {
 
     /// Copies the accumulated gradients into `out` (overwriting it), after adding the
     /// pending windows.
-    pub fn gradients<M: NeuronModel>(&mut self, net: &Network<M, F>, out: &mut Gradients<F>) {
-        for lt in &mut self.layers {
-            lt.flush();
+    pub fn gradients(&mut self, net: &Network<F>, out: &mut Gradients<F>) {
+        let (batch, filtered) = (self.batch, self.filtered);
+        for pt in &mut self.pops {
+            pt.flush();
         }
-        for ((layer, lt), lg) in net.layers.iter().zip(&self.layers).zip(&mut out.layers) {
-            let n = layer.size();
-            for s in lt.sources.iter().filter(|s| s.windowed) {
+        for (p, pt) in self.pops.iter().enumerate() {
+            let n = pt.neurons();
+            for s in pt.sources.iter().filter(|s| s.windowed) {
                 let grad_t = ArrayView2::from_shape((s.n_pre, n), &s.grad_t).expect("[n_pre, n] gradient");
                 match s.source {
-                    Source::Input => transpose_into(&mut lg.w_in[s.port].view_mut(), &grad_t),
-                    Source::Recurrent => {
-                        if let Some(w) = &mut lg.w_rec {
-                            transpose_into(&mut w[s.port].view_mut(), &grad_t);
-                        }
+                    Origin::Projection(i) => {
+                        let mut dst = ArrayViewMut2::from_shape((n, s.n_pre), &mut out.projections[i][..])
+                            .expect("dense gradient");
+                        transpose_into(&mut dst, &grad_t);
                     }
-                    Source::Bias => {
-                        if let Some(b) = &mut lg.bias {
-                            b[s.port].iter_mut().zip(&s.grad_t).for_each(|(d, g)| *d = *g);
+                    Origin::Bias => {
+                        if let Some(b) = &mut out.bias[p] {
+                            b.row_mut(s.port).iter_mut().zip(&s.grad_t).for_each(|(d, g)| *d = *g);
                         }
                     }
                 }
             }
-            for (j, region) in lt.arena.chunks_exact(lt.stride).enumerate() {
+            for j in 0..n {
+                let region = &pt.arena[pt.starts[j]..pt.starts[j + 1]];
                 let mut off = 0;
-                for s in lt.sources.iter().filter(|s| !s.windowed) {
-                    let grad = &region[off + s.len - s.n_pre..off + s.len];
+                for s in pt.sources.iter().filter(|s| !s.windowed) {
+                    let (m, len) = (s.synapses(j), s.region(j, batch, filtered));
+                    let grad = &region[off + len - m..off + len];
                     match s.source {
-                        Source::Input => {
-                            lg.w_in[s.port]
-                                .row_mut(j)
-                                .iter_mut()
-                                .zip(grad)
-                                .for_each(|(d, g)| *d = *g);
+                        Origin::Projection(i) => {
+                            let at = if s.row_ptr.is_empty() { j * s.n_pre } else { s.row_ptr[j] };
+                            out.projections[i][at..at + m].copy_from_slice(grad);
                         }
-                        Source::Recurrent => {
-                            if let Some(w) = &mut lg.w_rec {
-                                w[s.port].row_mut(j).iter_mut().zip(grad).for_each(|(d, g)| *d = *g);
-                            }
-                        }
-                        Source::Bias => {
-                            if let Some(b) = &mut lg.bias {
-                                b[s.port][j] = grad[0];
+                        Origin::Bias => {
+                            if let Some(b) = &mut out.bias[p] {
+                                b[[s.port, j]] = grad[0];
                             }
                         }
                     }
-                    off += s.len;
+                    off += len;
                 }
-                let q = M::NUM_LEARNABLE;
                 let len = region.len();
-                lg.learn
+                out.learnable[p]
                     .column_mut(j)
                     .iter_mut()
-                    .zip(&region[len - q..])
+                    .zip(&region[len - pt.q..])
                     .for_each(|(d, g)| *d = *g);
             }
-            if let (true, Some(w)) = (layer.mask_self, lg.w_rec.as_mut()) {
-                for m in w {
-                    m.diag_mut().fill(<F as Real>::zero());
-                }
-            }
         }
-        out.readout_w.assign(&self.readout_w);
+        for (proj, g) in net.projections.iter().zip(&mut out.projections) {
+            proj.apply_mask(g);
+        }
+        for (dst, src) in out.readout_w.iter_mut().zip(&self.readout_w) {
+            dst.assign(src);
+        }
         if let Some(b) = &mut out.readout_b {
             b.iter_mut().zip(&self.readout_b).for_each(|(d, g)| *d = *g);
         }
@@ -749,13 +843,16 @@ impl<F: Float> Eprop<F> {
             });
             w.coef.len() * f + sources.sum::<usize>()
         };
-        let layer_bytes = |lt: &LayerTraces<F>| {
-            let sources = lt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
-            (lt.arena.len() + sources.sum::<usize>() + lt.signal.len()) * f
-                + lt.windows.iter().map(window_bytes).sum::<usize>()
+        let pop_bytes = |pt: &PopTraces<F>| {
+            let sources = pt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
+            (pt.arena.len() + sources.sum::<usize>() + pt.signal.len()) * f
+                + pt.windows.iter().map(window_bytes).sum::<usize>()
         };
-        self.layers.iter().map(layer_bytes).sum::<usize>()
-            + (self.zbar.len() + self.readout_w.len() + self.readout_b.len()) * f
+        self.pops.iter().map(pop_bytes).sum::<usize>()
+            + (self.zbar.iter().map(|z| z.len()).sum::<usize>()
+                + self.readout_w.iter().map(|w| w.len()).sum::<usize>()
+                + self.readout_b.len())
+                * f
     }
 }
 
@@ -816,7 +913,7 @@ mod tests {
     /// give full and edge register blocks, and recurrent and bias sources.
     fn window_matches_single_steps<M: NeuronModel>(model: M) {
         let (n_in, hidden, batch, steps) = (37, 70, 16, 30);
-        let net: Network<M, f64> = NetworkBuilder::new(n_in)
+        let net: Network<f64> = NetworkBuilder::new(n_in)
             .layer(
                 LayerSpec::new(model.clone(), hidden)
                     .recurrent(true)
@@ -838,12 +935,12 @@ mod tests {
         });
         let errs = Array3::from_shape_fn((steps, batch, 3), |_| rng.random_range(-1.0..1.0));
         let mut windowed = Eprop::new(&net, batch, Feedback::Symmetric);
-        assert!((windowed.layers.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
+        assert!((windowed.pops.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
         let mut single = windowed.clone();
-        for lt in &mut single.layers {
+        for lt in &mut single.pops {
             lt.window_steps = 1;
         }
-        let (mut ga, mut gb) = (Gradients::zeros(&net), Gradients::zeros(&net));
+        let (mut ga, mut gb) = (net.params.zeros_like(), net.params.zeros_like());
         for e in [&mut windowed, &mut single] {
             e.begin_sequence(&net);
             e.zero_gradients();
@@ -866,7 +963,7 @@ mod tests {
             if [12, 21, steps - 1].contains(&t) {
                 windowed.gradients(&net, &mut ga);
                 single.gradients(&net, &mut gb);
-                assert!(ga.layers.iter().all(|l| l.w_in[0].iter().any(|&g| g != 0.0)));
+                assert!(ga.projections.iter().all(|w| w.iter().any(|&g| g != 0.0)));
                 let diff = ga.max_rel_diff(&gb, 1e-12);
                 assert!(diff <= 1e-10, "{} step {t}: {diff:e}", M::PATTERN.model);
             }

@@ -38,7 +38,8 @@
 //!     .layer(LayerSpec::new(lif::Lif::default(), 8).recurrent(true))
 //!     .readout(ReadoutSpec::new(2, 0.8))
 //!     .seed(7)
-//!     .build::<f32>()?;
+//!     .build()?;
+//! let net: plasticity_runtime::Network<f32> = net;
 //! let config = TrainConfig::new(
 //!     Algorithm::Eprop(Feedback::Symmetric),
 //!     Loss::CrossEntropy(Window::All),
@@ -60,7 +61,6 @@ mod bptt;
 pub mod checkpoint;
 pub mod eprop;
 pub mod error;
-pub mod gradients;
 pub mod init;
 pub mod input;
 mod linalg;
@@ -69,19 +69,23 @@ pub mod model;
 pub mod models;
 pub mod network;
 pub mod optim;
+pub mod params;
 pub mod real;
 pub mod surrogate;
 pub mod trainer;
 
 pub use eprop::{Feedback, RateRegularization};
 pub use error::{Error, Result};
-pub use gradients::{Gradients, LayerGradients};
 pub use init::Init;
 pub use input::SpikeEvents;
 pub use loss::{Loss, StepTargets, Targets, Window};
 pub use model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
-pub use network::{Layer, LayerSpec, Network, NetworkBuilder, Readout, ReadoutSpec, RunOutput};
+pub use network::{
+    Connectivity, LayerSpec, Network, NetworkBuilder, Population, PopulationSpec, Probe, Projection, ProjectionSpec,
+    Readout, ReadoutSpec, RunOutput, Signal, Source,
+};
 pub use optim::{Optimizer, Schedule};
+pub use params::{Gradients, Parameters, Slot};
 pub use plasticity_macros::neuron_model;
 pub use real::{Float, Real};
 pub use surrogate::{Mode, Plain, Smooth, Surrogate};

@@ -3,9 +3,8 @@
 use rayon::prelude::*;
 
 use crate::error::{Result, invalid};
-use crate::gradients::Gradients;
-use crate::model::NeuronModel;
 use crate::network::Network;
+use crate::params::{Gradients, Parameters};
 use crate::real::{Float, Real};
 
 /// Parameters per parallel task in an optimiser update.
@@ -178,9 +177,8 @@ pub(crate) struct OptimizerState<F> {
 
 impl<F: Float> OptimizerState<F> {
     /// Fresh state for `net`.
-    pub(crate) fn new<M: NeuronModel>(net: &mut Network<M, F>) -> Self {
-        let mut shapes = Vec::new();
-        net.for_each_param_mut(|_, s| shapes.push(s.len()));
+    pub(crate) fn new(params: &Parameters<F>) -> Self {
+        let shapes: Vec<usize> = params.slots().map(|s| params.get(s).len()).collect();
         OptimizerState {
             step: 0,
             m: shapes.iter().map(|&n| vec![<F as Real>::zero(); n]).collect(),
@@ -254,9 +252,9 @@ impl<F: Float> OptimizerState<F> {
 
     /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
     /// Returns the gradient norm before clipping.
-    pub(crate) fn update<M: NeuronModel>(
+    pub(crate) fn update(
         &mut self,
-        net: &mut Network<M, F>,
+        net: &mut Network<F>,
         grads: &Gradients<F>,
         opt: &Optimizer,
         schedule: &Schedule,
@@ -271,8 +269,12 @@ impl<F: Float> OptimizerState<F> {
         self.step += 1;
         let t = self.step as i32;
         let (ms, vs) = (&mut self.m, &mut self.v);
-        net.for_each_param_mut(|index, p| {
-            let (g, m, v) = (grads.get(index), &mut ms[index], &mut vs[index]);
+        let params = &mut net.params;
+        debug_assert!(params.same_shape(grads));
+        // The gradients have the parameters' slots; walking theirs leaves `params` free to
+        // be borrowed mutably.
+        for (index, slot) in grads.slots().enumerate() {
+            let (p, g, m, v) = (params.get_mut(slot), grads.get(slot), &mut ms[index], &mut vs[index]);
             match *opt {
                 Optimizer::Sgd { momentum, .. } => {
                     let (mu, lr) = (F::from_f64(momentum), F::from_f64(lr));
@@ -309,9 +311,9 @@ impl<F: Float> OptimizerState<F> {
                         });
                 }
             }
-        });
-        for layer in &mut net.layers {
-            layer.apply_mask();
+        }
+        for (proj, w) in net.projections.iter().zip(&mut net.params.projections) {
+            proj.apply_mask(w);
         }
         norm
     }

@@ -5,11 +5,10 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 use crate::bptt;
 use crate::eprop::{Eprop, Feedback, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
-use crate::gradients::Gradients;
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
-use crate::model::NeuronModel;
-use crate::network::Network;
+use crate::network::{Network, SpikeMode};
+use crate::params::Gradients;
 use crate::optim::{Optimizer, OptimizerState, Schedule};
 use crate::real::{Float, Real};
 
@@ -148,8 +147,8 @@ struct Stream {
 }
 
 /// Trains a [`Network`].
-pub struct Trainer<M, F> {
-    net: Network<M, F>,
+pub struct Trainer<F: Float> {
+    net: Network<F>,
     config: TrainConfig,
     opt: OptimizerState<F>,
     grads: Gradients<F>,
@@ -162,13 +161,13 @@ pub struct Trainer<M, F> {
     stream: Option<Stream>,
 }
 
-impl<M: NeuronModel, F: Float> Trainer<M, F> {
+impl<F: Float> Trainer<F> {
     /// A trainer for `net` with `config`.
-    pub fn new(mut net: Network<M, F>, config: TrainConfig) -> Result<Self> {
+    pub fn new(net: Network<F>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
         net.validate()?;
-        let opt = OptimizerState::new(&mut net);
-        let grads = Gradients::zeros(&net);
+        let opt = OptimizerState::new(&net.params);
+        let grads = net.params.zeros_like();
         Ok(Trainer {
             net,
             config,
@@ -185,11 +184,11 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     }
 
     /// The network being trained.
-    pub fn network(&self) -> &Network<M, F> {
+    pub fn network(&self) -> &Network<F> {
         &self.net
     }
     /// Gives the network back.
-    pub fn into_network(self) -> Network<M, F> {
+    pub fn into_network(self) -> Network<F> {
         self.net
     }
     /// The configuration.
@@ -210,7 +209,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let mut tensors = self.net.tensors();
         tensors.extend(self.opt.tensors());
-        crate::checkpoint::write_atomic(path.as_ref(), &crate::checkpoint::encode(M::PATTERN.model, &tensors))
+        crate::checkpoint::write_atomic(path.as_ref(), &crate::checkpoint::encode(&self.net.structure(), &tensors))
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] (or a network saved by
@@ -248,7 +247,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
     /// of `t_len`), or BPTT's tape (linear in `t_len`) plus its gradients.
     pub fn state_bytes(&mut self, batch: usize, t_len: usize) -> usize {
         let f = std::mem::size_of::<F>();
-        let grads: usize = self.grads.slices().iter().map(|s| s.len()).sum::<usize>() * f;
+        let grads = self.grads.len() * f;
         match self.config.algorithm {
             Algorithm::Eprop(fb) => {
                 self.ensure_eprop(batch, fb);
@@ -403,7 +402,7 @@ impl<M: NeuronModel, F: Float> Trainer<M, F> {
                 let mut stats = BatchStats::default();
                 let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
                 let ws = &mut self.bptt;
-                bptt::gradients(&self.net, inputs, reg, &mut self.grads, ws, |ys, errs| {
+                bptt::gradients(&self.net, inputs, reg, SpikeMode::Plain, &mut self.grads, ws, |ys, errs| {
                     stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
                     if let Some(hook) = hook {
                         for t in 0..t_len {
@@ -692,9 +691,9 @@ fn loss_over<F: Float>(
 }
 
 /// One optimiser step with the configured rule, schedule and clipping; the gradient norm.
-fn apply_update<M: NeuronModel, F: Float>(
+fn apply_update<F: Float>(
     opt: &mut OptimizerState<F>,
-    net: &mut Network<M, F>,
+    net: &mut Network<F>,
     grads: &Gradients<F>,
     config: &TrainConfig,
 ) -> f64 {

@@ -1,0 +1,263 @@
+//! One population: neurons of one model, with the model's type erased once.
+//!
+//! The network holds populations of different models side by side. Each model's kernels stay
+//! monomorphised: [`Kernels`] is implemented once per model type, and every method runs a
+//! whole population (all neurons, all samples) so that the network makes one dynamic call
+//! per population and step, never one per neuron.
+
+use std::any::Any;
+use std::fmt;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::model::{NeuronModel, Pattern};
+use crate::real::{Float, Real};
+use crate::surrogate::{Plain, Smooth};
+
+/// How a forward step evaluates `spike(..)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpikeMode {
+    /// The Heaviside step: what training and inference use.
+    Plain,
+    /// The surrogate's smooth counterpart: the model becomes differentiable, for
+    /// finite-difference checks.
+    Smooth,
+}
+
+/// One forward step of a population over a batch: per sample, the state `[k, n]`
+/// (advanced in place) in blocks of `max(k·n, 1)`, the currents `[p, n]`, the outputs `[n]`
+/// and, when `partials`, the dynamic partials `[ND, n]` in blocks of `dstride`.
+pub(crate) struct ForwardArgs<'a, F> {
+    pub n: usize,
+    pub learn: &'a [F],
+    pub state: &'a mut [F],
+    pub current: &'a [F],
+    pub z: &'a mut [F],
+    pub dynv: &'a mut [F],
+    pub dstride: usize,
+    pub partials: bool,
+    pub mode: SpikeMode,
+}
+
+/// One reverse step of BPTT over a batch: per sample `b`, neuron `j`, the adjoint of the
+/// state `dh` `[B, n, k]` and of the output `dz` `[B, n]` give `dh_prev` (same layout), the
+/// input adjoints `di` `[B, p, n]` (overwritten) and `dlearn` `[B, n, q]` (accumulated).
+/// Per-sample blocks are at least one value long.
+pub(crate) struct ReverseArgs<'a, F> {
+    pub n: usize,
+    pub consts: &'a [F],
+    pub dynv: &'a [F],
+    pub dstride: usize,
+    pub dh: &'a [F],
+    pub dz: &'a [F],
+    pub dh_prev: &'a mut [F],
+    pub di: &'a mut [F],
+    pub dlearn: &'a mut [F],
+}
+
+/// A model's kernels behind one vtable: what the network, e-prop and BPTT call per
+/// population.
+pub(crate) trait Kernels<F: Float>: Send + Sync {
+    fn pattern(&self) -> &'static Pattern;
+    fn num_constants(&self) -> usize;
+    fn num_dynamic(&self) -> usize;
+    fn initial_state(&self, out: &mut [F]);
+    fn learnable_init(&self, out: &mut [F]);
+    fn constants(&self, out: &mut [F]);
+    fn forward(&self, args: ForwardArgs<'_, F>);
+    fn reverse(&self, args: ReverseArgs<'_, F>);
+    /// e-prop's per-neuron trace pass (see [`crate::eprop`]).
+    fn trace_pass(&self, pass: crate::eprop::TracePass<'_, '_, F>);
+    /// Advances one sample's factorised traces of `port` (`[F, n_pre]`) by one step.
+    fn factorised_traces(&self, port: usize, consts: &[F], pre: &[F], fact: &mut [F]);
+    fn clone_box(&self) -> Box<dyn Kernels<F>>;
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// [`Kernels`] of model `M`.
+pub(crate) struct ModelKernels<M>(pub M);
+
+impl<M: NeuronModel, F: Float> Kernels<F> for ModelKernels<M> {
+    fn pattern(&self) -> &'static Pattern {
+        &M::PATTERN
+    }
+    fn num_constants(&self) -> usize {
+        M::NUM_CONSTS
+    }
+    fn num_dynamic(&self) -> usize {
+        M::NUM_DYNAMIC
+    }
+    fn initial_state(&self, out: &mut [F]) {
+        self.0.initial_state(out);
+    }
+    fn learnable_init(&self, out: &mut [F]) {
+        self.0.learnable_init(out);
+    }
+    fn constants(&self, out: &mut [F]) {
+        self.0.constants(out);
+    }
+
+    fn forward(&self, a: ForwardArgs<'_, F>) {
+        let (k, p, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_DYNAMIC);
+        let n = a.n;
+        let (learn, model, partials, mode) = (a.learn, &self.0, a.partials, a.mode);
+        a.state
+            .par_chunks_mut((n * k).max(1))
+            .zip(a.z.par_chunks_mut(n.max(1)))
+            .zip(a.dynv.par_chunks_mut(a.dstride))
+            .zip(a.current.par_chunks(p * n))
+            .for_each(|(((state, z), dynv), input)| {
+                let dynv = if partials { &mut dynv[..n * nd] } else { &mut [] };
+                let state = &mut state[..n * k];
+                match mode {
+                    SpikeMode::Plain => model.eval_layer(learn, state, input, z, dynv, &mut Plain),
+                    SpikeMode::Smooth => model.eval_layer(learn, state, input, z, dynv, &mut Smooth),
+                }
+            });
+    }
+
+    fn reverse(&self, a: ReverseArgs<'_, F>) {
+        let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
+        let n = a.n;
+        let (consts, dynv, dstride, dz) = (a.consts, a.dynv, a.dstride, a.dz);
+        a.dh_prev
+            .par_chunks_mut((n * k).max(1))
+            .zip(a.dh.par_chunks((n * k).max(1)))
+            .zip(a.dlearn.par_chunks_mut((n * q).max(1)))
+            .zip(a.di.par_chunks_mut((p * n).max(1)))
+            .enumerate()
+            .for_each(|(b, (((dh_prev, dh), dlearn), di))| {
+                let mut dinp = [<F as Real>::zero(); super::MAX_PORTS];
+                let mut dv = [<F as Real>::zero(); super::MAX_DYNAMIC];
+                let block = &dynv[b * dstride..b * dstride + n * nd];
+                for j in 0..n {
+                    super::gather_partials(block, j, n, &mut dv[..nd]);
+                    M::vjp(
+                        consts,
+                        &dv[..nd],
+                        &dh[j * k..(j + 1) * k],
+                        dz[b * n + j],
+                        &mut dh_prev[j * k..(j + 1) * k],
+                        &mut dinp[..p],
+                        &mut dlearn[j * q..(j + 1) * q],
+                    );
+                    for port in 0..p {
+                        di[port * n + j] = dinp[port];
+                    }
+                }
+            });
+    }
+
+    fn trace_pass(&self, pass: crate::eprop::TracePass<'_, '_, F>) {
+        crate::eprop::trace_pass::<M, F>(pass);
+    }
+
+    fn factorised_traces(&self, port: usize, consts: &[F], pre: &[F], fact: &mut [F]) {
+        M::factorised_traces(port, consts, pre, fact);
+    }
+
+    fn clone_box(&self) -> Box<dyn Kernels<F>> {
+        Box::new(ModelKernels(self.0.clone()))
+    }
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+}
+
+/// A group of neurons of one model with their own parameter values.
+pub struct Population<F: Float> {
+    /// Name, unique in the network (used in projections, probes and checkpoints).
+    pub name: String,
+    /// Number of neurons.
+    pub size: usize,
+    pub(crate) kernels: Box<dyn Kernels<F>>,
+    pub(crate) consts: Vec<F>,
+}
+
+impl<F: Float> Population<F> {
+    pub(crate) fn new<M: NeuronModel>(name: String, model: M, size: usize) -> Self {
+        let mut consts = vec![<F as Real>::zero(); M::NUM_CONSTS];
+        model.constants(&mut consts);
+        Population {
+            name,
+            size,
+            kernels: Box::new(ModelKernels(model)),
+            consts,
+        }
+    }
+
+    /// The model's sparsity pattern (names of states, ports and learnable parameters).
+    pub fn pattern(&self) -> &'static Pattern {
+        self.kernels.pattern()
+    }
+
+    /// The neuron model, if it is of type `M`.
+    pub fn model<M: NeuronModel>(&self) -> Option<&M> {
+        self.kernels.as_any().downcast_ref::<M>()
+    }
+
+    /// Changes the model's fixed parameters (if it is of type `M`) and recomputes the
+    /// constant partials. Returns `false`, changing nothing, for a model of another type.
+    pub fn update_model<M: NeuronModel>(&mut self, f: impl FnOnce(&mut M)) -> bool {
+        let Some(model) = self.kernels.as_any_mut().downcast_mut::<M>() else {
+            return false;
+        };
+        f(model);
+        self.consts.resize(self.kernels.num_constants(), <F as Real>::zero());
+        self.kernels.constants(&mut self.consts);
+        true
+    }
+
+    /// Number of state variables of the model.
+    pub fn num_states(&self) -> usize {
+        self.pattern().states.len()
+    }
+    /// Number of input ports of the model.
+    pub fn num_ports(&self) -> usize {
+        self.pattern().inputs.len()
+    }
+    /// Number of learnable parameters of the model.
+    pub fn num_learnable(&self) -> usize {
+        self.pattern().learnable.len()
+    }
+
+    /// The index of input port `name`.
+    pub fn port(&self, name: &str) -> Option<usize> {
+        self.pattern().inputs.iter().position(|p| *p == name)
+    }
+
+    pub(crate) fn learnable_start(&self) -> Array2<F> {
+        let q = self.num_learnable();
+        let mut init = vec![<F as Real>::zero(); q];
+        self.kernels.learnable_init(&mut init);
+        Array2::from_shape_fn((q, self.size), |(r, _)| init[r])
+    }
+}
+
+impl<F: Float> Clone for Population<F> {
+    fn clone(&self) -> Self {
+        Population {
+            name: self.name.clone(),
+            size: self.size,
+            kernels: self.kernels.clone_box(),
+            consts: self.consts.clone(),
+        }
+    }
+}
+
+impl<F: Float> fmt::Debug for Population<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Population {{ name: {:?}, size: {}, model: ", self.name, self.size)?;
+        self.kernels.debug(f)?;
+        write!(f, " }}")
+    }
+}
