@@ -8,7 +8,7 @@ use plasticity_runtime::{
     Trainer, Window,
 };
 
-fn alif(seed: u64, hidden: usize) -> Network<BellecAlif, f32> {
+fn alif(seed: u64, hidden: usize) -> Network<f32> {
     NetworkBuilder::new(6)
         .layer(LayerSpec::new(BellecAlif::default(), hidden).recurrent(true).bias(true))
         .readout(ReadoutSpec::new(3, 0.5))
@@ -83,18 +83,18 @@ fn mismatches_are_errors_and_change_nothing() {
     let before = other_size.clone();
     let e = other_size.load(&path).unwrap_err();
     assert!(
-        matches!(e, Error::Format { .. }) && e.to_string().contains("shape"),
+        matches!(e, Error::Format { .. }) && e.to_string().contains("BellecAlif[8]") && e.to_string().contains("[9]"),
         "{e}"
     );
     assert_eq!(other_size, before);
 
-    let mut lif: Network<BellecLif, f32> = NetworkBuilder::new(6)
+    let mut lif: Network<f32> = NetworkBuilder::new(6)
         .layer(LayerSpec::new(BellecLif::default(), 8).recurrent(true).bias(true))
         .readout(ReadoutSpec::new(3, 0.5))
         .build()
         .unwrap();
     let e = lif.load(&path).unwrap_err().to_string();
-    assert!(e.contains("model BellecAlif"), "{e}");
+    assert!(e.contains("layer0:BellecAlif[8]"), "{e}");
 
     let bytes = std::fs::read(&path).unwrap();
     let cut = temp("cut.ckpt");
@@ -106,20 +106,20 @@ fn mismatches_are_errors_and_change_nothing() {
     assert!(matches!(e, Error::Io { .. }), "{e}");
 
     // A network without recurrent weights cannot take a checkpoint that has them.
-    let mut feed_forward: Network<BellecAlif, f32> = NetworkBuilder::new(6)
+    let mut feed_forward: Network<f32> = NetworkBuilder::new(6)
         .layer(LayerSpec::new(BellecAlif::default(), 8).bias(true))
         .readout(ReadoutSpec::new(3, 0.5))
         .build()
         .unwrap();
     let e = feed_forward.load(&path).unwrap_err().to_string();
-    assert!(e.contains("unexpected tensor layers.0.w_rec.0"), "{e}");
+    assert!(e.contains("unexpected tensor projections.layer0->layer0.i"), "{e}");
 
     // f32 checkpoints load into f64 networks (values are stored as f64).
-    let mut wide: Network<BellecAlif, f64> = NetworkBuilder::new(6)
+    let mut wide: Network<f64> = NetworkBuilder::new(6)
         .layer(LayerSpec::new(BellecAlif::default(), 8).recurrent(true).bias(true))
         .readout(ReadoutSpec::new(3, 0.5))
         .build()
         .unwrap();
     wide.load(&path).unwrap();
-    assert_eq!(wide.readout.w[[0, 0]] as f32, alif(1, 8).readout.w[[0, 0]]);
+    assert_eq!(wide.params.readout_w[0][[0, 0]] as f32, alif(1, 8).params.readout_w[0][[0, 0]]);
 }

@@ -3,7 +3,7 @@
 //! to 1e-12 relative (f64), with recurrent weights, biases, several ports and learnable
 //! parameters.
 
-use ndarray::Array3;
+use ndarray::{Array2, Array3};
 use plasticity_runtime::models::*;
 use plasticity_runtime::{
     Algorithm, Feedback, Gradients, Init, LayerSpec, Loss, Network, NetworkBuilder, NeuronModel, Optimizer, Plain,
@@ -13,33 +13,40 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 /// Dense e-prop for a one-layer network, written from eq. (1)–(3) of the reference note.
-fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: &[usize]) -> Gradients<f64> {
+fn dense_eprop<M: NeuronModel>(net: &Network<f64>, x: &Array3<f64>, classes: &[usize]) -> Gradients<f64> {
     let (k, p, q) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE);
-    let layer = &net.layers[0];
-    let n = layer.size();
+    let model = net.populations[0].model::<M>().expect("a one-layer network of model M");
+    let n = net.populations[0].size;
     let n_in = net.n_in;
+    // The layered shorthand adds the input projections (one per port), then the recurrent
+    // ones.
+    let w_in: Vec<Array2<f64>> = (0..p).map(|port| net.dense_weights(port)).collect();
+    let w_rec: Option<Vec<Array2<f64>>> =
+        (net.projections.len() > p).then(|| (0..p).map(|port| net.dense_weights(p + port)).collect());
+    let (bias, learnable) = (&net.params.bias[0], &net.params.learnable[0]);
+    let (w_out, b_out) = (&net.params.readout_w[0], &net.params.readout_b);
     let (t_len, batch) = (x.shape()[0], x.shape()[1]);
-    let n_out = net.readout.w.nrows();
+    let n_out = net.n_out();
     let kappa = net.readout.kappa;
     let scale = 1.0 / (batch * t_len) as f64;
-    let mut g = Gradients::zeros(net);
+    let mut g = net.params.zeros_like();
     let mut consts = vec![0.0; M::NUM_CONSTS];
-    layer.model.constants(&mut consts);
+    model.constants(&mut consts);
     // Sources: (port, presynaptic count, kind) with kind 0 input, 1 recurrent, 2 bias.
     let mut sources = Vec::new();
     for port in 0..p {
         sources.push((port, n_in, 0));
-        if layer.w_rec.is_some() {
+        if w_rec.is_some() {
             sources.push((port, n, 1));
         }
-        if layer.bias.is_some() {
+        if bias.is_some() {
             sources.push((port, 1, 2));
         }
     }
     for b in 0..batch {
         let mut state = vec![0.0; n * k];
         for j in 0..n {
-            layer.model.initial_state(&mut state[j * k..(j + 1) * k]);
+            model.initial_state(&mut state[j * k..(j + 1) * k]);
         }
         let mut z_prev = vec![0.0; n];
         let mut y = vec![0.0; n_out];
@@ -67,18 +74,18 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
             for j in 0..n {
                 let mut input = vec![0.0; p];
                 for (port, v) in input.iter_mut().enumerate() {
-                    *v = (0..n_in).map(|i| layer.w_in[port][[j, i]] * xt[i]).sum::<f64>();
-                    if let Some(w) = &layer.w_rec {
+                    *v = (0..n_in).map(|i| w_in[port][[j, i]] * xt[i]).sum::<f64>();
+                    if let Some(w) = &w_rec {
                         *v += (0..n).map(|i| w[port][[j, i]] * z_prev[i]).sum::<f64>();
                     }
-                    if let Some(bias) = &layer.bias {
-                        *v += bias[port][j];
+                    if let Some(bias) = bias {
+                        *v += bias[[port, j]];
                     }
                 }
-                let learn: Vec<f64> = (0..q).map(|qi| layer.learn[[qi, j]]).collect();
+                let learn: Vec<f64> = (0..q).map(|qi| learnable[[qi, j]]).collect();
                 let mut next = vec![0.0; k];
                 let mut dynv = vec![0.0; M::NUM_DYNAMIC];
-                z[j] = layer.model.eval_partials(
+                z[j] = model.eval_partials(
                     &learn,
                     &state[j * k..(j + 1) * k],
                     &input,
@@ -94,8 +101,8 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
             }
             for o in 0..n_out {
                 y[o] = kappa * y[o]
-                    + (0..n).map(|j| net.readout.w[[o, j]] * z[j]).sum::<f64>()
-                    + net.readout.b.as_ref().map_or(0.0, |b| b[o]);
+                    + (0..n).map(|j| w_out[[o, j]] * z[j]).sum::<f64>()
+                    + b_out.as_ref().map_or(0.0, |b| b[o]);
             }
             let max = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = y.iter().map(|v| (v - max).exp()).sum();
@@ -103,7 +110,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                 .map(|o| scale * ((y[o] - max).exp() / sum - if o == classes[b] { 1.0 } else { 0.0 }))
                 .collect();
             let signal: Vec<f64> = (0..n)
-                .map(|j| (0..n_out).map(|o| err[o] * net.readout.w[[o, j]]).sum())
+                .map(|j| (0..n_out).map(|o| err[o] * w_out[[o, j]]).sum())
                 .collect();
             for (s, &(port, m, kind)) in sources.iter().enumerate() {
                 for j in 0..n {
@@ -122,11 +129,10 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                         eps[s][(j * m + i) * k..(j * m + i + 1) * k].copy_from_slice(&new);
                         let eb = kappa * ebar[s][j * m + i] + e;
                         ebar[s][j * m + i] = eb;
-                        let lg = &mut g.layers[0];
                         match kind {
-                            0 => lg.w_in[port][[j, i]] += signal[j] * eb,
-                            1 => lg.w_rec.as_mut().unwrap()[port][[j, i]] += signal[j] * eb,
-                            _ => lg.bias.as_mut().unwrap()[port][j] += signal[j] * eb,
+                            0 => g.projections[port][j * m + i] += signal[j] * eb,
+                            1 => g.projections[p + port][j * m + i] += signal[j] * eb,
+                            _ => g.bias[0].as_mut().unwrap()[[port, j]] += signal[j] * eb,
                         }
                     }
                 }
@@ -142,7 +148,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
                     }
                     let eb = kappa * ebar_p[j * q + qi] + e;
                     ebar_p[j * q + qi] = eb;
-                    g.layers[0].learn[[qi, j]] += signal[j] * eb;
+                    g.learnable[0][[qi, j]] += signal[j] * eb;
                 }
             }
             bbar = kappa * bbar + 1.0;
@@ -151,7 +157,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
             }
             for o in 0..n_out {
                 for j in 0..n {
-                    g.readout_w[[o, j]] += err[o] * zbar[j];
+                    g.readout_w[0][[o, j]] += err[o] * zbar[j];
                 }
                 if let Some(rb) = &mut g.readout_b {
                     rb[o] += err[o] * bbar;
@@ -160,9 +166,12 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
             z_prev = z;
         }
     }
-    if let Some(w) = &mut g.layers[0].w_rec {
-        for m in w {
-            m.diag_mut().fill(0.0);
+    // Self-connections are masked.
+    if w_rec.is_some() {
+        for port in 0..p {
+            for j in 0..n {
+                g.projections[p + port][j * n + j] = 0.0;
+            }
         }
     }
     g
@@ -170,7 +179,7 @@ fn dense_eprop<M: NeuronModel>(net: &Network<M, f64>, x: &Array3<f64>, classes: 
 
 fn check<M: NeuronModel>(model: M, gain: f64) {
     for (seed, kappa) in [(1u64, 0.0), (2, 0.7)] {
-        let net: Network<M, f64> = NetworkBuilder::new(4)
+        let net: Network<f64> = NetworkBuilder::new(4)
             .layer(
                 LayerSpec::new(model.clone(), 6)
                     .recurrent(true)
@@ -195,7 +204,7 @@ fn check<M: NeuronModel>(model: M, gain: f64) {
         )
         .unwrap();
         let (sparse, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
-        let dense = dense_eprop(&net, &x, &classes);
+        let dense = dense_eprop::<M>(&net, &x, &classes);
         assert!(dense.norm() > 0.0);
         let diff = sparse.max_rel_diff(&dense, 1e-12);
         assert!(

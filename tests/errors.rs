@@ -7,7 +7,7 @@ use plasticity_runtime::{
     SpikeEvents, Targets, TrainConfig, Trainer, Window,
 };
 
-fn net() -> Network<BellecLif, f32> {
+fn net() -> Network<f32> {
     NetworkBuilder::new(4)
         .layer(LayerSpec::new(BellecLif::default(), 5).recurrent(true))
         .readout(ReadoutSpec::new(3, 0.5))
@@ -29,27 +29,27 @@ fn message(e: Error) -> String {
 
 #[test]
 fn invalid_network_settings() {
-    let e = NetworkBuilder::new(4)
+    let e = NetworkBuilder::<f32>::new(4)
         .layer(LayerSpec::new(BellecLif::default(), 5))
         .readout(ReadoutSpec::new(3, 1.0))
-        .build::<f32>()
+        .build()
         .unwrap_err();
     assert!(message(e).contains("κ in [0, 1)"));
-    let e = NetworkBuilder::<BellecLif>::new(4)
+    let e = NetworkBuilder::<f32>::new(4)
         .readout(ReadoutSpec::new(3, 0.0))
-        .build::<f32>()
+        .build()
         .unwrap_err();
-    assert!(message(e).contains("at least one layer"));
-    let e = NetworkBuilder::new(0)
+    assert!(message(e).contains("at least one population"));
+    let e = NetworkBuilder::<f32>::new(0)
         .layer(LayerSpec::new(BellecLif::default(), 5))
         .readout(ReadoutSpec::new(3, 0.0))
-        .build::<f32>()
+        .build()
         .unwrap_err();
     assert!(message(e).contains("n_in"));
-    let e = NetworkBuilder::new(4)
+    let e = NetworkBuilder::<f32>::new(4)
         .layer(LayerSpec::new(BellecLif::default(), 5).init_in(Init::Gaussian { gain: f64::NAN }))
         .readout(ReadoutSpec::new(3, 0.0))
-        .build::<f32>()
+        .build()
         .unwrap_err();
     assert!(message(e).contains("gain"));
 }
@@ -140,21 +140,20 @@ fn streaming_misuse() {
 #[test]
 fn edited_networks_are_checked() {
     let mut n = net();
-    n.layers[0].w_in[0] = ndarray::Array2::zeros((5, 2));
+    n.params.projections[0] = vec![0.0; 10];
     let x = Array3::<f32>::zeros((3, 1, 4));
     assert!(matches!(n.run(x.view()), Err(Error::Shape { .. })));
     assert!(Trainer::new(n, eprop()).is_err());
     let mut n = net();
-    n.readout.w[[0, 0]] = f32::INFINITY;
+    n.params.readout_w[0][[0, 0]] = f32::INFINITY;
     assert!(matches!(n.run(x.view()), Err(Error::NonFinite { .. })));
-    // A column-major array is reported, not a panic; flat views put it in row-major order.
+    // A column-major array is reported, not a panic.
     let mut n = net();
-    let column_major = ndarray::Array2::from_shape_fn((4, 5), |(i, j)| (i * 5 + j) as f32).reversed_axes();
+    let column_major = ndarray::Array2::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f32).reversed_axes();
     assert!(!column_major.is_standard_layout());
-    n.layers[0].w_in[0] = column_major.clone();
-    let e = n.run(x.view()).unwrap_err();
-    assert!(message(e).contains("standard-layout"));
-    let flat = n.param_slices_mut()[0].to_vec();
-    assert_eq!(flat, column_major.iter().copied().collect::<Vec<f32>>());
-    assert!(n.run(x.view()).is_ok(), "standardised by the flat view");
+    n.params.readout_w[0] = column_major.clone();
+    let e = message(n.run(x.view()).unwrap_err());
+    assert!(e.contains("standard-layout"), "{e}");
+    n.params.readout_w[0] = column_major.as_standard_layout().into_owned();
+    assert!(n.run(x.view()).is_ok());
 }

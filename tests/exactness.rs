@@ -30,7 +30,7 @@ const CASE: Case = Case {
 /// Gradients by e-prop and by BPTT on the same network and data; returns the largest
 /// relative difference and the number of output spikes (to check the case is not trivial).
 fn compare<M: NeuronModel, F: Float>(model: M, gain: f64, input_scale: f64, kappa: f64, seed: u64) -> (f64, f64) {
-    let net = NetworkBuilder::new(CASE.n_in)
+    let net = NetworkBuilder::<F>::new(CASE.n_in)
         .layer(
             LayerSpec::new(model, CASE.hidden)
                 .bias(true)
@@ -38,7 +38,7 @@ fn compare<M: NeuronModel, F: Float>(model: M, gain: f64, input_scale: f64, kapp
         )
         .readout(ReadoutSpec::new(CASE.n_out, kappa))
         .seed(seed)
-        .build::<F>()
+        .build()
         .unwrap();
     let mut rng = StdRng::seed_from_u64(seed + 100);
     let x = Array3::from_shape_fn((CASE.steps, CASE.batch, CASE.n_in), |_| {
@@ -118,7 +118,7 @@ fn classic() {
 #[test]
 fn events_equal_dense_input() {
     use plasticity_runtime::SpikeEvents;
-    let net = NetworkBuilder::new(6)
+    let net = NetworkBuilder::<f64>::new(6)
         .layer(
             LayerSpec::new(BellecAlif::default(), 5)
                 .recurrent(true)
@@ -126,7 +126,7 @@ fn events_equal_dense_input() {
         )
         .readout(ReadoutSpec::new(2, 0.7))
         .seed(4)
-        .build::<f64>()
+        .build()
         .unwrap();
     let mut rng = StdRng::seed_from_u64(9);
     let mut events = Vec::new();

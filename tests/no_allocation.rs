@@ -68,11 +68,11 @@ fn allocations_during_steps<M: NeuronModel>(
     MEMBER_OF.with(|m| m.set(generation));
     pool.broadcast(|_| MEMBER_OF.with(|m| m.set(generation)));
     pool.install(|| {
-        let net = NetworkBuilder::new(20)
+        let net = NetworkBuilder::<f32>::new(20)
             .layer(LayerSpec::new(model, 32).recurrent(true).bias(true))
             .readout(ReadoutSpec::new(4, kappa))
             .seed(1)
-            .build::<f32>()
+            .build()
             .unwrap();
         let mut config = TrainConfig::new(
             Algorithm::Eprop(Feedback::Symmetric),

@@ -70,14 +70,14 @@ fn bptt_formula<M: NeuronModel>(batch: usize, t_len: usize) -> usize {
     (t_len * per_step + params) * 4
 }
 
-fn trainer<M: NeuronModel>(model: M, algorithm: Algorithm, kappa: f64) -> Trainer<M, f32> {
+fn trainer<M: NeuronModel>(model: M, algorithm: Algorithm, kappa: f64) -> Trainer<f32> {
     let layer = |n| LayerSpec::new(model.clone(), n).recurrent(true).bias(true);
-    let net = NetworkBuilder::new(N_IN)
+    let net = NetworkBuilder::<f32>::new(N_IN)
         .layer(layer(HIDDEN[0]))
         .layer(layer(HIDDEN[1]))
         .readout(ReadoutSpec::new(N_OUT, kappa))
         .seed(3)
-        .build::<f32>()
+        .build()
         .unwrap();
     Trainer::new(
         net,

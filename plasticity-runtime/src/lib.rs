@@ -61,6 +61,7 @@ mod bptt;
 pub mod checkpoint;
 pub mod eprop;
 pub mod error;
+pub mod gradcheck;
 pub mod init;
 pub mod input;
 mod linalg;
@@ -76,6 +77,7 @@ pub mod trainer;
 
 pub use eprop::{Feedback, RateRegularization};
 pub use error::{Error, Result};
+pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use init::Init;
 pub use input::SpikeEvents;
 pub use loss::{Loss, StepTargets, Targets, Window};

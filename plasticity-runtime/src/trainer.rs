@@ -1,4 +1,4 @@
-//! Training: one network, one model, e-prop or BPTT, an optimiser.
+//! Training: one network, e-prop or BPTT, an optimiser.
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
@@ -159,6 +159,9 @@ pub struct Trainer<F: Float> {
     ysum: Array2<F>,
     hook: Option<Hook<F>>,
     stream: Option<Stream>,
+    /// How BPTT and evaluation evaluate spikes ([`SpikeMode::Smooth`] only for gradient
+    /// checks).
+    pub(crate) mode: SpikeMode,
 }
 
 impl<F: Float> Trainer<F> {
@@ -180,6 +183,7 @@ impl<F: Float> Trainer<F> {
             ysum: Array2::zeros((0, 0)),
             hook: None,
             stream: None,
+            mode: SpikeMode::Plain,
         })
     }
 
@@ -341,7 +345,7 @@ impl<F: Float> Trainer<F> {
     pub fn evaluate(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
         let inputs = inputs.as_standard_layout();
         let (t_len, batch) = self.check_batch(&inputs.view(), &targets)?;
-        let out = self.net.run(inputs.view())?;
+        let out = self.net.run_mode(inputs.view(), &[], self.mode)?;
         self.ensure_scratch(batch);
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
@@ -402,7 +406,7 @@ impl<F: Float> Trainer<F> {
                 let mut stats = BatchStats::default();
                 let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
                 let ws = &mut self.bptt;
-                bptt::gradients(&self.net, inputs, reg, SpikeMode::Plain, &mut self.grads, ws, |ys, errs| {
+                bptt::gradients(&self.net, inputs, reg, self.mode, &mut self.grads, ws, |ys, errs| {
                     stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
                     if let Some(hook) = hook {
                         for t in 0..t_len {

@@ -44,7 +44,7 @@ pub struct Readout<F> {
 }
 
 /// Input → populations → leaky readout, computing in `F`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Network<F: Float> {
     /// Number of input channels.
     pub n_in: usize,

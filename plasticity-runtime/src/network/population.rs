@@ -254,6 +254,16 @@ impl<F: Float> Clone for Population<F> {
     }
 }
 
+impl<F: Float> PartialEq for Population<F> {
+    /// Same name, size, model type and parameter values.
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.size == other.size
+            && self.kernels.as_any().type_id() == other.kernels.as_any().type_id()
+            && format!("{self:?}") == format!("{other:?}")
+    }
+}
+
 impl<F: Float> fmt::Debug for Population<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Population {{ name: {:?}, size: {}, model: ", self.name, self.size)?;

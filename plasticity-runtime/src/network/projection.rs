@@ -272,6 +272,14 @@ impl Projection {
         }
     }
 
+    /// Whether stored weight `k` is a synapse (false only where a mask excludes it).
+    pub fn has_weight(&self, k: usize) -> bool {
+        match &self.synapses {
+            Synapses::Dense { mask: Some(m) } => m[k],
+            _ => k < self.num_weights(),
+        }
+    }
+
     /// Whether every weight the mask excludes is zero.
     pub(crate) fn respects_mask<F: Float>(&self, w: &[F]) -> bool {
         match &self.synapses {
