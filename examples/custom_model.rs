@@ -1,9 +1,14 @@
-//! Define your own neuron model with `#[neuron_model]` and train it online with e-prop.
+//! Define your own neuron models with `#[neuron_model]` and train a network of them online
+//! with e-prop.
 //!
-//! The model is a LIF neuron with a learnable per-neuron threshold and an exponential
-//! synaptic current, written here in a few lines; the macro differentiates it, finds which
-//! traces are needed, and the runtime trains it. The task: tell two spike patterns apart
-//! (which of two input groups fires more over the sequence), read out at the end.
+//! Two models, written here in a few lines each: a LIF neuron with a learnable per-neuron
+//! threshold and an exponential synaptic current, and a two-compartment neuron whose input
+//! arrives either at the soma or at a passive dendrite (two input ports). The macro
+//! differentiates both and finds which traces they need. The network has one population of
+//! each: the LIF population is recurrent and reads the input; the two-compartment population
+//! gets the input on its soma and the LIF population's spikes on its dendrite. The readout
+//! reads both. The task: tell two spike patterns apart (which of two input groups fires more
+//! over the sequence), read out at the end.
 //!
 //! cargo run --release --example custom_model -- --epochs 30
 
@@ -11,8 +16,8 @@ use anyhow::Result;
 use clap::Parser;
 use ndarray::Array3;
 use plasticity_runtime::{
-    Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Targets, TrainConfig, Trainer,
-    Window, neuron_model,
+    Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
+    TrainConfig, Trainer, Window, neuron_model,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -51,7 +56,49 @@ pub mod my_neuron {
     }
 }
 
+#[neuron_model(surrogate = fast_sigmoid(5.0))]
+pub mod two_compartment {
+    /// A soma with a passive dendrite: current into the dendrite reaches the soma through a
+    /// coupling, current into the soma drives it directly.
+    pub struct TwoCompartment {
+        /// Somatic membrane decay per step.
+        #[param(default = 0.9)]
+        pub alpha: f64,
+        /// Dendritic decay per step.
+        #[param(default = 0.8)]
+        pub alpha_dend: f64,
+        /// Dendrite-to-soma coupling.
+        #[param(default = 0.5)]
+        pub coupling: f64,
+        /// Threshold.
+        #[param(default = 1.0)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[state(init = 0.0)]
+        dend_v: f64,
+        /// Input onto the soma.
+        #[input]
+        soma: f64,
+        /// Input onto the dendrite.
+        #[input]
+        dend: f64,
+    }
+
+    fn step() {
+        let reset = detach(spike(v - v_th));
+        let dend_v = alpha_dend * dend_v + dend;
+        let v = alpha * v + coupling * dend_v + soma - reset * v_th;
+        Next {
+            v,
+            dend_v,
+            spike: spike(v - v_th),
+        }
+    }
+}
+
 use my_neuron::MyNeuron;
+use two_compartment::TwoCompartment;
 
 /// Trains a user-defined neuron model on a two-pattern task.
 #[derive(Parser, Debug)]
@@ -59,7 +106,7 @@ struct Args {
     /// Training epochs (each 8 batches of 16).
     #[arg(long, default_value_t = 30)]
     epochs: usize,
-    /// Hidden neurons.
+    /// Neurons per population.
     #[arg(long, default_value_t = 32)]
     hidden: usize,
     /// Seed.
@@ -83,16 +130,25 @@ fn batch(rng: &mut StdRng, size: usize) -> (Array3<f32>, Vec<usize>) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.hidden == 0 {
+        anyhow::bail!("--hidden 0: expected at least 1 neuron per population");
+    }
     println!("{}", MyNeuron::describe());
-    let net = NetworkBuilder::new(N_IN)
-        .layer(
-            LayerSpec::new(MyNeuron::default(), args.hidden)
-                .recurrent(true)
-                .init_in(Init::Gaussian { gain: 2.0 }),
+    println!("{}", TwoCompartment::describe());
+    let net = NetworkBuilder::<f32>::new(N_IN)
+        .population(PopulationSpec::new("lif", MyNeuron::default(), args.hidden))
+        .population(PopulationSpec::new("two_comp", TwoCompartment::default(), args.hidden))
+        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 2.0 }))
+        .projection(ProjectionSpec::new("lif", "lif"))
+        .projection(
+            ProjectionSpec::input("two_comp")
+                .port("soma")
+                .init(Init::Gaussian { gain: 2.0 }),
         )
-        .readout(ReadoutSpec::new(2, 0.9))
+        .projection(ProjectionSpec::new("lif", "two_comp").port("dend"))
+        .readout(ReadoutSpec::new(2, 0.9).from(["lif", "two_comp"]))
         .seed(args.seed)
-        .build::<f32>()?;
+        .build()?;
     let config = TrainConfig::new(
         Algorithm::Eprop(Feedback::Symmetric),
         Loss::CrossEntropy(Window::Last(10)),
@@ -118,7 +174,7 @@ fn main() -> Result<()> {
     }
     let (x, y) = batch(&mut StdRng::seed_from_u64(args.seed + 1000), 256);
     let test = trainer.evaluate(x.view(), Targets::Classes(&y))?;
-    let thresholds = &trainer.network().layers[0].learn;
+    let thresholds = &trainer.network().params.learnable[0];
     println!(
         "learned thresholds: mean {:.3}, min {:.3}, max {:.3}",
         thresholds.mean().unwrap_or(0.0),

@@ -100,7 +100,7 @@ fn main() -> Result<()> {
         beta: 1.8,
         ..Default::default()
     };
-    let net = NetworkBuilder::new(N_IN)
+    let net = NetworkBuilder::<f32>::new(N_IN)
         .layer(
             LayerSpec::new(model, args.hidden)
                 .recurrent(true)
@@ -109,7 +109,7 @@ fn main() -> Result<()> {
         )
         .readout(ReadoutSpec::new(2, 0.0))
         .seed(args.seed)
-        .build::<f32>()?;
+        .build()?;
     let mut config = TrainConfig::new(
         Algorithm::Eprop(Feedback::Symmetric),
         Loss::CrossEntropy(Window::Last(RECALL)),

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
         gamma: 0.3,
         n_ref: 2.0,
     };
-    let net = NetworkBuilder::new(N_IN)
+    let net = NetworkBuilder::<f32>::new(N_IN)
         .layer(
             LayerSpec::new(model, args.hidden)
                 .recurrent(true)
@@ -90,7 +90,7 @@ fn main() -> Result<()> {
         )
         .readout(ReadoutSpec::new(N_OUT, (-1.0f64 / 30.0).exp()))
         .seed(args.seed)
-        .build::<f32>()?;
+        .build()?;
     let algorithm = if args.bptt {
         Algorithm::Bptt
     } else {

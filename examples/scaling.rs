@@ -133,11 +133,11 @@ fn main() -> Result<()> {
 }
 
 fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
-    let net = NetworkBuilder::new(args.inputs)
+    let net = NetworkBuilder::<f32>::new(args.inputs)
         .layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent))
         .readout(ReadoutSpec::new(CLASSES, args.kappa))
         .seed(1)
-        .build::<f32>()?;
+        .build()?;
     let algorithm = match args.algorithm {
         Algo::Eprop => Algorithm::Eprop(Feedback::Symmetric),
         Algo::Bptt => Algorithm::Bptt,

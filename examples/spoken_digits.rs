@@ -168,7 +168,7 @@ fn main() -> Result<()> {
         beta: 1.0,
         ..BellecAlif::default()
     };
-    let net = NetworkBuilder::new(n_in)
+    let net = NetworkBuilder::<f32>::new(n_in)
         .layer(
             LayerSpec::new(model, args.hidden)
                 .recurrent(true)
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
         )
         .readout(ReadoutSpec::new(classes, (-dt / (args.readout_tau * 1e-3)).exp()))
         .seed(args.seed)
-        .build::<f32>()?;
+        .build()?;
     let algorithm = match args.algorithm {
         Algo::Eprop => Algorithm::Eprop(Feedback::Symmetric),
         Algo::Bptt => Algorithm::Bptt,
@@ -310,7 +310,7 @@ fn main() -> Result<()> {
 
 /// Accuracy (arg-max of the readout summed over the loss window) and confusion matrix.
 fn evaluate(
-    trainer: &mut Trainer<BellecAlif, f32>,
+    trainer: &mut Trainer<f32>,
     x: &Array3<f32>,
     y: &[usize],
     classes: usize,

@@ -105,11 +105,11 @@ fn vjp<M: NeuronModel + Default>(bencher: Bencher) {
 /// One full streamed e-prop step of a 1024-neuron layer, batch 16, 700 inputs.
 #[divan::bench(types = [BellecLif, BellecAlif], sample_count = 200)]
 fn eprop_step<M: NeuronModel + Default>(bencher: Bencher) {
-    let net = NetworkBuilder::new(N_PRE)
+    let net = NetworkBuilder::<f32>::new(N_PRE)
         .layer(LayerSpec::new(M::default(), N))
         .readout(ReadoutSpec::new(20, 0.0))
         .seed(1)
-        .build::<f32>()
+        .build()
         .unwrap();
     let config = TrainConfig::new(
         Algorithm::Eprop(Feedback::Symmetric),
