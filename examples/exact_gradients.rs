@@ -263,7 +263,10 @@ fn main() -> Result<()> {
             let pops = populations(args.model);
             (0..HIDDEN)
                 .map(|j| {
-                    let pop = pops.iter().find(|p| (p.1..p.1 + p.2).contains(&j)).expect("a population");
+                    let pop = pops
+                        .iter()
+                        .find(|p| (p.1..p.1 + p.2).contains(&j))
+                        .expect("a population");
                     if args.model == Model::Lif || pop.0 == "lif" {
                         lif
                     } else {
@@ -299,7 +302,11 @@ fn main() -> Result<()> {
                 readout_matrix(&g.readout_w).iter().copied(),
             );
             if args.recurrent {
-                dump.add(&format!("grad_w_rec_{tag}"), &[HIDDEN, HIDDEN], grad_rec(g).iter().copied());
+                dump.add(
+                    &format!("grad_w_rec_{tag}"),
+                    &[HIDDEN, HIDDEN],
+                    grad_rec(g).iter().copied(),
+                );
             }
         }
         dump.write(path)?;

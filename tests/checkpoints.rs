@@ -121,5 +121,8 @@ fn mismatches_are_errors_and_change_nothing() {
         .build()
         .unwrap();
     wide.load(&path).unwrap();
-    assert_eq!(wide.params.readout_w[0][[0, 0]] as f32, alif(1, 8).params.readout_w[0][[0, 0]]);
+    assert_eq!(
+        wide.params.readout_w[0][[0, 0]] as f32,
+        alif(1, 8).params.readout_w[0][[0, 0]]
+    );
 }

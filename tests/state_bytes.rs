@@ -1,12 +1,13 @@
 //! `Trainer::state_bytes` equals the formulas of docs/training.md (section "Memory"), computed
 //! here from the model's published layout: e-prop with and without κ-filtering, with gradient
 //! windows (factorised-only ports) and without, two layers, recurrent weights and biases,
-//! batches below and above the window's row target; BPTT linear in T.
+//! batches below and above the window's row target, sparse projections counted by synapse;
+//! BPTT linear in T.
 
 use plasticity_runtime::models::*;
 use plasticity_runtime::{
-    Algorithm, Feedback, LayerSpec, Loss, Matrix, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, RowLayout,
-    TrainConfig, Trainer, Window,
+    Algorithm, Connectivity, Feedback, LayerSpec, Loss, Matrix, NetworkBuilder, NeuronModel, Optimizer, PopulationSpec,
+    ProjectionSpec, ReadoutSpec, RowLayout, TrainConfig, Trainer, Window,
 };
 
 const N_IN: usize = 37;
@@ -119,4 +120,56 @@ fn state_bytes_follow_the_documented_formulas() {
     check::<BellecAlif>();
     check::<CubaLif>();
     check::<SigmaDelta>();
+}
+
+/// A sparse projection keeps per-synapse traces, filtered traces and gradients for its
+/// existing synapses only (factorised traces stay per presynaptic neuron), and never uses
+/// the gradient window.
+fn check_sparse<M: NeuronModel + Default>() {
+    let (n, n_in, p) = (60, 80, 0.25);
+    for kappa in [0.0, 0.6] {
+        let net = NetworkBuilder::<f32>::new(n_in)
+            .population(PopulationSpec::new("hidden", M::default(), n))
+            .projection(ProjectionSpec::input("hidden").connectivity(Connectivity::Probability { p, seed: 4 }))
+            .readout(ReadoutSpec::new(N_OUT, kappa))
+            .build()
+            .unwrap();
+        let synapses = net.projections[0].num_weights();
+        assert!(synapses < n * n_in / 2, "{synapses} synapses");
+        let mut tr = Trainer::new(
+            net,
+            TrainConfig::new(
+                Algorithm::Eprop(Feedback::Symmetric),
+                Loss::CrossEntropy(Window::All),
+                Optimizer::adam(1e-3),
+            ),
+        )
+        .unwrap();
+        let (k, q) = (M::NUM_STATES, M::NUM_LEARNABLE);
+        let pl = M::PATTERN.ports[0];
+        let filtered = usize::from(kappa > 0.0);
+        for batch in [1, 16] {
+            let values = batch * pl.factorised * n_in
+                + synapses * (batch * pl.per_synapse + filtered * batch + 1)
+                + batch * n * q * k
+                + filtered * batch * n * q
+                + n * q
+                + batch * n
+                + N_OUT * n
+                + N_OUT
+                + batch * n;
+            assert_eq!(
+                tr.state_bytes(batch, 50),
+                values * 4,
+                "{} sparse, κ = {kappa}, B = {batch}",
+                M::PATTERN.model
+            );
+        }
+    }
+}
+
+#[test]
+fn sparse_traces_are_counted_by_synapse() {
+    check_sparse::<BellecLif>();
+    check_sparse::<BellecAlif>();
 }

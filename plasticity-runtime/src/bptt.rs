@@ -88,9 +88,18 @@ impl<F: Float> Workspace<F> {
                 .collect(),
             ys: Array3::zeros((t_len, batch, net.n_out())),
             errs: Array3::zeros((t_len, batch, net.n_out())),
-            dh: pops.iter().map(|p| vec![zero; batch * (p.size * p.num_states()).max(1)]).collect(),
-            dh_prev: pops.iter().map(|p| vec![zero; batch * (p.size * p.num_states()).max(1)]).collect(),
-            dlearn: pops.iter().map(|p| vec![zero; batch * (p.size * p.num_learnable()).max(1)]).collect(),
+            dh: pops
+                .iter()
+                .map(|p| vec![zero; batch * (p.size * p.num_states()).max(1)])
+                .collect(),
+            dh_prev: pops
+                .iter()
+                .map(|p| vec![zero; batch * (p.size * p.num_states()).max(1)])
+                .collect(),
+            dlearn: pops
+                .iter()
+                .map(|p| vec![zero; batch * (p.size * p.num_learnable()).max(1)])
+                .collect(),
             dz: pops.iter().map(|p| Array2::zeros((batch, p.size))).collect(),
             acc_t: vec![zero; largest],
         }
@@ -116,7 +125,8 @@ pub(crate) fn tape_bytes<F: Float>(net: &Network<F>, batch: usize, t_len: usize)
     per_step * t_len * std::mem::size_of::<F>()
 }
 
-/// Runs the forward pass over `x` (`[T, B, n_in]`) with spikes evaluated by `mode`, then
+/// Runs the forward pass over `x` (`[T, B, n_in]`) with spikes (and detached values)
+/// evaluated by `mode`, then
 /// calls `error(ys, errs)` with the readout of every step (`[T, B, n_out]`) to get
 /// `errs = ∂E/∂y` (same shape, zeroed), and writes the exact gradients into `grads`. `ws` is
 /// (re)built when it does not fit.
@@ -124,7 +134,7 @@ pub(crate) fn gradients<F: Float>(
     net: &Network<F>,
     x: ArrayView3<F>,
     reg: Option<(RateRegularization, F)>,
-    mode: SpikeMode,
+    mode: &mut SpikeMode<'_, F>,
     grads: &mut Gradients<F>,
     ws: &mut Option<Workspace<F>>,
     error: impl FnOnce(&ArrayView3<F>, &mut Array3<F>),
@@ -148,7 +158,13 @@ pub(crate) fn gradients<F: Float>(
     net.refresh_weights(bufs);
     net.reset(bufs);
     for t in 0..t_len {
-        net.step(x.index_axis(Axis(0), t), bufs, true, mode, Some(&mut TapeStep { tapes, t }));
+        net.step(
+            x.index_axis(Axis(0), t),
+            bufs,
+            true,
+            &mut *mode,
+            Some(&mut TapeStep { tapes, t }),
+        );
     }
     // The readout of every step at once (the forward pass does not need it): `W^out z^t` for
     // all `T·B` rows in one parallel product, then `y^t = κ y^{t-1} + W^out z^t + b` in step
@@ -217,7 +233,12 @@ pub(crate) fn gradients<F: Float>(
             let dzp = &mut dz[p];
             dzp.fill(zero);
             if let Some(r) = net.readout.sources.iter().position(|&s| s == p) {
-                gemm_nn(<F as Real>::one(), &mut dzp.view_mut(), &dy, &net.params.readout_w[r].view());
+                gemm_nn(
+                    <F as Real>::one(),
+                    &mut dzp.view_mut(),
+                    &dy,
+                    &net.params.readout_w[r].view(),
+                );
             }
             // Same-step projections first, then delayed ones (from the next step's adjoints).
             for delayed in [false, true] {

@@ -286,7 +286,10 @@ impl<F: Float> Network<F> {
             if let Some(bad) = t.iter().find(|v| !v.is_finite()) {
                 return Err(fail(format!("tensor {name}: non-finite value {bad}")));
             }
-            next.get_mut(slot).iter_mut().zip(t.iter()).for_each(|(d, &s)| *d = F::from_f64(s));
+            next.get_mut(slot)
+                .iter_mut()
+                .zip(t.iter())
+                .for_each(|(d, &s)| *d = F::from_f64(s));
         }
         for (proj, w) in self.projections.iter().zip(&next.projections) {
             if !proj.respects_mask(w) {

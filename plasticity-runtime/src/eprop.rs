@@ -652,7 +652,12 @@ impl<F: Float> Eprop<F> {
                 .map(|&s| Array2::zeros((batch, net.populations[s].size)))
                 .collect(),
             bbar: <F as Real>::zero(),
-            readout_w: net.params.readout_w.iter().map(|w| Array2::zeros(w.raw_dim())).collect(),
+            readout_w: net
+                .params
+                .readout_w
+                .iter()
+                .map(|w| Array2::zeros(w.raw_dim()))
+                .collect(),
             readout_b: vec![<F as Real>::zero(); n_out],
             steps: 0,
         }
@@ -694,13 +699,19 @@ impl<F: Float> Eprop<F> {
 
     /// Forward part of a step: states, outputs, partials, readout. Returns the readout.
     pub fn forward(&mut self, net: &Network<F>, x: ArrayView2<F>) -> ArrayView2<'_, F> {
-        net.step(x, &mut self.bufs, true, crate::network::SpikeMode::Plain, None);
+        net.step(x, &mut self.bufs, true, &mut crate::network::SpikeMode::Plain, None);
         net.readout_step(&self.bufs, &mut self.y);
         self.y.view()
     }
 
     /// Learning part of a step, after [`Eprop::forward`]: `err` is `∂E_t/∂y^t`, `[B, n_out]`.
-    pub fn learn(&mut self, net: &Network<F>, x: ArrayView2<F>, err: &ArrayView2<F>, reg: Option<(RateRegularization, F)>) {
+    pub fn learn(
+        &mut self,
+        net: &Network<F>,
+        x: ArrayView2<F>,
+        err: &ArrayView2<F>,
+        reg: Option<(RateRegularization, F)>,
+    ) {
         let kappa = net.readout.kappa;
         self.steps += 1;
         let pre = Presynaptic {
@@ -801,7 +812,11 @@ impl<F: Float> Eprop<F> {
                     let grad = &region[off + len - m..off + len];
                     match s.source {
                         Origin::Projection(i) => {
-                            let at = if s.row_ptr.is_empty() { j * s.n_pre } else { s.row_ptr[j] };
+                            let at = if s.row_ptr.is_empty() {
+                                j * s.n_pre
+                            } else {
+                                s.row_ptr[j]
+                            };
                             out.projections[i][at..at + m].copy_from_slice(grad);
                         }
                         Origin::Bias => {

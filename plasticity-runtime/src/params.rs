@@ -51,7 +51,7 @@ impl<F: Float> Parameters<F> {
     /// Empty tensors are skipped.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
         let pops = (0..self.learnable.len()).flat_map(move |p| {
-            let learn = (self.learnable[p].len() > 0).then_some(Slot::Learnable(p));
+            let learn = (!self.learnable[p].is_empty()).then_some(Slot::Learnable(p));
             let bias = self.bias[p].is_some().then_some(Slot::Bias(p));
             learn.into_iter().chain(bias)
         });
@@ -102,8 +102,16 @@ impl<F: Float> Parameters<F> {
     pub fn zeros_like(&self) -> Self {
         Parameters {
             learnable: self.learnable.iter().map(|a| Array2::zeros(a.raw_dim())).collect(),
-            bias: self.bias.iter().map(|b| b.as_ref().map(|b| Array2::zeros(b.raw_dim()))).collect(),
-            projections: self.projections.iter().map(|w| vec![<F as Real>::zero(); w.len()]).collect(),
+            bias: self
+                .bias
+                .iter()
+                .map(|b| b.as_ref().map(|b| Array2::zeros(b.raw_dim())))
+                .collect(),
+            projections: self
+                .projections
+                .iter()
+                .map(|w| vec![<F as Real>::zero(); w.len()])
+                .collect(),
             readout_w: self.readout_w.iter().map(|a| Array2::zeros(a.raw_dim())).collect(),
             readout_b: self.readout_b.as_ref().map(|b| Array1::zeros(b.raw_dim())),
         }

@@ -8,8 +8,8 @@ use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
 use crate::network::{Network, SpikeMode};
-use crate::params::Gradients;
 use crate::optim::{Optimizer, OptimizerState, Schedule};
+use crate::params::Gradients;
 use crate::real::{Float, Real};
 
 /// How gradients are computed.
@@ -159,9 +159,6 @@ pub struct Trainer<F: Float> {
     ysum: Array2<F>,
     hook: Option<Hook<F>>,
     stream: Option<Stream>,
-    /// How BPTT and evaluation evaluate spikes ([`SpikeMode::Smooth`] only for gradient
-    /// checks).
-    pub(crate) mode: SpikeMode,
 }
 
 impl<F: Float> Trainer<F> {
@@ -183,7 +180,6 @@ impl<F: Float> Trainer<F> {
             ysum: Array2::zeros((0, 0)),
             hook: None,
             stream: None,
-            mode: SpikeMode::Plain,
         })
     }
 
@@ -213,7 +209,10 @@ impl<F: Float> Trainer<F> {
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let mut tensors = self.net.tensors();
         tensors.extend(self.opt.tensors());
-        crate::checkpoint::write_atomic(path.as_ref(), &crate::checkpoint::encode(&self.net.structure(), &tensors))
+        crate::checkpoint::write_atomic(
+            path.as_ref(),
+            &crate::checkpoint::encode(&self.net.structure(), &tensors),
+        )
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] (or a network saved by
@@ -345,7 +344,7 @@ impl<F: Float> Trainer<F> {
     pub fn evaluate(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
         let inputs = inputs.as_standard_layout();
         let (t_len, batch) = self.check_batch(&inputs.view(), &targets)?;
-        let out = self.net.run_mode(inputs.view(), &[], self.mode)?;
+        let out = self.net.run(inputs.view())?;
         self.ensure_scratch(batch);
         let (w0, w1) = self.config.loss.window().bounds(t_len);
         let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
@@ -383,7 +382,7 @@ impl<F: Float> Trainer<F> {
         Ok(())
     }
 
-    fn check_batch(&self, inputs: &ArrayView3<F>, targets: &Targets<'_, F>) -> Result<(usize, usize)> {
+    pub(crate) fn check_batch(&self, inputs: &ArrayView3<F>, targets: &Targets<'_, F>) -> Result<(usize, usize)> {
         self.net.check_inputs(inputs)?;
         let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
         if t_len == 0 {
@@ -406,18 +405,26 @@ impl<F: Float> Trainer<F> {
                 let mut stats = BatchStats::default();
                 let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
                 let ws = &mut self.bptt;
-                bptt::gradients(&self.net, inputs, reg, self.mode, &mut self.grads, ws, |ys, errs| {
-                    stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
-                    if let Some(hook) = hook {
-                        for t in 0..t_len {
-                            hook(&StepInfo {
-                                t,
-                                readout: ys.index_axis(Axis(0), t),
-                                loss: 0.0,
-                            });
+                bptt::gradients(
+                    &self.net,
+                    inputs,
+                    reg,
+                    &mut SpikeMode::Plain,
+                    &mut self.grads,
+                    ws,
+                    |ys, errs| {
+                        stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
+                        if let Some(hook) = hook {
+                            for t in 0..t_len {
+                                hook(&StepInfo {
+                                    t,
+                                    readout: ys.index_axis(Axis(0), t),
+                                    loss: 0.0,
+                                });
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 stats.grad_norm = if update {
                     apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config)
                 } else {
@@ -637,7 +644,7 @@ impl<F: Float> Trainer<F> {
 }
 
 /// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
-fn loss_over<F: Float>(
+pub(crate) fn loss_over<F: Float>(
     loss_fn: &Loss,
     ys: &ArrayView3<F>,
     targets: &Targets<'_, F>,

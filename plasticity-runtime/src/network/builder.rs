@@ -294,7 +294,11 @@ impl<F: Float> NetworkBuilder<F> {
         let names: Vec<&str> = self.populations.iter().map(|(p, _)| p.name.as_str()).collect();
         for (i, (pop, _)) in self.populations.iter().enumerate() {
             if pop.size == 0 {
-                return Err(invalid(&format!("population {} size", pop.name), 0, "at least 1 neuron"));
+                return Err(invalid(
+                    &format!("population {} size", pop.name),
+                    0,
+                    "at least 1 neuron",
+                ));
             }
             if pop.name == INPUT || names[..i].contains(&pop.name.as_str()) {
                 return Err(invalid(
@@ -303,7 +307,10 @@ impl<F: Float> NetworkBuilder<F> {
                     "a name that is unique and not \"input\"",
                 ));
             }
-            check_finite(&format!("population {} constant partials", pop.name), pop.consts.iter().copied())?;
+            check_finite(
+                &format!("population {} constant partials", pop.name),
+                pop.consts.iter().copied(),
+            )?;
         }
         let find = |name: &str, what: &str| -> Result<usize> {
             names
@@ -347,7 +354,10 @@ impl<F: Float> NetworkBuilder<F> {
                     return Err(invalid(
                         &format!("port of projection {source_name}->{}", pop.name),
                         "none",
-                        &format!("a port named with .port(..): model {} has ports {ports:?}", pop.pattern().model),
+                        &format!(
+                            "a port named with .port(..): model {} has ports {ports:?}",
+                            pop.pattern().model
+                        ),
                     ));
                 }
             };
@@ -379,7 +389,7 @@ impl<F: Float> NetworkBuilder<F> {
                 spec.connectivity.is_sparse(),
             );
             let dense: Array2<F> = spec.init.draw(n_post, n_pre, &mut rng);
-            weights.push(proj.from_dense(&dense));
+            weights.push(proj.values_of(&dense));
             projections.push(proj);
         }
         let sources = if readout.sources.is_empty() {

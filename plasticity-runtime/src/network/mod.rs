@@ -15,7 +15,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 pub use builder::{LayerSpec, NetworkBuilder, PopulationSpec, ProjectionSpec, ReadoutSpec};
 pub use population::Population;
-pub(crate) use population::{ForwardArgs, ReverseArgs, SpikeMode};
+pub(crate) use population::{ForwardArgs, Frozen, PopMode, ReverseArgs, SpikeMode};
 pub use probe::{Probe, Signal};
 pub use projection::{Connectivity, Projection, Source};
 pub(crate) use projection::{Csr, ForwardWeights};
@@ -122,7 +122,10 @@ impl<F: Float> Network<F> {
 
     /// The projections onto population `p`, in the order they were added.
     pub(crate) fn incoming(&self, p: usize) -> impl Iterator<Item = (usize, &Projection)> {
-        self.projections.iter().enumerate().filter(move |(_, pr)| pr.target == p)
+        self.projections
+            .iter()
+            .enumerate()
+            .filter(move |(_, pr)| pr.target == p)
     }
 
     pub(crate) fn buffers(&self, batch: usize) -> Buffers<F> {
@@ -153,7 +156,12 @@ impl<F: Float> Network<F> {
 
     /// Copies the current weights into the forward-pass caches (after any update).
     pub(crate) fn refresh_weights(&self, bufs: &mut Buffers<F>) {
-        for ((w, proj), values) in bufs.weights.iter_mut().zip(&self.projections).zip(&self.params.projections) {
+        for ((w, proj), values) in bufs
+            .weights
+            .iter_mut()
+            .zip(&self.projections)
+            .zip(&self.params.projections)
+        {
             w.refresh(proj, values);
         }
     }
@@ -190,7 +198,11 @@ impl<F: Float> Network<F> {
         }
         for (i, pop) in self.populations.iter().enumerate() {
             if pop.size == 0 {
-                return Err(invalid(&format!("population {} size", pop.name), 0, "at least 1 neuron"));
+                return Err(invalid(
+                    &format!("population {} size", pop.name),
+                    0,
+                    "at least 1 neuron",
+                ));
             }
             let what = format!("population {} learnable parameters", pop.name);
             check_shape(&what, p.learnable[i].shape(), &[pop.num_learnable(), pop.size])?;
@@ -220,7 +232,11 @@ impl<F: Float> Network<F> {
             check_shape(&what, &[w.len()], &[proj.num_weights()])?;
             check_finite(&what, w.iter().copied())?;
             if !proj.respects_mask(w) {
-                return Err(invalid(&what, "a nonzero weight where the mask has no synapse", "zero there"));
+                return Err(invalid(
+                    &what,
+                    "a nonzero weight where the mask has no synapse",
+                    "zero there",
+                ));
             }
         }
         let r = &self.readout;
@@ -272,16 +288,18 @@ impl<F: Float> Network<F> {
     /// [`Network::run`], also recording what each probe names (`[T, B, neurons]` per probe,
     /// in [`RunOutput::probes`]).
     pub fn run_with_probes(&self, inputs: ArrayView3<F>, probes: &[Probe]) -> Result<RunOutput<F>> {
-        self.run_mode(inputs, probes, SpikeMode::Plain)
+        self.run_mode(inputs, probes, &mut SpikeMode::Plain)
     }
 
-    pub(crate) fn run_mode(&self, inputs: ArrayView3<F>, probes: &[Probe], mode: SpikeMode) -> Result<RunOutput<F>> {
+    pub(crate) fn run_mode(
+        &self,
+        inputs: ArrayView3<F>,
+        probes: &[Probe],
+        mode: &mut SpikeMode<'_, F>,
+    ) -> Result<RunOutput<F>> {
         self.validate()?;
         self.check_inputs(&inputs)?;
-        let probes = probes
-            .iter()
-            .map(|p| p.resolve(self))
-            .collect::<Result<Vec<_>>>()?;
+        let probes = probes.iter().map(|p| p.resolve(self)).collect::<Result<Vec<_>>>()?;
         let inputs = inputs.as_standard_layout();
         let (t_len, batch) = (inputs.shape()[0], inputs.shape()[1]);
         let mut bufs = self.buffers(batch);
@@ -290,9 +308,12 @@ impl<F: Float> Network<F> {
         let mut spikes: Vec<Array3<F>> = (self.populations.iter())
             .map(|p| Array3::zeros((t_len, batch, p.size)))
             .collect();
-        let mut recorded: Vec<Array3<F>> = probes.iter().map(|p| Array3::zeros((t_len, batch, p.width()))).collect();
+        let mut recorded: Vec<Array3<F>> = probes
+            .iter()
+            .map(|p| Array3::zeros((t_len, batch, p.width())))
+            .collect();
         for t in 0..t_len {
-            self.step(inputs.index_axis(Axis(0), t), &mut bufs, false, mode, None);
+            self.step(inputs.index_axis(Axis(0), t), &mut bufs, false, &mut *mode, None);
             self.readout_step(&bufs, &mut y);
             readout.index_axis_mut(Axis(0), t).assign(&y);
             for (s, b) in spikes.iter_mut().zip(&bufs.pops) {
@@ -330,9 +351,10 @@ impl<F: Float> Network<F> {
         x: ArrayView2<F>,
         bufs: &mut Buffers<F>,
         partials: bool,
-        mode: SpikeMode,
+        mode: &mut SpikeMode<'_, F>,
         mut rec: Option<&mut dyn Recorder<F>>,
     ) {
+        let (np, batch) = (self.populations.len(), x.nrows());
         for buf in &mut bufs.pops {
             std::mem::swap(&mut buf.z, &mut buf.z_prev);
         }
@@ -366,11 +388,20 @@ impl<F: Float> Network<F> {
                 dynv,
                 dstride,
                 partials,
-                mode,
+                mode: match mode {
+                    SpikeMode::Plain => PopMode::Plain,
+                    SpikeMode::Frozen(f) => {
+                        let replay = f.replay;
+                        PopMode::Frozen(f.slots(p, np, batch), replay)
+                    }
+                },
             });
             if let Some(dst) = z_copy {
                 dst.copy_from_slice(buf.z.as_slice().expect("outputs in standard layout"));
             }
+        }
+        if let SpikeMode::Frozen(f) = mode {
+            f.advance();
         }
     }
 

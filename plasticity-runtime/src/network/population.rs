@@ -13,16 +13,85 @@ use rayon::prelude::*;
 
 use crate::model::{NeuronModel, Pattern};
 use crate::real::{Float, Real};
-use crate::surrogate::{Plain, Smooth};
+use crate::surrogate::{Mode, Plain, Surrogate};
 
-/// How a forward step evaluates `spike(..)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SpikeMode {
+/// How a forward step evaluates `spike(..)` and `detach(..)`.
+#[derive(Debug)]
+pub(crate) enum SpikeMode<'a, F> {
     /// The Heaviside step: what training and inference use.
     Plain,
-    /// The surrogate's smooth counterpart: the model becomes differentiable, for
-    /// finite-difference checks.
-    Smooth,
+    /// The surrogate's smooth counterpart, so that the model becomes differentiable, with
+    /// every `detach(..)` value recorded (or replayed) per step, population and sample: finite
+    /// differences then see detached subexpressions as the constants the gradient treats them
+    /// as. For gradient checks.
+    Frozen(&'a mut Frozen<F>),
+}
+
+/// Recorded values of `detach(..)`: `[step][population · B + sample]`, each in the order the
+/// generated code evaluates them.
+#[derive(Debug, Default)]
+pub(crate) struct Frozen<F> {
+    steps: Vec<Vec<Vec<F>>>,
+    /// The step being written or read.
+    t: usize,
+    /// Replay recorded values instead of recording.
+    pub replay: bool,
+}
+
+impl<F: Float> Frozen<F> {
+    /// Back to the first step (to replay, or to record anew).
+    pub fn rewind(&mut self) {
+        self.t = 0;
+        if !self.replay {
+            self.steps.clear();
+        }
+    }
+
+    /// The per-sample records of population `p` at the current step (`populations` of
+    /// `batch` samples each).
+    pub fn slots(&mut self, p: usize, populations: usize, batch: usize) -> &mut [Vec<F>] {
+        if self.steps.len() <= self.t {
+            self.steps
+                .resize_with(self.t + 1, || vec![Vec::new(); populations * batch]);
+        }
+        &mut self.steps[self.t][p * batch..(p + 1) * batch]
+    }
+
+    /// Moves on to the next step.
+    pub fn advance(&mut self) {
+        self.t += 1;
+    }
+}
+
+/// Smooth spikes (as [`crate::surrogate::Smooth`]) with recorded or replayed `detach(..)`
+/// values.
+struct Freeze<'a, F> {
+    values: &'a mut Vec<F>,
+    replay: bool,
+    at: usize,
+}
+
+impl<F: Float> Mode<F> for Freeze<'_, F> {
+    fn spike(&mut self, x: F, surrogate: Surrogate<F>) -> F {
+        surrogate.smooth(x)
+    }
+    fn detach(&mut self, x: F) -> F {
+        if self.replay {
+            let v = self.values.get(self.at).copied().unwrap_or(x);
+            self.at += 1;
+            v
+        } else {
+            self.values.push(x);
+            x
+        }
+    }
+}
+
+/// The spike mode of one population's forward step.
+pub(crate) enum PopMode<'a, F> {
+    Plain,
+    /// Per sample, the detach records, and whether to replay them.
+    Frozen(&'a mut [Vec<F>], bool),
 }
 
 /// One forward step of a population over a batch: per sample, the state `[k, n]`
@@ -37,7 +106,7 @@ pub(crate) struct ForwardArgs<'a, F> {
     pub dynv: &'a mut [F],
     pub dstride: usize,
     pub partials: bool,
-    pub mode: SpikeMode,
+    pub mode: PopMode<'a, F>,
 }
 
 /// One reverse step of BPTT over a batch: per sample `b`, neuron `j`, the adjoint of the
@@ -103,20 +172,39 @@ impl<M: NeuronModel, F: Float> Kernels<F> for ModelKernels<M> {
     fn forward(&self, a: ForwardArgs<'_, F>) {
         let (k, p, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_DYNAMIC);
         let n = a.n;
-        let (learn, model, partials, mode) = (a.learn, &self.0, a.partials, a.mode);
-        a.state
+        let (learn, model, partials) = (a.learn, &self.0, a.partials);
+        let samples = a
+            .state
             .par_chunks_mut((n * k).max(1))
             .zip(a.z.par_chunks_mut(n.max(1)))
             .zip(a.dynv.par_chunks_mut(a.dstride))
-            .zip(a.current.par_chunks(p * n))
-            .for_each(|(((state, z), dynv), input)| {
-                let dynv = if partials { &mut dynv[..n * nd] } else { &mut [] };
-                let state = &mut state[..n * k];
-                match mode {
-                    SpikeMode::Plain => model.eval_layer(learn, state, input, z, dynv, &mut Plain),
-                    SpikeMode::Smooth => model.eval_layer(learn, state, input, z, dynv, &mut Smooth),
-                }
-            });
+            .zip(a.current.par_chunks((p * n).max(1)));
+        // One sample's state `[k, n]` and, when partials are wanted, its partials `[ND, n]`.
+        let (rs, rd) = (0..n * k, 0..if partials { n * nd } else { 0 });
+        match a.mode {
+            PopMode::Plain => samples.for_each(|(((state, z), dynv), input)| {
+                model.eval_layer(
+                    learn,
+                    &mut state[rs.clone()],
+                    input,
+                    z,
+                    &mut dynv[rd.clone()],
+                    &mut Plain,
+                );
+            }),
+            PopMode::Frozen(records, replay) => {
+                samples
+                    .zip(records.par_iter_mut())
+                    .for_each(|((((state, z), dynv), input), values)| {
+                        let (state, dynv) = (&mut state[rs.clone()], &mut dynv[rd.clone()]);
+                        if !replay {
+                            values.clear();
+                        }
+                        let mut mode = Freeze { values, replay, at: 0 };
+                        model.eval_layer(learn, state, input, z, dynv, &mut mode);
+                    })
+            }
+        }
     }
 
     fn reverse(&self, a: ReverseArgs<'_, F>) {

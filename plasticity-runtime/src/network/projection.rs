@@ -61,7 +61,9 @@ impl Connectivity {
                     return Err(invalid("connection probability", p, "a probability in (0, 1]"));
                 }
                 let mut rng = StdRng::seed_from_u64(seed);
-                Ok(Array2::from_shape_simple_fn((n_post, n_pre), || rng.random::<f64>() < p))
+                Ok(Array2::from_shape_simple_fn((n_post, n_pre), || {
+                    rng.random::<f64>() < p
+                }))
             }
             Connectivity::Indices(pairs) => {
                 let mut m = Array2::from_elem((n_post, n_pre), false);
@@ -224,7 +226,11 @@ impl Projection {
                 .filter(|&(j, i)| mask.as_ref().is_none_or(|m| m[j * self.n_pre + i]))
                 .collect(),
             Synapses::Sparse(c) => (0..self.n_post)
-                .flat_map(|j| c.col[c.row_ptr[j]..c.row_ptr[j + 1]].iter().map(move |&i| (j, i as usize)))
+                .flat_map(|j| {
+                    c.col[c.row_ptr[j]..c.row_ptr[j + 1]]
+                        .iter()
+                        .map(move |&i| (j, i as usize))
+                })
                 .collect(),
         }
     }
@@ -248,14 +254,17 @@ impl Projection {
         }
     }
 
-    /// Stored weights from a dense `[n_post, n_pre]` matrix (entries without a synapse are
+    /// The stored weights of a dense `[n_post, n_pre]` matrix (entries without a synapse are
     /// dropped, or zeroed under a mask).
-    pub(crate) fn from_dense<F: Float>(&self, dense: &Array2<F>) -> Vec<F> {
+    pub(crate) fn values_of<F: Float>(&self, dense: &Array2<F>) -> Vec<F> {
         match &self.synapses {
             Synapses::Dense { mask } => {
                 let mut w: Vec<F> = dense.iter().copied().collect();
                 if let Some(m) = mask {
-                    w.iter_mut().zip(m).filter(|(_, m)| !**m).for_each(|(w, _)| *w = <F as Real>::zero());
+                    w.iter_mut()
+                        .zip(m)
+                        .filter(|(_, m)| !**m)
+                        .for_each(|(w, _)| *w = <F as Real>::zero());
                 }
                 w
             }
@@ -268,7 +277,10 @@ impl Projection {
     /// Zeroes what a mask excludes (weights after an update, or a gradient).
     pub(crate) fn apply_mask<F: Float>(&self, w: &mut [F]) {
         if let Synapses::Dense { mask: Some(m) } = &self.synapses {
-            w.iter_mut().zip(m).filter(|(_, m)| !**m).for_each(|(w, _)| *w = <F as Real>::zero());
+            w.iter_mut()
+                .zip(m)
+                .filter(|(_, m)| !**m)
+                .for_each(|(w, _)| *w = <F as Real>::zero());
         }
     }
 

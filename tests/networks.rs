@@ -1,0 +1,411 @@
+//! Networks of several populations: different models side by side, projections onto a second
+//! input port, sparse and masked connectivity, recurrence across populations, probes.
+//!
+//! - BPTT equals finite differences on such a network (smooth spikes, learnable parameters).
+//! - e-prop equals BPTT where the maths says it is exact: LIF and ALIF populations without
+//!   recurrence feeding the readout, through a sparse input projection and a second port.
+//! - A sparse projection equals a dense one under the same mask: same losses, same gradients.
+//! - Masked weights stay exactly zero through training.
+
+use ndarray::Array3;
+use plasticity_runtime::models::{BellecAlif, BellecAlifDiffReset, BellecLif, BellecLifDiffReset};
+use plasticity_runtime::{
+    Algorithm, Connectivity, Error, Feedback, GradcheckOptions, Gradients, Init, Loss, Network, NetworkBuilder,
+    Optimizer, PopulationSpec, Probe, ProjectionSpec, ReadoutSpec, Targets, TrainConfig, Trainer, Window, gradcheck,
+    neuron_model,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[neuron_model(surrogate = sigmoid(4.0))]
+mod smooth_models {
+    /// LIF with a learnable decay and a smooth surrogate.
+    pub struct SLif {
+        #[param(default = 0.85, learnable)]
+        pub alpha: f64,
+        #[param(default = 0.6)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        let reset = detach(spike(v - v_th));
+        let v = alpha * v + i - reset * v_th;
+        Next {
+            v,
+            spike: spike(v - v_th),
+        }
+    }
+}
+
+#[neuron_model(surrogate = sigmoid(4.0))]
+mod smooth_two_port {
+    /// A soma and a dendrite, each with its own input port; learnable coupling.
+    pub struct SDendrite {
+        #[param(default = 0.9)]
+        pub alpha: f64,
+        #[param(default = 0.7)]
+        pub alpha_d: f64,
+        #[param(default = 0.6, learnable)]
+        pub coupling: f64,
+        #[param(default = 0.5)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[state(init = 0.0)]
+        d: f64,
+        #[input]
+        soma: f64,
+        #[input]
+        dend: f64,
+    }
+
+    fn step() {
+        let reset = spike(v - v_th);
+        let d = alpha_d * d + dend;
+        let v = alpha * v + coupling * d + soma - reset * v_th;
+        Next {
+            v,
+            d,
+            spike: spike(v - v_th),
+        }
+    }
+}
+
+use smooth_models::SLif;
+use smooth_two_port::SDendrite;
+
+fn inputs(seed: u64, steps: usize, batch: usize, n_in: usize) -> Array3<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Array3::from_shape_fn((steps, batch, n_in), |_| if rng.random_bool(0.3) { 1.0 } else { 0.0 })
+}
+
+fn config(algorithm: Algorithm, loss: Loss) -> TrainConfig {
+    TrainConfig::new(algorithm, loss, Optimizer::adam(1e-2))
+}
+
+fn gradients(net: &Network<f64>, algorithm: Algorithm, x: &Array3<f64>, classes: &[usize]) -> (Gradients<f64>, f64) {
+    let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::All))).unwrap();
+    let (g, stats) = tr.compute_gradients(x.view(), Targets::Classes(classes)).unwrap();
+    (g.clone(), stats.loss)
+}
+
+/// Every feature at once: two models, a dendritic port fed by another population, a sparse
+/// projection, a backward projection (from a later population), recurrence, biases and
+/// learnable parameters.
+#[test]
+fn bptt_equals_finite_differences_on_a_general_network() {
+    let net: Network<f64> = NetworkBuilder::new(4)
+        .population(PopulationSpec::new("lif", SLif::default(), 5).bias(true))
+        .population(PopulationSpec::new("dend", SDendrite::default(), 4))
+        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 2.0 }))
+        .projection(ProjectionSpec::new("lif", "lif").init(Init::Gaussian { gain: 0.8 }))
+        .projection(
+            ProjectionSpec::input("dend")
+                .port("soma")
+                .init(Init::Gaussian { gain: 2.0 })
+                .connectivity(Connectivity::Probability { p: 0.6, seed: 2 }),
+        )
+        .projection(
+            ProjectionSpec::new("lif", "dend")
+                .port("dend")
+                .init(Init::Gaussian { gain: 1.5 }),
+        )
+        .projection(
+            ProjectionSpec::new("dend", "lif")
+                .init(Init::Gaussian { gain: 0.8 })
+                .connectivity(Connectivity::Indices(vec![(0, 1), (2, 3), (4, 0), (1, 2)])),
+        )
+        .readout(ReadoutSpec::new(3, 0.6).from(["lif", "dend"]))
+        .seed(7)
+        .build()
+        .unwrap();
+    assert!(net.projections[2].is_sparse() && net.projections[4].delayed);
+    let x = inputs(3, 20, 2, 4);
+    let options = GradcheckOptions {
+        max_per_tensor: usize::MAX,
+        ..GradcheckOptions::default()
+    };
+    for loss in [Loss::CrossEntropy(Window::All), Loss::MeanSquared(Window::Last(5))] {
+        let targets_values = Array3::from_shape_fn((20, 2, 3), |(t, b, o)| ((t + b + o) % 3) as f64 * 0.3);
+        let targets = match loss {
+            Loss::MeanSquared(_) => Targets::Series(targets_values.view()),
+            _ => Targets::Classes(&[0, 2]),
+        };
+        let report = gradcheck(&net, loss, x.view(), targets, options).unwrap();
+        assert!(report.checked >= 100, "{report:?}");
+        assert!(report.worst <= 1e-6, "{loss:?}: {report:?}");
+    }
+}
+
+/// LIF and ALIF populations without recurrence, both read out: e-prop is exact, also with a
+/// sparse input projection and an input on a second port.
+#[test]
+fn eprop_equals_bptt_for_heterogeneous_populations_without_recurrence() {
+    for kappa in [0.0, 0.7] {
+        for (lif_gain, seed) in [(3.0, 1u64), (4.0, 2)] {
+            let net: Network<f64> = NetworkBuilder::new(6)
+                .population(PopulationSpec::new("lif", BellecLifDiffReset::default(), 7).bias(true))
+                .population(PopulationSpec::new("alif", BellecAlifDiffReset::default(), 6))
+                .population(PopulationSpec::new("alif_detached", BellecAlif::default(), 5))
+                .population(PopulationSpec::new("dend", SDendrite::default(), 4))
+                .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: lif_gain }))
+                .projection(
+                    ProjectionSpec::input("alif")
+                        .init(Init::Gaussian { gain: 4.0 })
+                        .connectivity(Connectivity::Probability { p: 0.5, seed }),
+                )
+                .projection(ProjectionSpec::input("alif_detached").init(Init::Gaussian { gain: 4.0 }))
+                .projection(
+                    ProjectionSpec::input("dend")
+                        .port("soma")
+                        .init(Init::Gaussian { gain: 2.0 }),
+                )
+                .projection(
+                    ProjectionSpec::input("dend")
+                        .port("dend")
+                        .init(Init::Gaussian { gain: 2.0 })
+                        .connectivity(Connectivity::Probability { p: 0.7, seed: seed + 5 }),
+                )
+                .readout(ReadoutSpec::new(3, kappa).from(["lif", "alif", "alif_detached", "dend"]))
+                .seed(seed)
+                .build()
+                .unwrap();
+            let x = inputs(seed + 20, 25, 3, 6);
+            let spikes = net.run(x.view()).unwrap().spikes;
+            assert!(spikes.iter().all(|s| s.sum() > 0.0), "a silent population");
+            let classes = [0, 1, 2];
+            let (e, le) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &classes);
+            let (b, lb) = gradients(&net, Algorithm::Bptt, &x, &classes);
+            assert!((le - lb).abs() <= 1e-13 * lb.abs(), "loss {le} vs {lb}");
+            let diff = e.max_rel_diff(&b, 1e-12);
+            assert!(diff <= 1e-9, "κ = {kappa}, seed {seed}: e-prop vs BPTT {diff:e}");
+            assert!(e.norm() > 0.0);
+        }
+    }
+}
+
+/// The gradients of a sparse network written as dense matrices, for comparison with a masked
+/// dense network.
+fn densified(net: &Network<f64>, g: &Gradients<f64>) -> Gradients<f64> {
+    let mut out = g.clone();
+    for (i, proj) in net.projections.iter().enumerate() {
+        out.projections[i] = proj.to_dense(&g.projections[i]).iter().copied().collect();
+    }
+    out
+}
+
+/// Sparse connectivity and a dense mask of the same synapses give the same network: same
+/// weights, losses and gradients (e-prop with and without κ, where the dense LIF projection
+/// takes the gradient window and the sparse one does not; and BPTT), with recurrence.
+#[test]
+fn sparse_equals_dense_with_mask() {
+    let build = |sparse: bool, kappa: f64| -> Network<f64> {
+        let conn = |p: f64, seed: u64, n_post: usize, n_pre: usize| {
+            let c = Connectivity::Probability { p, seed };
+            if sparse {
+                c
+            } else {
+                Connectivity::Mask(c.to_mask(n_post, n_pre).unwrap())
+            }
+        };
+        NetworkBuilder::new(30)
+            .population(PopulationSpec::new("lif", BellecLif::default(), 20).bias(true))
+            .population(PopulationSpec::new("alif", BellecAlif::default(), 15))
+            .projection(
+                ProjectionSpec::input("lif")
+                    .init(Init::Gaussian { gain: 4.0 })
+                    .connectivity(conn(0.3, 1, 20, 30)),
+            )
+            .projection(
+                ProjectionSpec::input("alif")
+                    .init(Init::Gaussian { gain: 4.0 })
+                    .connectivity(conn(0.4, 2, 15, 30)),
+            )
+            .projection(ProjectionSpec::new("lif", "alif").connectivity(conn(0.5, 3, 15, 20)))
+            .projection(ProjectionSpec::new("alif", "lif").connectivity(conn(0.5, 4, 20, 15)))
+            .projection(ProjectionSpec::new("alif", "alif").connectivity(conn(0.5, 5, 15, 15)))
+            .readout(ReadoutSpec::new(4, kappa).from(["lif", "alif"]))
+            .seed(9)
+            .build()
+            .unwrap()
+    };
+    let x = inputs(11, 30, 16, 30);
+    let classes: Vec<usize> = (0..16).map(|b| b % 4).collect();
+    for kappa in [0.0, 0.8] {
+        let (sparse, dense) = (build(true, kappa), build(false, kappa));
+        assert!(sparse.projections.iter().all(|p| p.is_sparse()));
+        for i in 0..sparse.projections.len() {
+            assert_eq!(sparse.dense_weights(i), dense.dense_weights(i));
+        }
+        for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+            let (gs, ls) = gradients(&sparse, algorithm, &x, &classes);
+            let (gd, ld) = gradients(&dense, algorithm, &x, &classes);
+            assert!(
+                (ls - ld).abs() <= 1e-12 * ls.abs(),
+                "{algorithm:?} κ = {kappa}: loss {ls} vs {ld}"
+            );
+            let diff = densified(&sparse, &gs).max_rel_diff(&gd, 1e-12);
+            assert!(diff <= 1e-12, "{algorithm:?} κ = {kappa}: gradients differ by {diff:e}");
+            assert!(gs.norm() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn masked_weights_stay_zero_through_training() {
+    let mask = Connectivity::Probability { p: 0.3, seed: 8 }.to_mask(12, 10).unwrap();
+    let net: Network<f32> = NetworkBuilder::new(10)
+        .population(PopulationSpec::new("h", BellecAlif::default(), 12))
+        .projection(
+            ProjectionSpec::input("h")
+                .init(Init::Gaussian { gain: 4.0 })
+                .connectivity(Connectivity::Mask(mask.clone())),
+        )
+        .projection(ProjectionSpec::new("h", "h"))
+        .readout(ReadoutSpec::new(2, 0.5))
+        .build()
+        .unwrap();
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::All))).unwrap();
+        let x = inputs(4, 20, 4, 10).mapv(|v| v as f32);
+        for _ in 0..5 {
+            tr.train_batch(x.view(), Targets::Classes(&[0, 1, 1, 0])).unwrap();
+        }
+        let w_in = tr.network().dense_weights(0);
+        let w_rec = tr.network().dense_weights(1);
+        let g_in = tr.network().projections[0].to_dense(&tr.gradients().projections[0]);
+        for ((j, i), &m) in mask.indexed_iter() {
+            if !m {
+                assert_eq!((w_in[[j, i]], g_in[[j, i]]), (0.0, 0.0), "masked synapse ({j}, {i})");
+            }
+        }
+        assert!(w_in.iter().filter(|w| **w != 0.0).count() > 10);
+        assert!((0..12).all(|j| w_rec[[j, j]] == 0.0), "self-connections stay absent");
+    }
+}
+
+#[test]
+fn probes_record_what_they_name() {
+    let net: Network<f64> = NetworkBuilder::new(5)
+        .population(PopulationSpec::new("lif", BellecLif::default(), 6))
+        .population(PopulationSpec::new("dend", SDendrite::default(), 3))
+        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 3.0 }))
+        .projection(ProjectionSpec::new("lif", "dend").port("dend"))
+        .projection(ProjectionSpec::input("dend").port("soma"))
+        .readout(ReadoutSpec::new(2, 0.5).from(["lif", "dend"]))
+        .seed(1)
+        .build()
+        .unwrap();
+    let x = inputs(2, 15, 2, 5);
+    let probes = [
+        Probe::state("lif", "v").neurons([1, 4]),
+        Probe::spikes("lif"),
+        Probe::current("dend", "soma"),
+        Probe::state("dend", "d"),
+        Probe::readout().neurons([1]),
+    ];
+    let out = net.run_with_probes(x.view(), &probes).unwrap();
+    let plain = net.run(x.view()).unwrap();
+    assert_eq!(out.readout, plain.readout);
+    assert!(plain.probes.is_empty());
+    assert_eq!(out.probes[0].shape(), &[15, 2, 2]);
+    assert!(out.probes[0].iter().any(|v| *v != 0.0));
+    assert_eq!(out.probes[1], out.spikes[0]);
+    assert_eq!(
+        out.probes[4].index_axis(ndarray::Axis(2), 0),
+        out.readout.index_axis(ndarray::Axis(2), 1)
+    );
+    // The soma current is the input through the input projection's weights.
+    let w = net.dense_weights(2);
+    for t in 0..15 {
+        for b in 0..2 {
+            for j in 0..3 {
+                let want: f64 = (0..5).map(|i| w[[j, i]] * x[[t, b, i]]).sum();
+                assert!((out.probes[2][[t, b, j]] - want).abs() < 1e-12);
+            }
+        }
+    }
+    // The dendrite integrates the LIF population's spikes: it moves only once they arrive.
+    let first_spike = (0..15).find(|&t| out.spikes[0].index_axis(ndarray::Axis(0), t).sum() > 0.0);
+    if let Some(t0) = first_spike {
+        assert!((0..t0).all(|t| out.probes[3].index_axis(ndarray::Axis(0), t).iter().all(|v| *v == 0.0)));
+    }
+    for (probe, needle) in [
+        (Probe::state("lif", "u"), "\"v\""),
+        (Probe::spikes("nowhere"), "\"lif\""),
+        (Probe::current("lif", "dend"), "\"i\""),
+        (Probe::spikes("dend").neurons([3]), "< 3"),
+    ] {
+        let e = net.run_with_probes(x.view(), &[probe]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn structure_errors_name_what_is_wrong() {
+    let base = || {
+        NetworkBuilder::<f32>::new(3)
+            .population(PopulationSpec::new("a", BellecLif::default(), 4))
+            .population(PopulationSpec::new("d", SDendrite::default(), 4))
+            .readout(ReadoutSpec::new(2, 0.0))
+    };
+    let err = |b: NetworkBuilder<f32>| match b.build() {
+        Err(e @ Error::Invalid { .. }) | Err(e @ Error::Shape { .. }) => e.to_string(),
+        other => panic!("expected a typed error, got {other:?}"),
+    };
+    let e = err(base().projection(ProjectionSpec::input("x")));
+    assert!(e.contains("projection target") && e.contains("[\"a\", \"d\"]"), "{e}");
+    let e = err(base().projection(ProjectionSpec::input("d")));
+    assert!(e.contains("[\"soma\", \"dend\"]") && e.contains(".port("), "{e}");
+    let e = err(base().projection(ProjectionSpec::input("a").port("dend")));
+    assert!(e.contains("dend") && e.contains("[\"i\"]"), "{e}");
+    let e = err(base()
+        .projection(ProjectionSpec::input("a"))
+        .projection(ProjectionSpec::input("a")));
+    assert!(e.contains("input->a.i") && e.contains("at most one"), "{e}");
+    let e = err(base().population(PopulationSpec::new("a", BellecAlif::default(), 2)));
+    assert!(e.contains("unique"), "{e}");
+    let e =
+        err(base().projection(ProjectionSpec::input("a").connectivity(Connectivity::Probability { p: 0.0, seed: 1 })));
+    assert!(e.contains("(0, 1]"), "{e}");
+    let e = err(base().projection(ProjectionSpec::input("a").connectivity(Connectivity::Indices(vec![(4, 0)]))));
+    assert!(e.contains("(4, 0)") && e.contains("post < 4"), "{e}");
+    let e = err(base().readout(ReadoutSpec::new(2, 0.0).from(["b"])));
+    assert!(e.contains("readout source"), "{e}");
+    let e = err(base().projection(
+        ProjectionSpec::input("a").connectivity(Connectivity::Mask(ndarray::Array2::from_elem((3, 4), true))),
+    ));
+    assert!(e.contains("[4, 3]"), "{e}");
+}
+
+/// Bellec's LSNN as two populations: LIF and ALIF neurons sharing one recurrent weight matrix
+/// (as four blocks), trained with e-prop and BPTT; the loss falls.
+#[test]
+fn lsnn_trains() {
+    let names = ["lif", "alif"];
+    let mut b = NetworkBuilder::<f32>::new(8)
+        .population(PopulationSpec::new("lif", BellecLif::default(), 10))
+        .population(PopulationSpec::new("alif", BellecAlif::default(), 10));
+    for target in names {
+        b = b.projection(ProjectionSpec::input(target).init(Init::Gaussian { gain: 3.0 }));
+        for source in names {
+            b = b.projection(ProjectionSpec::new(source, target).init(Init::Gaussian { gain: 0.5 }));
+        }
+    }
+    let net = b.readout(ReadoutSpec::new(2, 0.8).from(names)).seed(2).build().unwrap();
+    let x = inputs(6, 30, 8, 8).mapv(|v| v as f32);
+    let classes = [0, 1, 0, 1, 1, 0, 1, 0];
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::Last(10)))).unwrap();
+        let first = tr.train_batch(x.view(), Targets::Classes(&classes)).unwrap().loss;
+        let mut last = first;
+        for _ in 0..30 {
+            last = tr.train_batch(x.view(), Targets::Classes(&classes)).unwrap().loss;
+        }
+        assert!(last < 0.7 * first, "{algorithm:?}: loss {first} → {last}");
+    }
+}
