@@ -6,33 +6,53 @@
 //! the slow threshold adaptation of ALIF neurons provides. The loss is cross-entropy over the
 //! recall window only.
 //!
+//! The network is Bellec's LSNN: one recurrent network of LIF and ALIF neurons, half of each
+//! (`--network lsnn`, the default), built as two populations whose four recurrent blocks
+//! together form one recurrent weight matrix; `--network alif` uses ALIF neurons only. The
+//! run writes `membrane.png` (membrane potentials of a few neurons of each population over the
+//! first test sample) to `--output`.
+//!
 //! Time is compressed to 10 ms steps: a cue lasts 10 steps and is followed by 5 quiet steps,
 //! the delay is 50 steps and the recall 10 steps (165 steps in all).
 //!
 //! cargo run --release --example evidence_accumulation
 
-use anyhow::Result;
-use clap::Parser;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
-use plasticity_runtime::models::BellecAlif;
+use plasticity_examples::plots;
+use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
-    Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, RateRegularization, ReadoutSpec, Schedule,
-    Targets, TrainConfig, Trainer, Window,
+    Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, RateRegularization,
+    ReadoutSpec, Schedule, Targets, TrainConfig, Trainer, Window,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-/// Trains ALIF neurons with e-prop on the cue-accumulation task.
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Kind {
+    /// Half LIF, half ALIF neurons in one recurrent network (Bellec's LSNN).
+    Lsnn,
+    /// ALIF neurons only.
+    Alif,
+}
+
+/// Trains a recurrent spiking network with e-prop on the cue-accumulation task.
 #[derive(Parser, Debug)]
 struct Args {
+    /// The recurrent network.
+    #[arg(long, value_enum, default_value = "lsnn")]
+    network: Kind,
     /// Training batches.
     #[arg(long, default_value_t = 600)]
     batches: usize,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Hidden ALIF neurons.
+    /// Recurrent neurons in all (LSNN: the first half LIF, the second half ALIF).
     #[arg(long, default_value_t = 100)]
     hidden: usize,
     /// Number of cues.
@@ -47,6 +67,9 @@ struct Args {
     /// Test sequences.
     #[arg(long, default_value_t = 512)]
     test: usize,
+    /// Output folder (membrane.png).
+    #[arg(long, default_value = "out/evidence_accumulation")]
+    output: PathBuf,
 }
 
 const GROUP: usize = 10;
@@ -92,22 +115,59 @@ fn batch(rng: &mut StdRng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    for (flag, value) in [
+        ("--batches", args.batches),
+        ("--batch", args.batch),
+        ("--cues", args.cues),
+        ("--test", args.test),
+    ] {
+        if value == 0 {
+            bail!("{flag} 0: expected at least 1");
+        }
+    }
+    let min_hidden = if args.network == Kind::Lsnn { 2 } else { 1 };
+    if args.hidden < min_hidden {
+        bail!("--hidden {}: expected at least {min_hidden}", args.hidden);
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr {}: expected a finite number > 0", args.lr);
+    }
     let t_len = steps(args.cues);
     // τ_m = 20 steps, τ_a = 200 steps (2 s at 10 ms per step).
-    let model = BellecAlif {
-        alpha: (-1.0f64 / 20.0).exp(),
+    let alpha = (-1.0f64 / 20.0).exp();
+    let alif = BellecAlif {
+        alpha,
         rho: (-1.0f64 / 200.0).exp(),
         beta: 1.8,
         ..Default::default()
     };
-    let net = NetworkBuilder::<f32>::new(N_IN)
-        .layer(
-            LayerSpec::new(model, args.hidden)
-                .recurrent(true)
-                .init_in(Init::Gaussian { gain: 1.0 })
-                .init_rec(Init::Gaussian { gain: 0.5 }),
-        )
-        .readout(ReadoutSpec::new(2, 0.0))
+    let lif = BellecLif {
+        alpha,
+        ..Default::default()
+    };
+    let pops: Vec<(&str, usize)> = match args.network {
+        Kind::Lsnn => vec![("lif", args.hidden / 2), ("alif", args.hidden - args.hidden / 2)],
+        Kind::Alif => vec![("alif", args.hidden)],
+    };
+    let mut builder = NetworkBuilder::<f32>::new(N_IN);
+    for &(name, size) in &pops {
+        builder = match name {
+            "lif" => builder.population(PopulationSpec::new(name, lif.clone(), size)),
+            _ => builder.population(PopulationSpec::new(name, alif.clone(), size)),
+        };
+    }
+    for &(target, _) in &pops {
+        builder = builder.projection(ProjectionSpec::input(target).init(Init::Gaussian { gain: 1.0 }));
+        // The blocks of one recurrent matrix: each block's fan-in is its source's size, so
+        // the gain is scaled to give every weight the variance of a 0.5 gain over all neurons.
+        for &(source, size) in &pops {
+            let gain = 0.5 * (size as f64 / args.hidden as f64).sqrt();
+            builder = builder.projection(ProjectionSpec::new(source, target).init(Init::Gaussian { gain }));
+        }
+    }
+    let names: Vec<&str> = pops.iter().map(|p| p.0).collect();
+    let net = builder
+        .readout(ReadoutSpec::new(2, 0.0).from(&names))
         .seed(args.seed)
         .build()?;
     let mut config = TrainConfig::new(
@@ -127,9 +187,16 @@ fn main() -> Result<()> {
     config.clip_norm = Some(1.0);
     let mut trainer = Trainer::new(net, config)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let described: Vec<String> = pops
+        .iter()
+        .map(|(name, size)| format!("{size} {}", name.to_uppercase()))
+        .collect();
     println!(
-        "evidence accumulation: {} cues, {t_len} steps, {} ALIF neurons, e-prop, {} batches of {}",
-        args.cues, args.hidden, args.batches, args.batch
+        "evidence accumulation: {} cues, {t_len} steps, {} neurons, e-prop, {} batches of {}",
+        args.cues,
+        described.join(" + "),
+        args.batches,
+        args.batch
     );
     let bar = ProgressBar::new(args.batches as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -149,8 +216,15 @@ fn main() -> Result<()> {
     bar.finish();
     let mut test_rng = StdRng::seed_from_u64(args.seed + 10_000);
     let (mut correct, mut total) = (0, 0);
-    for _ in 0..args.test.div_ceil(64) {
+    for i in 0..args.test.div_ceil(64) {
         let (x, y) = batch(&mut test_rng, 64, args.cues);
+        if i == 0 {
+            std::fs::create_dir_all(&args.output)?;
+            let first = x.slice(ndarray::s![.., 0..1, ..]);
+            let shown: Vec<(&str, &[usize])> = names.iter().map(|&n| (n, &[0usize, 1, 2][..])).collect();
+            let path = args.output.join("membrane.png");
+            plots::membrane(&path, trainer.network(), first, &shown, 0.01)?;
+        }
         let s = trainer.evaluate(x.view(), Targets::Classes(&y))?;
         correct += s.correct;
         total += s.predictions;

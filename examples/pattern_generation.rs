@@ -4,14 +4,18 @@
 //! The input is fixed Poisson noise on 100 channels. Each of three outputs must follow its
 //! own sum of four sinusoids (1, 2, 3 and 5 Hz, random amplitudes and phases) over one
 //! second of 1 ms steps. The loss is the mean squared error at every step, and the result is
-//! reported as normalised MSE: MSE divided by the variance of the target.
+//! reported as normalised MSE: MSE divided by the variance of the target. The run writes
+//! `membrane.png` (membrane potentials of a few neurons over the sequence) to `--output`.
 //!
 //! cargo run --release --example pattern_generation
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
+use plasticity_examples::plots;
 use plasticity_runtime::models::BellecLif;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Targets, TrainConfig, Trainer,
@@ -41,6 +45,9 @@ struct Args {
     /// Train with exact BPTT instead of e-prop, for comparison.
     #[arg(long)]
     bptt: bool,
+    /// Output folder (membrane.png).
+    #[arg(long, default_value = "out/pattern_generation")]
+    output: PathBuf,
 }
 
 const N_IN: usize = 100;
@@ -48,6 +55,18 @@ const N_OUT: usize = 3;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    for (flag, value) in [
+        ("--iterations", args.iterations),
+        ("--hidden", args.hidden),
+        ("--steps", args.steps),
+    ] {
+        if value == 0 {
+            bail!("{flag} 0: expected at least 1");
+        }
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr {}: expected a finite number > 0", args.lr);
+    }
     let mut rng = StdRng::seed_from_u64(args.seed);
     // Frozen input: 100 channels of 10 Hz Poisson noise at 1 ms steps.
     let x = Array3::from_shape_fn(
@@ -125,6 +144,15 @@ fn main() -> Result<()> {
     println!("mean firing rate: {rate:.1} Hz");
     let err = &out.readout - &target;
     let mse = (&err * &err).mean().unwrap_or(f32::NAN) as f64;
+    std::fs::create_dir_all(&args.output)?;
+    let shown = [("layer0", &[0usize, 1, 2][..])];
+    plots::membrane(
+        &args.output.join("membrane.png"),
+        trainer.network(),
+        x.view(),
+        &shown,
+        0.001,
+    )?;
     println!("normalised MSE: {:.3}", mse / variance);
     Ok(())
 }

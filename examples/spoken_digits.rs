@@ -5,7 +5,8 @@
 //! encoded by the cochlea model of `plasticity_examples::audio`, with test speakers whose
 //! voices never appear in training (`make_spoken_digits` regenerates it). Spikes are binned
 //! into 10 ms steps and neighbouring channels pooled. After each epoch the test accuracy is
-//! printed and a checkpoint written; at the end a confusion matrix.
+//! printed and a checkpoint written; at the end a confusion matrix, plots of the training
+//! curves, spike rasters and membrane potentials (`membrane.png`, recorded with probes).
 //!
 //! cargo run --release --example spoken_digits
 //!
@@ -272,6 +273,13 @@ fn main() -> Result<()> {
         &hidden,
         args.hidden,
         args.duration,
+    )?;
+    plots::membrane(
+        &args.output.join("membrane.png"),
+        trainer.network(),
+        first.view(),
+        &[("layer0", &[0, 1, 2])],
+        dt,
     )?;
     let input: Vec<(f64, usize)> = test[0]
         .spikes

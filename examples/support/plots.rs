@@ -1,4 +1,5 @@
-//! PNG plots for the examples: line charts of training curves and spike rasters.
+//! PNG plots for the examples: line charts of training curves, spike rasters and membrane
+//! potentials.
 //!
 //! Text is drawn with a bundled font (a subset of DejaVu Sans, `support/fonts/`), so plotting
 //! needs no system font libraries.
@@ -7,15 +8,19 @@ use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use ndarray::ArrayView3;
+use plasticity_runtime::{Float, Network, Probe};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-const COLOURS: [RGBColor; 4] = [
+const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
 ];
 
 /// Registers the bundled font as `sans-serif`, once.
@@ -116,4 +121,45 @@ pub fn raster(path: &Path, title: &str, spikes: &[(f64, usize)], neurons: usize,
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{path:?}: {e}"))?;
     Ok(())
+}
+
+/// Membrane potentials (the state `v`, or the model's first state if it has none) of a few
+/// neurons of each named population over one sample `x` (`[T, 1, n_in]`), recorded with
+/// probes, drawn against time in seconds (`dt` per step).
+pub fn membrane<F: Float>(
+    path: &Path,
+    net: &Network<F>,
+    x: ArrayView3<F>,
+    populations: &[(&str, &[usize])],
+    dt: f64,
+) -> Result<()> {
+    let mut probes = Vec::new();
+    let mut labels = Vec::new();
+    for &(name, neurons) in populations {
+        let p = net
+            .population_index(name)
+            .ok_or_else(|| anyhow!("membrane plot: no population {name}"))?;
+        let states = net.populations[p].pattern().states;
+        let state = states.iter().find(|s| **s == "v").or(states.first()).copied();
+        let state = state.ok_or_else(|| anyhow!("membrane plot: population {name} has no state"))?;
+        let valid: Vec<usize> = neurons
+            .iter()
+            .copied()
+            .filter(|&j| j < net.populations[p].size)
+            .collect();
+        labels.extend(valid.iter().map(|j| format!("{name} {j}")));
+        probes.push(Probe::state(name, state).neurons(valid));
+    }
+    let out = net.run_with_probes(x, &probes)?;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for rec in &out.probes {
+        for j in 0..rec.shape()[2] {
+            let points = (0..rec.shape()[0])
+                .map(|t| (t as f64 * dt, rec[[t, 0, j]].to_f64()))
+                .collect();
+            series.push((labels[series.len()].clone(), points));
+        }
+    }
+    let named: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(l, s)| (l.as_str(), s.clone())).collect();
+    line_chart(path, "membrane potential, first test sample", "time (s)", &named)
 }
