@@ -409,3 +409,68 @@ fn lsnn_trains() {
         assert!(last < 0.7 * first, "{algorithm:?}: loss {first} → {last}");
     }
 }
+
+#[neuron_model(surrogate = fast_sigmoid(5.0))]
+mod bounded {
+    /// LIF with a learnable decay bounded to [0.5, 0.95].
+    pub struct BoundedLif {
+        #[param(default = 0.9, learnable, range = 0.5..=0.95)]
+        pub alpha: f64,
+        #[param(default = 0.5)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        let reset = detach(spike(v - v_th));
+        let v = alpha * v + i - reset * v_th;
+        Next {
+            v,
+            spike: spike(v - v_th),
+        }
+    }
+}
+
+/// Declared ranges of learnable parameters hold after every update, and a network whose
+/// values lie outside them is rejected.
+#[test]
+fn learnable_parameters_stay_in_their_declared_range() {
+    use bounded::BoundedLif;
+    let build = |alpha: f64| {
+        NetworkBuilder::<f32>::new(6)
+            .population(PopulationSpec::new(
+                "h",
+                BoundedLif {
+                    alpha,
+                    ..Default::default()
+                },
+                12,
+            ))
+            .projection(ProjectionSpec::input("h").init(Init::Gaussian { gain: 3.0 }))
+            .readout(ReadoutSpec::new(2, 0.5))
+            .build()
+    };
+    let e = build(0.99).unwrap_err().to_string();
+    assert!(e.contains("alpha") && e.contains("[0.5, 0.95]"), "{e}");
+    let net = build(0.94).unwrap();
+    let mut c = config(Algorithm::Eprop(Feedback::Symmetric), Loss::CrossEntropy(Window::All));
+    c.optimizer = Optimizer::sgd(50.0, 0.0);
+    let mut tr = Trainer::new(net.clone(), c).unwrap();
+    let x = inputs(1, 20, 4, 6).mapv(|v| v as f32);
+    for _ in 0..10 {
+        tr.train_batch(x.view(), Targets::Classes(&[0, 1, 0, 1])).unwrap();
+    }
+    let alpha = &tr.network().params.learnable[0];
+    assert!(alpha.iter().all(|a| (0.5..=0.95).contains(a)), "{alpha}");
+    assert!(
+        alpha.iter().any(|&a| a == 0.5 || a == 0.95),
+        "the bounds were never reached: {alpha}"
+    );
+    let mut edited = net;
+    edited.params.learnable[0][[0, 3]] = 0.2;
+    let e = edited.run(x.view()).unwrap_err().to_string();
+    assert!(e.contains("neuron 3") && e.contains("0.2"), "{e}");
+}

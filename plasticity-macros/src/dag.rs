@@ -117,6 +117,8 @@ pub enum Op {
     Abs(NodeId),
     Signum(NodeId),
     Tanh(NodeId),
+    Sin(NodeId),
+    Cos(NodeId),
     Sigmoid(NodeId),
     Min(NodeId, NodeId),
     Max(NodeId, NodeId),
@@ -151,6 +153,8 @@ impl Op {
             | Abs(a)
             | Signum(a)
             | Tanh(a)
+            | Sin(a)
+            | Cos(a)
             | Sigmoid(a)
             | Detach(a)
             | Not(a) => vec![a],
@@ -344,6 +348,8 @@ impl Dag {
                 )
             }),
             Tanh(a) => k(self, a).and_then(|x| num(self, x.tanh())),
+            Sin(a) => k(self, a).and_then(|x| num(self, x.sin())),
+            Cos(a) => k(self, a).and_then(|x| num(self, x.cos())),
             Sigmoid(a) => k(self, a).and_then(|x| num(self, 1.0 / (1.0 + (-x).exp()))),
             Min(a, b) => match (k(self, a), k(self, b)) {
                 (Some(x), Some(y)) => num(self, if y < x { y } else { x }),

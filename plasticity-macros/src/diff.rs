@@ -88,6 +88,15 @@ pub fn derivatives(dag: &mut Dag, roots: &[NodeId], var: Var) -> Vec<NodeId> {
                 let f = dag.make(Op::Sub(one, sq), span);
                 dag.make(Op::Mul(f, g(a)), span)
             }
+            Op::Sin(a) => {
+                let c = dag.make(Op::Cos(a), span);
+                dag.make(Op::Mul(c, g(a)), span)
+            }
+            Op::Cos(a) => {
+                let s = dag.make(Op::Sin(a), span);
+                let ns = dag.make(Op::Neg(s), span);
+                dag.make(Op::Mul(ns, g(a)), span)
+            }
             Op::Sigmoid(a) => {
                 let one = dag.constant(1.0, span);
                 let om = dag.make(Op::Sub(one, id), span);

@@ -166,7 +166,15 @@ fn emit_nodes_with(dag: &Dag, ids: &[NodeId], names: &Names, access: Access) -> 
                 let a = v(a);
                 quote!(-#a)
             }
-            Op::Exp(a) | Op::Ln(a) | Op::Sqrt(a) | Op::Abs(a) | Op::Tanh(a) | Op::Sigmoid(a) | Op::Signum(a) => {
+            Op::Exp(a)
+            | Op::Ln(a)
+            | Op::Sqrt(a)
+            | Op::Abs(a)
+            | Op::Tanh(a)
+            | Op::Sin(a)
+            | Op::Cos(a)
+            | Op::Sigmoid(a)
+            | Op::Signum(a) => {
                 let f = format_ident!(
                     "{}",
                     match node.op {
@@ -175,6 +183,8 @@ fn emit_nodes_with(dag: &Dag, ids: &[NodeId], names: &Names, access: Access) -> 
                         Op::Sqrt(_) => "sqrt",
                         Op::Abs(_) => "abs",
                         Op::Tanh(_) => "tanh",
+                        Op::Sin(_) => "sin",
+                        Op::Cos(_) => "cos",
                         Op::Sigmoid(_) => "sigmoid",
                         _ => "signum0",
                     }
@@ -403,6 +413,16 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
         let n = node_ident(id);
         quote!(out[#i] = #n;)
     });
+    let learn_ranges = learnable.iter().map(|&pi| {
+        let (lo, hi) = &def.params[pi].range;
+        let lo = lo
+            .as_ref()
+            .map_or_else(|| quote!(f64::NEG_INFINITY), |e| quote!((#e) as f64));
+        let hi = hi
+            .as_ref()
+            .map_or_else(|| quote!(f64::INFINITY), |e| quote!((#e) as f64));
+        quote!((#lo, #hi))
+    });
     let learn_init = learnable.iter().enumerate().map(|(qi, &pi)| {
         let f = &def.params[pi].ident;
         quote!(out[#qi] = <T as #rt::Real>::from_f64(self.#f);)
@@ -533,6 +553,7 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
                     states: &[#(#state_names),*],
                     inputs: &[#(#input_names),*],
                     learnable: &[#(#learn_names),*],
+                    learnable_ranges: &[#(#learn_ranges),*],
                     entries: &[#(#entries),*],
                     ports: &[#(#ports),*],
                     num_consts: #n_consts,

@@ -3,10 +3,11 @@
 //! A neuron model is written as one discrete time step in plain Rust. This crate parses it
 //! (`parse`), lowers the step into a hash-consed expression DAG (`lower`, `dag`),
 //! differentiates it symbolically (`diff`), classifies every partial derivative as zero,
-//! constant or dynamic and chooses the eligibility-trace layout (`sparsity`), and emits
-//! specialised kernels (`emit`). Use it through `plasticity_runtime`, which re-exports the
+//! constant or dynamic and chooses the eligibility-trace layout (`sparsity`), checks what
+//! needs the derivatives (`check`), and emits specialised kernels (`emit`). Use it through `plasticity_runtime`, which re-exports the
 //! macro; the language is documented in `docs/dsl.md`.
 
+mod check;
 mod ctxt;
 mod dag;
 mod diff;
@@ -69,7 +70,14 @@ fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
                 def.inputs.len(),
                 def.params.iter().filter(|p| p.learnable).count(),
             );
-            emit::expand(&def, &low, &analysis)
+            check::check(&mut cx, &def, &analysis);
+            match cx.into_compile_errors() {
+                None => emit::expand(&def, &low, &analysis),
+                Some(errors) => {
+                    let fallback = fallback(&def);
+                    quote!(#errors #fallback)
+                }
+            }
         }
         _ => {
             let errors = cx.into_compile_errors().unwrap_or_default();
@@ -107,7 +115,7 @@ fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
                 const NUM_CONSTS: usize = 0;
                 const NUM_DYNAMIC: usize = 0;
                 const PATTERN: ::plasticity_runtime::__private::Pattern = ::plasticity_runtime::__private::Pattern {
-                    model: "", states: &[], inputs: &[], learnable: &[], entries: &[], ports: &[],
+                    model: "", states: &[], inputs: &[], learnable: &[], learnable_ranges: &[], entries: &[], ports: &[],
                     num_consts: 0, num_dynamic: 0,
                 };
                 fn initial_state<T: ::plasticity_runtime::__private::Real>(&self, out: &mut [T]) { unreachable!() }

@@ -13,8 +13,8 @@ use crate::dag::{CmpOp, Dag, NodeId, Op, Surrogate, SurrogateKind, Var};
 use crate::parse::ModelDef;
 
 const ALLOWED: &str = "allowed: float literals, names, `let`, `+ - * /`, unary `-`, comparisons, \
-`&& || !`, `if`/`else`, and the functions exp ln sqrt powi powf abs tanh sigmoid min max clamp \
-spike detach";
+`&& || !`, `if`/`else`, and the functions exp ln sqrt powi powf abs tanh sin cos sigmoid min max \
+clamp spike detach";
 
 fn surrogate_list() -> String {
     SurrogateKind::ALL
@@ -24,7 +24,7 @@ fn surrogate_list() -> String {
         .join(", ")
 }
 
-const FUNCTIONS: &str = "exp, ln, sqrt, powi, powf, abs, tanh, sigmoid, min, max, clamp, spike, detach";
+const FUNCTIONS: &str = "exp, ln, sqrt, powi, powf, abs, tanh, sin, cos, sigmoid, min, max, clamp, spike, detach";
 
 /// The lowered model: one DAG holding the step, its outputs and the initial values.
 pub struct Lowered {
@@ -321,6 +321,8 @@ impl<'a> Lowerer<'a> {
             "sqrt" => Some(Op::Sqrt),
             "abs" => Some(Op::Abs),
             "tanh" => Some(Op::Tanh),
+            "sin" => Some(Op::Sin),
+            "cos" => Some(Op::Cos),
             "sigmoid" => Some(Op::Sigmoid),
             _ => None,
         };
@@ -716,6 +718,11 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                     .error_spanned_by(rest, "`..` is not allowed in `Next`: give every state its next value");
             }
             let mut seen: Vec<String> = Vec::new();
+            // The output is `spike`, or `out` for a model that does not spike (unless a state
+            // has that name).
+            let is_output =
+                |name: &str| name == "spike" || name == "out" && !def.states.iter().any(|s| s.ident == "out");
+            let mut output_name: Option<String> = None;
             for fv in &st.fields {
                 let name = fv.member.to_token_stream().to_string();
                 if seen.contains(&name) {
@@ -725,7 +732,14 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                 }
                 seen.push(name.clone());
                 let value = lw.num(&fv.expr);
-                if name == "spike" {
+                if is_output(&name) {
+                    if let Some(first) = &output_name {
+                        lw.cx.error_spanned_by(
+                            &fv.member,
+                            format!("`Next` gives the output twice (`{first}` and `{name}`): keep one"),
+                        );
+                    }
+                    output_name = Some(name.clone());
                     spike = value;
                     continue;
                 }
@@ -736,7 +750,8 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                         lw.cx.error_spanned_by(
                             &fv.member,
                             format!(
-                                "`{name}` is not a state variable; `Next` takes the states ({}) and `spike`",
+                                "`{name}` is not a state variable; `Next` takes the states ({}) and the output \
+                                 (`spike`, or `out`)",
                                 states.join(", ")
                             ),
                         );
@@ -755,11 +770,12 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
                     );
                 }
             }
-            if !seen.iter().any(|n| n == "spike") {
+            if output_name.is_none() {
                 outputs_ok = false;
                 lw.cx.error_spanned_by(
                     &st.path,
-                    "`Next` needs the output: add `spike: <expr>` (e.g. `spike(v - v_th)`)",
+                    "`Next` needs the output: add `spike: <expr>` (e.g. `spike(v - v_th)`), or `out: <expr>` for a \
+                     model that does not spike",
                 );
             }
         }

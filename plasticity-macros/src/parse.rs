@@ -21,6 +21,8 @@ pub const RESERVED: &[&str] = &[
     "powf",
     "abs",
     "tanh",
+    "sin",
+    "cos",
     "sigmoid",
     "min",
     "max",
@@ -37,6 +39,8 @@ pub struct Param {
     pub ident: Ident,
     pub default: Expr,
     pub learnable: bool,
+    /// Declared bounds of a learnable parameter (`range = lo..=hi`, either side optional).
+    pub range: (Option<Expr>, Option<Expr>),
     pub attrs: Vec<Attribute>,
     pub vis: syn::Visibility,
 }
@@ -87,8 +91,14 @@ pub fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<Expr> {
 }
 
 enum Role {
-    Param { default: Option<Expr>, learnable: bool },
-    State { init: Option<Expr> },
+    Param {
+        default: Option<Expr>,
+        learnable: bool,
+        range: (Option<Expr>, Option<Expr>),
+    },
+    State {
+        init: Option<Expr>,
+    },
     Input,
 }
 
@@ -98,6 +108,7 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
         "param" => {
             let mut default = None;
             let mut learnable = false;
+            let mut range: Option<(Option<Expr>, Option<Expr>)> = None;
             let res = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("default") {
                     if default.is_some() {
@@ -111,24 +122,52 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
                     }
                     learnable = true;
                     Ok(())
+                } else if meta.path.is_ident("range") {
+                    if range.is_some() {
+                        return Err(meta.error("duplicate `range`"));
+                    }
+                    let value = meta.value()?.parse::<Expr>()?;
+                    match value {
+                        Expr::Range(r) if matches!(r.limits, syn::RangeLimits::Closed(_)) || r.end.is_none() => {
+                            range = Some((r.start.map(|e| *e), r.end.map(|e| *e)));
+                            Ok(())
+                        }
+                        other => Err(syn::Error::new_spanned(
+                            other,
+                            "`range` takes an inclusive range of f64 values: `range = 0.0..=1.0`, `0.0..` or `..=1.0`",
+                        )),
+                    }
                 } else {
                     Err(meta.error(
-                        "unknown key in #[param(..)]; expected `default = <f64>` and \
-                         optionally `learnable`",
+                        "unknown key in #[param(..)]; expected `default = <f64>` and optionally `learnable` and \
+                         `range = <lo>..=<hi>`",
                     ))
                 }
             });
+            if range.is_some() && !learnable {
+                cx.error_spanned_by(
+                    attr,
+                    "`range` bounds a learnable parameter (kept in range after every update): add `learnable`, or \
+                     drop `range` for a fixed parameter",
+                );
+            }
+            let range = range.unwrap_or((None, None));
             if let Err(e) = res {
                 cx.push(e);
                 return Some(Role::Param {
                     default: None,
                     learnable,
+                    range,
                 });
             }
             if default.is_none() {
                 cx.error_spanned_by(attr, "#[param] needs a default value: `#[param(default = 1.0)]`");
             }
-            Some(Role::Param { default, learnable })
+            Some(Role::Param {
+                default,
+                learnable,
+                range,
+            })
         }
         "state" => {
             let mut init = None;
@@ -287,10 +326,15 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
                         &ident,
                         format!("field `{name}` has no role: mark it #[param(default = ..)], #[state(init = ..)] or #[input]"),
                     ),
-                    Some((_, Role::Param { default, learnable })) => params.push(Param {
+                    Some((_, Role::Param {
+                        default,
+                        learnable,
+                        range,
+                    })) => params.push(Param {
                         ident,
                         default: default.unwrap_or_else(|| syn::parse_quote!(0.0)),
                         learnable,
+                        range,
                         attrs: doc_attrs,
                         vis: field.vis.clone(),
                     }),

@@ -236,6 +236,8 @@ fn formula_at(dag: &Dag, id: NodeId, names: &dyn Fn(Var) -> String, depth: usize
         Abs(a) => format!("|{}|", f(a)),
         Signum(a) => format!("sign({})", f(a)),
         Tanh(a) => format!("tanh({})", f(a)),
+        Sin(a) => format!("sin({})", f(a)),
+        Cos(a) => format!("cos({})", f(a)),
         Sigmoid(a) => format!("σ({})", f(a)),
         Min(a, b) => format!("min({}, {})", f(a), f(b)),
         Max(a, b) => format!("max({}, {})", f(a), f(b)),

@@ -34,7 +34,7 @@ fn expr() -> impl Strategy<Value = E> {
     leaf.prop_recursive(5, 40, 3, |inner| {
         prop_oneof![
             (0..6u8, inner.clone(), inner.clone()).prop_map(|(o, a, b)| E::Bin(o, Box::new(a), Box::new(b))),
-            (0..8u8, inner.clone()).prop_map(|(o, a)| E::Un(o, Box::new(a))),
+            (0..10u8, inner.clone()).prop_map(|(o, a)| E::Un(o, Box::new(a))),
             (inner.clone(), -3..4i32).prop_map(|(a, n)| E::Powi(Box::new(a), n)),
             (inner.clone(), inner.clone(), inner.clone()).prop_map(|(a, b, c)| E::Clamp(
                 Box::new(a),
@@ -86,6 +86,8 @@ fn build(d: &mut Dag, e: &E) -> NodeId {
                 4 => Op::Tanh(a),
                 5 => Op::Sigmoid(a),
                 6 => Op::Neg(a),
+                7 => Op::Sin(a),
+                8 => Op::Cos(a),
                 _ => Op::Powf(pos, a),
             };
             d.make(op, s)
@@ -185,6 +187,8 @@ fn dual_eval(d: &Dag, env: &[f64; 5], dir: Option<Var>, frozen: Option<&[f64]>) 
                 0.0,
             ),
             Op::Tanh(a) => (g(a).0.tanh(), chain(1.0 - g(a).0.tanh().powi(2), g(a).1)),
+            Op::Sin(a) => (g(a).0.sin(), chain(g(a).0.cos(), g(a).1)),
+            Op::Cos(a) => (g(a).0.cos(), chain(-g(a).0.sin(), g(a).1)),
             Op::Sigmoid(a) => (sig(g(a).0), chain(sig(g(a).0) * (1.0 - sig(g(a).0)), g(a).1)),
             Op::Min(a, c) => {
                 if g(c).0 < g(a).0 {

@@ -81,7 +81,7 @@ pub struct PortLayout {
 }
 
 /// Everything the compiler found out about a model's derivatives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pattern {
     /// Model name.
     pub model: &'static str,
@@ -91,6 +91,10 @@ pub struct Pattern {
     pub inputs: &'static [&'static str],
     /// Learnable parameter names.
     pub learnable: &'static [&'static str],
+    /// Per learnable parameter, its declared range `(lo, hi)` (infinite where unbounded):
+    /// values are kept inside it after every update, and a network holding a value outside
+    /// it is rejected.
+    pub learnable_ranges: &'static [(f64, f64)],
     /// Every structurally nonzero partial; absent pairs are structurally zero.
     pub entries: &'static [Entry],
     /// Per input port, the eligibility layout.

@@ -315,6 +315,7 @@ impl<F: Float> OptimizerState<F> {
         for (proj, w) in net.projections.iter().zip(&mut net.params.projections) {
             proj.apply_mask(w);
         }
+        net.clamp_learnable();
         norm
     }
 }

@@ -43,6 +43,10 @@ pub trait Real:
     fn abs(self) -> Self;
     /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// Sine.
+    fn sin(self) -> Self;
+    /// Cosine.
+    fn cos(self) -> Self;
     /// Arc tangent.
     fn atan(self) -> Self;
     /// The error function.
@@ -140,6 +144,14 @@ macro_rules! impl_real {
             #[inline(always)]
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
+            }
+            #[inline(always)]
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            #[inline(always)]
+            fn cos(self) -> Self {
+                <$t>::cos(self)
             }
             #[inline(always)]
             fn atan(self) -> Self {

@@ -142,6 +142,12 @@ impl Real for Dual {
         let t = self.re.tanh();
         self.chain(t, 1.0 - t * t)
     }
+    fn sin(self) -> Self {
+        self.chain(self.re.sin(), self.re.cos())
+    }
+    fn cos(self) -> Self {
+        self.chain(self.re.cos(), -self.re.sin())
+    }
     fn atan(self) -> Self {
         self.chain(self.re.atan(), 1.0 / (1.0 + self.re * self.re))
     }

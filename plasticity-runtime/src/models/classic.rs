@@ -170,8 +170,8 @@ pub mod leaky_integrator {
     /// A non-spiking leaky integrator (rate unit) with a learnable time constant:
     /// `v' = α v + (1 − α) I`, output `z = tanh(v')`.
     pub struct LeakyIntegrator {
-        /// Decay per step (learnable).
-        #[param(default = 0.9, learnable)]
+        /// Decay per step (learnable, kept in [0, 1]).
+        #[param(default = 0.9, learnable, range = 0.0..=1.0)]
         pub alpha: f64,
         /// Activation.
         #[state(init = 0.0)]
@@ -185,7 +185,7 @@ pub mod leaky_integrator {
         let v_next = alpha * v + (1.0 - alpha) * i;
         Next {
             v: v_next,
-            spike: tanh(v_next),
+            out: tanh(v_next),
         }
     }
 }

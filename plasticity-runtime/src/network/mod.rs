@@ -120,6 +120,19 @@ impl<F: Float> Network<F> {
         self.projections[i].to_dense(&self.params.projections[i])
     }
 
+    /// Puts every learnable parameter back into its model's declared range (after an update).
+    pub(crate) fn clamp_learnable(&mut self) {
+        for (pop, learn) in self.populations.iter().zip(&mut self.params.learnable) {
+            let ranges = pop.pattern().learnable_ranges;
+            for (mut row, &(lo, hi)) in learn.outer_iter_mut().zip(ranges) {
+                if lo > f64::NEG_INFINITY || hi < f64::INFINITY {
+                    let (lo, hi) = (F::from_f64(lo), F::from_f64(hi));
+                    row.mapv_inplace(|v| v.clamp(lo, hi));
+                }
+            }
+        }
+    }
+
     /// The projections onto population `p`, in the order they were added.
     pub(crate) fn incoming(&self, p: usize) -> impl Iterator<Item = (usize, &Projection)> {
         self.projections
@@ -207,6 +220,27 @@ impl<F: Float> Network<F> {
             let what = format!("population {} learnable parameters", pop.name);
             check_shape(&what, p.learnable[i].shape(), &[pop.num_learnable(), pop.size])?;
             check_finite(&what, p.learnable[i].iter().copied())?;
+            let pattern = pop.pattern();
+            for ((name, &(lo, hi)), row) in (pattern.learnable.iter())
+                .zip(pattern.learnable_ranges)
+                .zip(p.learnable[i].outer_iter())
+            {
+                if let Some((j, v)) = row
+                    .iter()
+                    .map(|v| v.to_f64())
+                    .enumerate()
+                    .find(|(_, v)| !(lo..=hi).contains(v))
+                {
+                    return Err(invalid(
+                        &format!("population {} learnable parameter {name} of neuron {j}", pop.name),
+                        v,
+                        &format!(
+                            "a value in the range [{lo}, {hi}] that model {} declares",
+                            pattern.model
+                        ),
+                    ));
+                }
+            }
             if let Some(b) = &p.bias[i] {
                 let what = format!("population {} bias", pop.name);
                 check_shape(&what, b.shape(), &[pop.num_ports(), pop.size])?;

@@ -9,7 +9,7 @@ mod m {
         i: f64,
     }
     fn step() {
-        let u = sin(v) + v.cos() + i;
+        let u = floor(v) + v.atan() + i;
         Next { v: u, spike: spike(u) }
     }
 }

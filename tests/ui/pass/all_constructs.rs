@@ -25,7 +25,7 @@ mod everything {
         let drive: f64 = exc - inh;
         let lit = 1.5e-1 + -2.0 * 3.0 / 4.0;
         let f = exp(-v) + ln(1.0 + a * a) + sqrt(1.0 + v * v) + powi(v, 3) + powf(1.0 + a * a, 0.5);
-        let g = abs(v) + tanh(v) + sigmoid(v) + min(v, a) + max(v, a) + clamp(v, -1.0, 1.0);
+        let g = abs(v) + tanh(v) + sin(v) + v.cos() + sigmoid(v) + min(v, a) + max(v, a) + clamp(v, -1.0, 1.0);
         let methods = v.exp() + v.abs().tanh() + a.max(v).min(2.0) + v.powi(2) + v.clamp(-1.0, 1.0) + v.sigmoid();
         let branch = if v > 0.0 && !(a >= 1.0) || v == a { v } else if v < -1.0 { -v } else { 0.0 };
         let block = { let t = v * 2.0; t + 1.0 };
