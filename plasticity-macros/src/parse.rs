@@ -94,7 +94,7 @@ enum Role {
     Param {
         default: Option<Expr>,
         learnable: bool,
-        range: (Option<Expr>, Option<Expr>),
+        range: Box<(Option<Expr>, Option<Expr>)>,
     },
     State {
         init: Option<Expr>,
@@ -151,7 +151,7 @@ fn parse_role(cx: &mut Ctxt, attr: &Attribute) -> Option<Role> {
                      drop `range` for a fixed parameter",
                 );
             }
-            let range = range.unwrap_or((None, None));
+            let range = Box::new(range.unwrap_or((None, None)));
             if let Err(e) = res {
                 cx.push(e);
                 return Some(Role::Param {
@@ -334,7 +334,7 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
                         ident,
                         default: default.unwrap_or_else(|| syn::parse_quote!(0.0)),
                         learnable,
-                        range,
+                        range: *range,
                         attrs: doc_attrs,
                         vis: field.vis.clone(),
                     }),
