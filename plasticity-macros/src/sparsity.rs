@@ -199,20 +199,10 @@ fn port_layout(a: &Analysis, port: usize) -> PortInfo {
     }
 }
 
-/// A readable formula for a node, for documentation (`describe()`, docs).
+/// A readable formula for a node, in full, for documentation (`describe()`, docs).
 pub fn formula(dag: &Dag, id: NodeId, names: &dyn Fn(Var) -> String) -> String {
-    formula_at(dag, id, names, 0)
-}
-
-/// Deeper subexpressions are elided so that formulas stay readable.
-const MAX_FORMULA_DEPTH: usize = 8;
-
-fn formula_at(dag: &Dag, id: NodeId, names: &dyn Fn(Var) -> String, depth: usize) -> String {
     use crate::dag::Op::*;
-    if depth > MAX_FORMULA_DEPTH {
-        return "…".to_string();
-    }
-    let f = |x: NodeId| formula_at(dag, x, names, depth + 1);
+    let f = |x: NodeId| formula(dag, x, names);
     match dag.node(id).op {
         Const(b) => {
             let v = f64::from_bits(b);

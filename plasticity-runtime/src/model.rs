@@ -172,6 +172,24 @@ impl fmt::Display for Pattern {
             }
             row(f, "spike", mz, 0, cols)?;
         }
+        writeln!(f, "  nonzero partials:")?;
+        for e in self.entries {
+            let state = |r: usize| self.states[r];
+            let (num, den) = match e.matrix {
+                Matrix::J => (format!("{}'", state(e.row)), self.states[e.col]),
+                Matrix::Jz => ("z".to_string(), self.states[e.col]),
+                Matrix::B => (format!("{}'", state(e.row)), self.inputs[e.col]),
+                Matrix::Bz => ("z".to_string(), self.inputs[e.col]),
+                Matrix::P => (format!("{}'", state(e.row)), self.learnable[e.col]),
+                Matrix::Pz => ("z".to_string(), self.learnable[e.col]),
+            };
+            let kind = match e.kind {
+                EntryKind::Constant(_) => "constant",
+                EntryKind::Dynamic(_) => "dynamic",
+            };
+            let head = format!("    ∂{num}/∂{den} ({kind}) = ");
+            write_wrapped(f, &head, e.formula)?;
+        }
         writeln!(f, "  eligibility layout per input port:")?;
         for port in self.ports {
             write!(f, "    {}:", port.name)?;
@@ -192,6 +210,35 @@ impl fmt::Display for Pattern {
         Ok(())
     }
 }
+
+/// Writes `head` then `text`, broken at spaces into lines of at most [`WRAP`] characters,
+/// continuation lines indented by eight spaces; a word longer than a line is kept whole.
+fn write_wrapped(f: &mut fmt::Formatter<'_>, head: &str, text: &str) -> fmt::Result {
+    const INDENT: &str = "        ";
+    let mut line = head.to_string();
+    let mut width = line.chars().count();
+    let mut fresh = true;
+    for word in text.split(' ') {
+        let len = word.chars().count();
+        if !fresh && width + 1 + len > WRAP {
+            writeln!(f, "{line}")?;
+            line = INDENT.to_string();
+            width = INDENT.len();
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+            width += 1;
+        }
+        line.push_str(word);
+        width += len;
+        fresh = false;
+    }
+    writeln!(f, "{line}")
+}
+
+/// Line width of [`Pattern::describe`].
+const WRAP: usize = 96;
 
 /// A neuron model compiled by `#[neuron_model]`.
 ///
