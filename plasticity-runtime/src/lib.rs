@@ -93,6 +93,11 @@ pub use real::{Float, Real};
 pub use surrogate::{Mode, Plain, Smooth, Surrogate};
 pub use trainer::{Algorithm, BatchStats, StepInfo, TrainConfig, Trainer};
 
+/// The complete programs of `docs/networks.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/networks.md")]
+pub struct NetworksGuide;
+
 /// Paths the generated code uses. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
