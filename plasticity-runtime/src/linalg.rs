@@ -458,7 +458,7 @@ mod tests {
         let want = a.dot(&w.t()) + 2.0;
         assert!((&out - &want).iter().all(|d| d.abs() < 1e-12));
 
-        // Rows longer than the 16 dot-product lanes, with a tail.
+        // Rows longer than the 8 dot-product lanes, with a tail.
         let a_long = Array2::from_shape_fn((2, 37), |(i, j)| ((i * 37 + j) % 9) as f64 - 4.0);
         let w_long = Array2::from_shape_fn((3, 37), |(i, j)| ((i + 5 * j) % 13) as f64 * 0.5);
         let mut out = Array2::from_elem((2, 3), 7.0);
