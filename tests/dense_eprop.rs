@@ -46,7 +46,8 @@ fn dense_eprop<M: NeuronModel>(net: &Network<f64>, x: &Array3<f64>, classes: &[u
     for b in 0..batch {
         let mut state = vec![0.0; n * k];
         for j in 0..n {
-            model.initial_state(&mut state[j * k..(j + 1) * k]);
+            let learn: Vec<f64> = (0..q).map(|qi| learnable[[qi, j]]).collect();
+            model.initial_state(&learn, &mut state[j * k..(j + 1) * k]);
         }
         let mut z_prev = vec![0.0; n];
         let mut y = vec![0.0; n_out];
@@ -55,7 +56,12 @@ fn dense_eprop<M: NeuronModel>(net: &Network<f64>, x: &Array3<f64>, classes: &[u
         // eps[source][j][i][k], ebar[source][j][i]
         let mut eps: Vec<Vec<f64>> = sources.iter().map(|&(_, m, _)| vec![0.0; n * m * k]).collect();
         let mut ebar: Vec<Vec<f64>> = sources.iter().map(|&(_, m, _)| vec![0.0; n * m]).collect();
+        // Parameter traces start at the initial state's derivatives ∂s0/∂θ.
         let mut eps_p = vec![0.0; n * q * k];
+        for j in 0..n {
+            let learn: Vec<f64> = (0..q).map(|qi| learnable[[qi, j]]).collect();
+            model.initial_partials(&learn, &mut eps_p[j * q * k..(j + 1) * q * k]);
+        }
         let mut ebar_p = vec![0.0; n * q];
         for t in 0..t_len {
             let xt: Vec<f64> = (0..n_in).map(|i| x[[t, b, i]]).collect();

@@ -474,3 +474,84 @@ fn learnable_parameters_stay_in_their_declared_range() {
     let e = edited.run(x.view()).unwrap_err().to_string();
     assert!(e.contains("neuron 3") && e.contains("0.2"), "{e}");
 }
+
+#[neuron_model(surrogate = sigmoid(4.0))]
+mod learned_start {
+    /// LIF relaxing to a learnable resting potential, where it also starts; and a learnable
+    /// initial adaptation that only the initial state uses.
+    pub struct RestLif {
+        #[param(default = 0.85)]
+        pub alpha: f64,
+        #[param(default = 0.2, learnable)]
+        pub v_rest: f64,
+        #[param(default = 0.3, learnable)]
+        pub a0: f64,
+        #[param(default = 0.6)]
+        pub v_th: f64,
+        #[state(init = v_rest)]
+        v: f64,
+        #[state(init = 2.0 * a0)]
+        a: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        let reset = detach(spike(v - v_th - a));
+        let v = alpha * (v - v_rest) + v_rest + i - reset * v_th;
+        let a = 0.9 * a;
+        Next {
+            v,
+            a,
+            spike: spike(v - v_th - a),
+        }
+    }
+}
+
+/// A learnable parameter in `#[state(init = ..)]`: every neuron starts from its own value,
+/// and BPTT (against finite differences) and e-prop (against BPTT, no recurrence) include the
+/// initial state's derivative.
+#[test]
+fn learnable_initial_states_get_gradients() {
+    use learned_start::RestLif;
+    assert!(<RestLif as plasticity_runtime::NeuronModel>::PATTERN.learnable_init_state);
+    let mut net: Network<f64> = NetworkBuilder::new(4)
+        .population(PopulationSpec::new("h", RestLif::default(), 5))
+        .projection(ProjectionSpec::input("h").init(Init::Gaussian { gain: 2.0 }))
+        .readout(ReadoutSpec::new(3, 0.6))
+        .seed(4)
+        .build()
+        .unwrap();
+    for j in 0..5 {
+        net.params.learnable[0][[0, j]] = 0.1 * j as f64;
+        net.params.learnable[0][[1, j]] = 0.05 * (5 - j) as f64;
+    }
+    let x = inputs(8, 15, 2, 4);
+    let out = net.run_with_probes(x.view(), &[Probe::state("h", "a")]).unwrap();
+    // a decays from 2·a0 of each neuron: its own starting value.
+    for j in 0..5 {
+        let want = 0.9 * 2.0 * 0.05 * (5 - j) as f64;
+        assert!((out.probes[0][[0, 0, j]] - want).abs() < 1e-12, "neuron {j}");
+    }
+    let options = GradcheckOptions {
+        max_per_tensor: usize::MAX,
+        ..GradcheckOptions::default()
+    };
+    let report = gradcheck(
+        &net,
+        Loss::CrossEntropy(Window::All),
+        x.view(),
+        Targets::Classes(&[0, 2]),
+        options,
+    )
+    .unwrap();
+    assert!(report.worst <= 1e-6, "{report:?}");
+    let (e, _) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &[0, 2]);
+    let (b, _) = gradients(&net, Algorithm::Bptt, &x, &[0, 2]);
+    assert!(
+        b.learnable[0].row(1).iter().all(|g| *g != 0.0),
+        "a0 reaches the loss only through the initial state"
+    );
+    let diff = e.max_rel_diff(&b, 1e-12);
+    assert!(diff <= 1e-9, "e-prop vs BPTT {diff:e}");
+}

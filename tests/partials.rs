@@ -17,10 +17,10 @@ fn check<M: NeuronModel>(m: &M, spread: &[f64], input_scale: f64, seed: u64) {
     let (k, p, q) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE);
     assert_eq!(spread.len(), k);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut init = vec![0.0; k];
-    m.initial_state(&mut init);
     let mut learn0 = vec![0.0; q];
     m.learnable_init(&mut learn0);
+    let mut init = vec![0.0; k];
+    m.initial_state(&learn0, &mut init);
     let mut fd_checked = 0;
     let mut fd_total = 0;
     for n in 0..POINTS {
@@ -116,10 +116,10 @@ fn layer_matches_neuron<M: NeuronModel>(m: &M, spread: f64, seed: u64) {
     let (k, p, q, nd) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE, M::NUM_DYNAMIC);
     let n = 7;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut init = vec![0.0; k];
-    m.initial_state(&mut init);
     let mut learn0 = vec![0.0; q];
     m.learnable_init(&mut learn0);
+    let mut init = vec![0.0; k];
+    m.initial_state(&learn0, &mut init);
     let state: Vec<f64> = (0..k * n)
         .map(|i| init[i / n] + spread * rng.random_range(-1.0..1.0))
         .collect();

@@ -15,6 +15,7 @@ mod emit;
 mod lower;
 mod parse;
 mod sparsity;
+mod symbol;
 #[cfg(test)]
 mod tests;
 
@@ -70,7 +71,7 @@ fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
                 def.inputs.len(),
                 def.params.iter().filter(|p| p.learnable).count(),
             );
-            check::check(&mut cx, &def, &analysis);
+            check::check(&mut cx, &def, &low.dag, &analysis);
             match cx.into_compile_errors() {
                 None => emit::expand(&def, &low, &analysis),
                 Some(errors) => {
@@ -115,10 +116,11 @@ fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
                 const NUM_CONSTS: usize = 0;
                 const NUM_DYNAMIC: usize = 0;
                 const PATTERN: ::plasticity_runtime::__private::Pattern = ::plasticity_runtime::__private::Pattern {
-                    model: "", states: &[], inputs: &[], learnable: &[], learnable_ranges: &[], entries: &[], ports: &[],
+                    model: "", states: &[], inputs: &[], learnable: &[], learnable_ranges: &[], entries: &[], ports: &[], learnable_init_state: false,
                     num_consts: 0, num_dynamic: 0,
                 };
-                fn initial_state<T: ::plasticity_runtime::__private::Real>(&self, out: &mut [T]) { unreachable!() }
+                fn initial_state<T: ::plasticity_runtime::__private::Real>(&self, learn: &[T], out: &mut [T]) { unreachable!() }
+                fn initial_partials<T: ::plasticity_runtime::__private::Real>(&self, learn: &[T], out: &mut [T]) { unreachable!() }
                 fn learnable_init<T: ::plasticity_runtime::__private::Real>(&self, out: &mut [T]) { unreachable!() }
                 fn set_learnable(&mut self, values: &[f64]) { unreachable!() }
                 fn eval<T: ::plasticity_runtime::__private::Real, M: ::plasticity_runtime::__private::Mode<T>>(

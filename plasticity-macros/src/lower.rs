@@ -11,10 +11,7 @@ use syn::{BinOp, Block, Expr, Lit, Pat, Stmt, UnOp};
 use crate::ctxt::Ctxt;
 use crate::dag::{CmpOp, Dag, NodeId, Op, Surrogate, SurrogateKind, Var};
 use crate::parse::ModelDef;
-
-const ALLOWED: &str = "allowed: float literals, names, `let`, `+ - * /`, unary `-`, comparisons, \
-`&& || !`, `if`/`else`, and the functions exp ln sqrt powi powf abs tanh sin cos sigmoid min max \
-clamp spike detach";
+use crate::symbol;
 
 fn surrogate_list() -> String {
     SurrogateKind::ALL
@@ -24,8 +21,6 @@ fn surrogate_list() -> String {
         .join(", ")
 }
 
-const FUNCTIONS: &str = "exp, ln, sqrt, powi, powf, abs, tanh, sin, cos, sigmoid, min, max, clamp, spike, detach";
-
 /// The lowered model: one DAG holding the step, its outputs and the initial values.
 pub struct Lowered {
     pub dag: Dag,
@@ -33,7 +28,8 @@ pub struct Lowered {
     pub next: Vec<NodeId>,
     /// The output `z`.
     pub spike: NodeId,
-    /// Initial value of each state variable (depends on parameters only).
+    /// Initial value of each state variable (depends on parameters only, learnable ones
+    /// included).
     pub init: Vec<NodeId>,
     /// The user's `let` name of a node (the first binding of it), for readable code.
     pub names: HashMap<NodeId, String>,
@@ -189,7 +185,7 @@ impl<'a> Lowerer<'a> {
                 }
                 _ => {
                     self.cx
-                        .error_spanned_by(e, format!("dereference is not supported; {ALLOWED}"));
+                        .error_spanned_by(e, format!("dereference is not supported; {}", symbol::allowed()));
                     None
                 }
             },
@@ -229,14 +225,19 @@ impl<'a> Lowerer<'a> {
                 None
             }
             Expr::Macro(_) => {
-                self.cx
-                    .error_spanned_by(e, format!("macros are not supported inside `step`; {ALLOWED}"));
+                self.cx.error_spanned_by(
+                    e,
+                    format!("macros are not supported inside `step`; {}", symbol::allowed()),
+                );
                 None
             }
             _ => {
                 self.cx.error_spanned_by(
                     e,
-                    format!("this expression is not supported in a neuron model; {ALLOWED}"),
+                    format!(
+                        "this expression is not supported in a neuron model; {}",
+                        symbol::allowed()
+                    ),
                 );
                 None
             }
@@ -315,18 +316,7 @@ impl<'a> Lowerer<'a> {
     /// Builds a math function applied to already-lowered operands: shared by the call
     /// syntax `exp(x)` and the method syntax `x.exp()`.
     fn math(&mut self, name: &str, all: &[&Expr], span: Span, site: &dyn ToTokens) -> Option<Val> {
-        let unary: Option<fn(NodeId) -> Op> = match name {
-            "exp" => Some(Op::Exp),
-            "ln" => Some(Op::Ln),
-            "sqrt" => Some(Op::Sqrt),
-            "abs" => Some(Op::Abs),
-            "tanh" => Some(Op::Tanh),
-            "sin" => Some(Op::Sin),
-            "cos" => Some(Op::Cos),
-            "sigmoid" => Some(Op::Sigmoid),
-            _ => None,
-        };
-        if let Some(f) = unary {
+        if let Some(f) = symbol::unary(name) {
             if !self.arity(name, all.len(), 1, site) {
                 return None;
             }
@@ -411,7 +401,10 @@ impl<'a> Lowerer<'a> {
             _ => {
                 self.cx.error_spanned_by(
                     site,
-                    format!("unsupported function `{name}`; the language has: {FUNCTIONS}"),
+                    format!(
+                        "unsupported function `{name}`; the language has: {}",
+                        symbol::function_list()
+                    ),
                 );
                 None
             }
@@ -432,7 +425,7 @@ impl<'a> Lowerer<'a> {
                     _ => None,
                 };
             }
-            if !FUNCTIONS.split(", ").any(|f| f == name) {
+            if !symbol::FUNCTIONS.contains(&name.as_str()) {
                 self.cx.error_spanned_by(
                     &call.func,
                     format!("unknown surrogate `{name}`; surrogates: {}", surrogate_list()),
@@ -484,8 +477,10 @@ impl<'a> Lowerer<'a> {
                 p.path.get_ident().expect("checked").to_string()
             }
             other => {
-                self.cx
-                    .error_spanned_by(other, format!("only the built-in functions can be called: {FUNCTIONS}"));
+                self.cx.error_spanned_by(
+                    other,
+                    format!("only the built-in functions can be called: {}", symbol::function_list()),
+                );
                 return None;
             }
         };
@@ -568,7 +563,7 @@ impl<'a> Lowerer<'a> {
             self.cx.error_spanned_by(local, "`let ... else` is not supported");
         }
         let name = ident.to_string();
-        if crate::parse::RESERVED.contains(&name.as_str()) {
+        if symbol::is_reserved(&name) {
             self.cx
                 .error_spanned_by(ident, format!("`{name}` is a built-in and cannot be rebound"));
         }
@@ -616,9 +611,10 @@ impl<'a> Lowerer<'a> {
                     .error_spanned_by(e, "only the last expression of a block gives its value");
             }
             Stmt::Item(item) => self.cx.error_spanned_by(item, "items are not allowed inside `step`"),
-            Stmt::Macro(m) => self
-                .cx
-                .error_spanned_by(m, format!("macros are not supported inside `step`; {ALLOWED}")),
+            Stmt::Macro(m) => self.cx.error_spanned_by(
+                m,
+                format!("macros are not supported inside `step`; {}", symbol::allowed()),
+            ),
         }
     }
 
@@ -653,14 +649,15 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     let mut names = Vec::new();
     let mut learn_index = 0;
     for (pi, p) in def.params.iter().enumerate() {
-        let fixed = dag.var(Var::Param(pi), p.ident.span());
-        init_globals.insert(p.ident.to_string(), fixed);
+        // A learnable parameter is each neuron's own value everywhere, initial values and
+        // the default surrogate included.
         let v = if p.learnable {
             learn_index += 1;
             dag.var(Var::Learn(learn_index - 1), p.ident.span())
         } else {
-            fixed
+            dag.var(Var::Param(pi), p.ident.span())
         };
+        init_globals.insert(p.ident.to_string(), v);
         step_globals.insert(p.ident.to_string(), v);
         names.push(p.ident.to_string());
     }
@@ -712,7 +709,7 @@ pub fn lower(cx: &mut Ctxt, def: &ModelDef) -> Option<Lowered> {
     let mut spike = None;
     let mut outputs_ok = true;
     match tail {
-        Some(Expr::Struct(st)) if st.path.is_ident("Next") => {
+        Some(Expr::Struct(st)) if st.path.is_ident(symbol::NEXT) => {
             if let Some(rest) = &st.rest {
                 lw.cx
                     .error_spanned_by(rest, "`..` is not allowed in `Next`: give every state its next value");

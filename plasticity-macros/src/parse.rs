@@ -10,31 +10,6 @@ use syn::{Attribute, Expr, Ident, Item, ItemFn, ItemMod, ItemStruct, Type};
 
 use crate::ctxt::Ctxt;
 
-/// Names the language reserves: they cannot name a parameter, state or input.
-pub const RESERVED: &[&str] = &[
-    "spike",
-    "detach",
-    "exp",
-    "ln",
-    "sqrt",
-    "powi",
-    "powf",
-    "abs",
-    "tanh",
-    "sin",
-    "cos",
-    "sigmoid",
-    "min",
-    "max",
-    "clamp",
-    "Next",
-    "triangle",
-    "fast_sigmoid",
-    "arctan",
-    "gaussian",
-    "exponential",
-];
-
 pub struct Param {
     pub ident: Ident,
     pub default: Expr,
@@ -291,7 +266,7 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
             for field in &named.named {
                 let Some(ident) = field.ident.clone() else { continue };
                 let name = ident.to_string();
-                if RESERVED.contains(&name.as_str()) {
+                if crate::symbol::is_reserved(&name) {
                     cx.error_spanned_by(
                         &ident,
                         format!("`{name}` is a built-in of the neuron model language and cannot name a field"),

@@ -70,6 +70,9 @@ pub struct Analysis {
     /// Node of each `dynv` slot.
     pub dynamic: Vec<NodeId>,
     pub ports: Vec<PortInfo>,
+    /// `∂s0_r/∂θ_q` of the initial state, parameter-major (`[q·k]`): nonzero when a
+    /// learnable parameter appears in a `#[state(init = ..)]`.
+    pub init_partials: Vec<NodeId>,
 }
 
 impl Analysis {
@@ -91,6 +94,10 @@ impl Analysis {
 }
 
 pub fn analyse(low: &mut Lowered, k: usize, p: usize, q: usize) -> Analysis {
+    let init = low.init.clone();
+    let init_partials: Vec<NodeId> = (0..q)
+        .flat_map(|col| derivatives(&mut low.dag, &init, Var::Learn(col)))
+        .collect();
     let mut roots = low.next.clone();
     roots.push(low.spike);
     let mut entries = Vec::new();
@@ -138,6 +145,7 @@ pub fn analyse(low: &mut Lowered, k: usize, p: usize, q: usize) -> Analysis {
         consts,
         dynamic,
         ports: Vec::new(),
+        init_partials,
     };
     a.ports = (0..p).map(|port| port_layout(&a, port)).collect();
     a

@@ -21,8 +21,10 @@ fn main() {
 type LayerBuffers = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
 fn layer_buffers<M: NeuronModel>(m: &M) -> LayerBuffers {
+    let mut learn = vec![0.0f32; M::NUM_LEARNABLE];
+    m.learnable_init(&mut learn);
     let mut init = vec![0.0f32; M::NUM_STATES];
-    m.initial_state(&mut init);
+    m.initial_state(&learn, &mut init);
     let state: Vec<f32> = (0..M::NUM_STATES * N)
         .map(|i| init[i / N] + (i % 7) as f32 * 0.1)
         .collect();

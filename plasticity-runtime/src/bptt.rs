@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::eprop::RateRegularization;
 use crate::linalg::{add_transposed, gemm_nn, gemm_nt, outer_acc_t};
-use crate::network::{Buffers, Network, Projection, Recorder, ReverseArgs, Source, SpikeMode};
+use crate::network::{Buffers, MAX_STATES, Network, Projection, Recorder, ReverseArgs, Source, SpikeMode};
 use crate::params::Gradients;
 use crate::real::{Float, Real};
 
@@ -323,6 +323,21 @@ pub(crate) fn gradients<F: Float>(
         }
     }
     for (p, pop) in net.populations.iter().enumerate() {
+        // Through the initial state: dE/dθ += (∂s0/∂θ)ᵀ dE/ds0, with `dh` now holding dE/ds0.
+        if pop.pattern().learnable_init_state {
+            let (n, k, q) = (pop.size, pop.num_states(), pop.num_learnable());
+            let (mut values, mut partials) = ([zero; MAX_STATES], [zero; MAX_STATES * MAX_STATES]);
+            for j in 0..n {
+                let learn = pop.neuron_learnable(&net.params.learnable[p], j, &mut values);
+                pop.kernels.initial_partials(learn, &mut partials[..q * k]);
+                for dh_b in dh[p].chunks_exact((n * k).max(1)) {
+                    for qi in 0..q {
+                        let d: F = (0..k).map(|r| partials[qi * k + r] * dh_b[j * k + r]).sum();
+                        grads.learnable[p][[qi, j]] += d;
+                    }
+                }
+            }
+        }
         if let Some(bias) = &mut grads.bias[p] {
             for port in 0..pop.num_ports() {
                 column_sums(&mut bias.row_mut(port), &tapes[p].di.index_axis(Axis(2), port));

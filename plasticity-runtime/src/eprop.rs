@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::init::Init;
 use crate::linalg::{MR, NR, WindowProduct, gemm_nn, gemm_tn_acc, transpose_into, window_acc};
 use crate::model::{EntryKind, Matrix, NeuronModel, Pattern, RowLayout};
-use crate::network::{Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Projection, gather_partials};
+use crate::network::{Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Population, Projection, gather_partials};
 use crate::params::Gradients;
 use crate::real::{Float, Real};
 
@@ -327,6 +327,25 @@ impl<F: Float> PopTraces<F> {
         self.window_len += 1;
         if self.window_len == self.window_steps {
             self.flush();
+        }
+    }
+
+    /// Sets every neuron's learnable-parameter traces to `∂s0/∂θ` (its initial state's
+    /// derivatives, the same for every sample), for a model whose initial values use
+    /// learnable parameters.
+    fn initial_param_traces(&mut self, pop: &Population<F>, learn: &Array2<F>, batch: usize, filtered: bool) {
+        let (k, q) = (pop.num_states(), pop.num_learnable());
+        let (mut values, mut partials) = (
+            [<F as Real>::zero(); MAX_STATES],
+            [<F as Real>::zero(); MAX_STATES * MAX_STATES],
+        );
+        for j in 0..self.neurons() {
+            pop.kernels
+                .initial_partials(pop.neuron_learnable(learn, j, &mut values), &mut partials[..q * k]);
+            let at = self.starts[j] + self.sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>();
+            for eps in self.arena[at..at + batch * q * k].chunks_exact_mut(q * k) {
+                eps.copy_from_slice(&partials[..q * k]);
+            }
         }
     }
 
@@ -668,12 +687,15 @@ impl<F: Float> Eprop<F> {
         net.reset(&mut self.bufs);
         net.refresh_weights(&mut self.bufs);
         let (batch, filtered) = (self.batch, self.filtered);
-        for pt in &mut self.pops {
+        for ((pt, pop), learn) in self.pops.iter_mut().zip(&net.populations).zip(&net.params.learnable) {
             for s in &mut pt.sources {
                 s.fact.fill(<F as Real>::zero());
             }
             pt.clear(true, batch, filtered);
             pt.spike_count.fill(0.0);
+            if pop.pattern().learnable_init_state {
+                pt.initial_param_traces(pop, learn, batch, filtered);
+            }
         }
         self.y.fill(<F as Real>::zero());
         self.zbar.iter_mut().for_each(|z| z.fill(<F as Real>::zero()));

@@ -103,6 +103,9 @@ pub struct Pattern {
     pub num_consts: usize,
     /// Length of the `dynv` array.
     pub num_dynamic: usize,
+    /// Whether a learnable parameter appears in an initial value: each neuron's initial
+    /// state then depends on its own parameter values, and gradients flow through it.
+    pub learnable_init_state: bool,
 }
 
 impl Pattern {
@@ -264,8 +267,14 @@ pub trait NeuronModel: Clone + fmt::Debug + Send + Sync + 'static {
         Self::PATTERN.describe()
     }
 
-    /// Writes the initial state of one neuron into `out` (`[k]`).
-    fn initial_state<T: Real>(&self, out: &mut [T]);
+    /// Writes the initial state of one neuron with learnable values `learn` (`[q]`) into
+    /// `out` (`[k]`).
+    fn initial_state<T: Real>(&self, learn: &[T], out: &mut [T]);
+
+    /// Writes `∂s0_r/∂θ_q`, the derivatives of one neuron's initial state with respect to
+    /// its learnable parameters, into `out` (`[q·k]`, parameter-major): BPTT's gradient
+    /// through the initial state, and e-prop's initial parameter traces.
+    fn initial_partials<T: Real>(&self, learn: &[T], out: &mut [T]);
 
     /// Writes the model's values of the learnable parameters into `out` (`[q]`): the
     /// per-neuron starting values of a layer.

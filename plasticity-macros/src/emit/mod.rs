@@ -185,6 +185,18 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
         let n = cx.ident(id);
         quote!(out[#i] = #n;)
     });
+    let init_partial_nodes: Vec<NodeId> = (a.init_partials.iter()).copied().filter(|&n| !dag.is_zero(n)).collect();
+    let learnable_init_state = !init_partial_nodes.is_empty();
+    let init_partial_code = emit_nodes(dag, &dag.reachable(&init_partial_nodes), &cx);
+    let init_partial_store = a.init_partials.iter().enumerate().map(|(i, &id)| {
+        if dag.is_zero(id) {
+            quote!(out[#i] = <T as #rt::Real>::zero();)
+        } else {
+            let n = cx.ident(id);
+            quote!(out[#i] = #n;)
+        }
+    });
+    let kq = k * q;
     let learn_ranges = learnable.iter().map(|&pi| {
         let (lo, hi) = &def.params[pi].range;
         let lo = lo
@@ -293,13 +305,23 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
                     ports: &[#(#ports),*],
                     num_consts: #n_consts,
                     num_dynamic: #n_dyn,
+                    learnable_init_state: #learnable_init_state,
                 };
 
                 #[inline]
-                fn initial_state<T: #rt::Real>(&self, out: &mut [T]) {
+                #[allow(unused_variables)]
+                fn initial_state<T: #rt::Real>(&self, learn: &[T], out: &mut [T]) {
                     let out = &mut out[..#k];
                     #init_code
                     #(#init_store)*
+                }
+
+                #[inline]
+                #[allow(unused_variables)]
+                fn initial_partials<T: #rt::Real>(&self, learn: &[T], out: &mut [T]) {
+                    let out = &mut out[..#kq];
+                    #init_partial_code
+                    #(#init_partial_store)*
                 }
 
                 #[inline]

@@ -146,7 +146,8 @@ impl<F: Float> Network<F> {
         let pops = self
             .populations
             .iter()
-            .map(|pop| {
+            .enumerate()
+            .map(|(p, pop)| {
                 let n = pop.size;
                 let mut buf = PopBuffers {
                     state: vec![zero; batch * (n * pop.num_states()).max(1)],
@@ -155,7 +156,7 @@ impl<F: Float> Network<F> {
                     current: Array3::zeros((batch, pop.num_ports(), n)),
                     dynv: vec![zero; batch * (n * pop.kernels.num_dynamic()).max(1)],
                 };
-                reset_state(pop, &mut buf);
+                reset_state(pop, &self.params.learnable[p], &mut buf);
                 buf
             })
             .collect();
@@ -181,8 +182,8 @@ impl<F: Float> Network<F> {
 
     /// Puts every population in its initial state, with zero outputs.
     pub(crate) fn reset(&self, bufs: &mut Buffers<F>) {
-        for (pop, buf) in self.populations.iter().zip(&mut bufs.pops) {
-            reset_state(pop, buf);
+        for ((pop, learn), buf) in self.populations.iter().zip(&self.params.learnable).zip(&mut bufs.pops) {
+            reset_state(pop, learn, buf);
         }
     }
 
@@ -452,14 +453,30 @@ impl<F: Float> Network<F> {
     }
 }
 
-/// Puts every neuron of `buf` in the model's initial state, with zero outputs.
-pub(crate) fn reset_state<F: Float>(pop: &Population<F>, buf: &mut PopBuffers<F>) {
+/// Puts every neuron of `buf` in the model's initial state (from its own learnable values
+/// `learn`, `[q, n]`, when the model's initial values use them), with zero outputs.
+pub(crate) fn reset_state<F: Float>(pop: &Population<F>, learn: &Array2<F>, buf: &mut PopBuffers<F>) {
     let (k, n) = (pop.num_states(), pop.size);
     let mut init = [<F as Real>::zero(); MAX_STATES];
-    pop.kernels.initial_state(&mut init[..k]);
-    for sample in buf.state.chunks_exact_mut((k * n).max(1)) {
-        for (row, &v) in sample.chunks_exact_mut(n.max(1)).zip(&init[..k]) {
-            row.fill(v);
+    let mut values = [<F as Real>::zero(); MAX_STATES];
+    if pop.pattern().learnable_init_state {
+        for j in 0..n {
+            pop.kernels
+                .initial_state(pop.neuron_learnable(learn, j, &mut values), &mut init[..k]);
+            for sample in buf.state.chunks_exact_mut((k * n).max(1)) {
+                for (r, &v) in init[..k].iter().enumerate() {
+                    sample[r * n + j] = v;
+                }
+            }
+        }
+    } else {
+        // The same initial state for every neuron: computed once.
+        pop.kernels
+            .initial_state(pop.neuron_learnable(learn, 0, &mut values), &mut init[..k]);
+        for sample in buf.state.chunks_exact_mut((k * n).max(1)) {
+            for (row, &v) in sample.chunks_exact_mut(n.max(1)).zip(&init[..k]) {
+                row.fill(v);
+            }
         }
     }
     buf.z.fill(<F as Real>::zero());

@@ -11,6 +11,7 @@ use std::fmt;
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use super::MAX_STATES;
 use crate::model::{NeuronModel, Pattern};
 use crate::real::{Float, Real};
 use crate::surrogate::{Mode, Plain, Surrogate};
@@ -131,7 +132,8 @@ pub(crate) trait Kernels<F: Float>: Send + Sync {
     fn pattern(&self) -> &'static Pattern;
     fn num_constants(&self) -> usize;
     fn num_dynamic(&self) -> usize;
-    fn initial_state(&self, out: &mut [F]);
+    fn initial_state(&self, learn: &[F], out: &mut [F]);
+    fn initial_partials(&self, learn: &[F], out: &mut [F]);
     fn learnable_init(&self, out: &mut [F]);
     fn constants(&self, out: &mut [F]);
     fn forward(&self, args: ForwardArgs<'_, F>);
@@ -159,8 +161,11 @@ impl<M: NeuronModel, F: Float> Kernels<F> for ModelKernels<M> {
     fn num_dynamic(&self) -> usize {
         M::NUM_DYNAMIC
     }
-    fn initial_state(&self, out: &mut [F]) {
-        self.0.initial_state(out);
+    fn initial_state(&self, learn: &[F], out: &mut [F]) {
+        self.0.initial_state(learn, out);
+    }
+    fn initial_partials(&self, learn: &[F], out: &mut [F]) {
+        self.0.initial_partials(learn, out);
     }
     fn learnable_init(&self, out: &mut [F]) {
         self.0.learnable_init(out);
@@ -321,6 +326,15 @@ impl<F: Float> Population<F> {
     /// The index of input port `name`.
     pub fn port(&self, name: &str) -> Option<usize> {
         self.pattern().inputs.iter().position(|p| *p == name)
+    }
+
+    /// The learnable values of neuron `j` gathered from `learn` (`[q, n]`) into `out` (`[q]`).
+    pub(crate) fn neuron_learnable<'b>(&self, learn: &Array2<F>, j: usize, out: &'b mut [F; MAX_STATES]) -> &'b [F] {
+        let q = self.num_learnable();
+        for (o, v) in out.iter_mut().zip(learn.column(j)) {
+            *o = *v;
+        }
+        &out[..q]
     }
 
     pub(crate) fn learnable_start(&self) -> Array2<F> {
