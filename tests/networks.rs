@@ -514,7 +514,7 @@ mod learned_start {
 #[test]
 fn learnable_initial_states_get_gradients() {
     use learned_start::RestLif;
-    assert!(<RestLif as plasticity_runtime::NeuronModel>::PATTERN.learnable_init_state);
+    const { assert!(<RestLif as plasticity_runtime::NeuronModel>::PATTERN.learnable_init_state) };
     let mut net: Network<f64> = NetworkBuilder::new(4)
         .population(PopulationSpec::new("h", RestLif::default(), 5))
         .projection(ProjectionSpec::input("h").init(Init::Gaussian { gain: 2.0 }))
