@@ -555,3 +555,67 @@ fn learnable_initial_states_get_gradients() {
     let diff = e.max_rel_diff(&b, 1e-12);
     assert!(diff <= 1e-9, "e-prop vs BPTT {diff:e}");
 }
+
+/// A population written in the neuron language as the network's output instead of the leaky
+/// readout: a leaky integrator with a learnable time constant (the shipped
+/// `LeakyIntegrator`, `out = tanh(v)`). BPTT equals finite differences; e-prop is exact for
+/// the output population's own weights and time constants, and its signal to the hidden
+/// population (through the output's weights and `∂z/∂I`) points the same way as BPTT's.
+#[test]
+fn output_population_instead_of_the_leaky_readout() {
+    use plasticity_runtime::models::LeakyIntegrator;
+    let build = |recurrent: bool| -> Network<f64> {
+        let mut b = NetworkBuilder::new(4)
+            .population(PopulationSpec::new("hidden", SLif::default(), 6))
+            .population(PopulationSpec::new("out", LeakyIntegrator::default(), 3).bias(true))
+            .projection(ProjectionSpec::input("hidden").init(Init::Gaussian { gain: 2.0 }))
+            .projection(ProjectionSpec::new("hidden", "out").init(Init::Gaussian { gain: 2.0 }))
+            .projection(ProjectionSpec::input("out").init(Init::Gaussian { gain: 0.5 }));
+        if recurrent {
+            b = b.projection(ProjectionSpec::new("hidden", "hidden").init(Init::Gaussian { gain: 0.5 }));
+        }
+        b.readout(ReadoutSpec::population("out")).seed(3).build().unwrap()
+    };
+    let x = inputs(5, 20, 2, 4);
+    let net = build(true);
+    assert_eq!((net.n_out(), net.params.readout_w.len()), (3, 0));
+    let options = GradcheckOptions {
+        max_per_tensor: usize::MAX,
+        ..GradcheckOptions::default()
+    };
+    let report = gradcheck(
+        &net,
+        Loss::CrossEntropy(Window::All),
+        x.view(),
+        Targets::Classes(&[0, 2]),
+        options,
+    )
+    .unwrap();
+    assert!(report.worst <= 1e-6, "{report:?}");
+
+    let net = build(false);
+    let (e, _) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &[0, 2]);
+    let (b, _) = gradients(&net, Algorithm::Bptt, &x, &[0, 2]);
+    let rel = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(b.abs()).max(1e-12))
+            .fold(0.0, f64::max)
+    };
+    // The output population's incoming weights, bias and time constants: exact.
+    for (got, want) in [
+        (&e.projections[1], &b.projections[1]),
+        (&e.projections[2], &b.projections[2]),
+    ] {
+        assert!(rel(got, want) <= 1e-9, "{}", rel(got, want));
+    }
+    let bias = (e.bias[1].as_ref().unwrap(), b.bias[1].as_ref().unwrap());
+    assert!(rel(bias.0.as_slice().unwrap(), bias.1.as_slice().unwrap()) <= 1e-9);
+    assert!(rel(e.learnable[1].as_slice().unwrap(), b.learnable[1].as_slice().unwrap()) <= 1e-9);
+    // The hidden population's input weights: an approximation that drops the output's memory.
+    let (ge, gb) = (&e.projections[0], &b.projections[0]);
+    let dot: f64 = ge.iter().zip(gb).map(|(a, b)| a * b).sum();
+    let cosine = dot / (ge.iter().map(|v| v * v).sum::<f64>().sqrt() * gb.iter().map(|v| v * v).sum::<f64>().sqrt());
+    eprintln!("hidden input weights: cosine(e-prop, BPTT) = {cosine:.3}");
+    assert!(cosine > 0.9, "cosine {cosine}");
+}

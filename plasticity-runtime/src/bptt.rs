@@ -9,12 +9,11 @@
 //! order, so the targets of same-step projections are done first. Memory grows linearly with
 //! the sequence length.
 
-use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, s};
-use rayon::prelude::*;
+use ndarray::{Array2, Array3, Array4, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, s};
 
 use crate::eprop::RateRegularization;
 use crate::linalg::{add_transposed, gemm_nn, gemm_nt, outer_acc_t};
-use crate::network::{Buffers, MAX_STATES, Network, Projection, Recorder, ReverseArgs, Source, SpikeMode};
+use crate::network::{Buffers, MAX_STATES, Network, Recorder, ReverseArgs, Source, SpikeMode};
 use crate::params::Gradients;
 use crate::real::{Float, Real};
 
@@ -168,8 +167,11 @@ pub(crate) fn gradients<F: Float>(
     }
     // The readout of every step at once (the forward pass does not need it): `W^out z^t` for
     // all `T·B` rows in one parallel product, then `y^t = κ y^{t-1} + W^out z^t + b` in step
-    // order, the same operations in the same order as `Network::readout_step`.
-    {
+    // order, the same operations in the same order as `Network::readout_step`. An output
+    // population's outputs are the readout.
+    if let Some(o) = net.readout.population {
+        ys.assign(&tapes[o].z.slice(s![1.., .., ..]));
+    } else {
         let mut flat = ys
             .view_mut()
             .into_shape_with_order((t_len * batch, net.n_out()))
@@ -240,6 +242,9 @@ pub(crate) fn gradients<F: Float>(
                     &net.params.readout_w[r].view(),
                 );
             }
+            if net.readout.population == Some(p) {
+                *dzp += &dy;
+            }
             // Same-step projections first, then delayed ones (from the next step's adjoints).
             for delayed in [false, true] {
                 let outgoing = (net.projections.iter().enumerate())
@@ -251,7 +256,7 @@ pub(crate) fn gradients<F: Float>(
                     }
                     let di = tapes[proj.target].di.index_axis(Axis(0), step);
                     let di = di.index_axis(Axis(1), proj.port);
-                    backprop_projection(proj, &net.params.projections[i], &di, &mut dzp.view_mut());
+                    proj.backprop(&net.params.projections[i], &di, &mut dzp.view_mut());
                 }
             }
             if !rate_signal[p].is_empty() {
@@ -351,31 +356,6 @@ pub(crate) fn gradients<F: Float>(
                     learn[[qi, j]] += dlearn[p][b * (n * q).max(1) + j * q + qi];
                 }
             }
-        }
-    }
-}
-
-/// `dz[b, i] += Σ_j w[j, i] · di[b, j]`: the adjoint a projection sends back to its source.
-fn backprop_projection<F: Float>(proj: &Projection, w: &[F], di: &ArrayView2<F>, dz: &mut ArrayViewMut2<F>) {
-    match proj.csr() {
-        None => {
-            let w = ArrayView2::from_shape((proj.n_post, proj.n_pre), w).expect("dense weights");
-            gemm_nn(<F as Real>::one(), dz, di, &w);
-        }
-        Some(csr) => {
-            dz.outer_iter_mut()
-                .into_par_iter()
-                .zip(di.outer_iter().into_par_iter())
-                .for_each(|(mut dz, di)| {
-                    for (j, &d) in di.iter().enumerate() {
-                        if d == <F as Real>::zero() {
-                            continue;
-                        }
-                        for k in csr.row_ptr[j]..csr.row_ptr[j + 1] {
-                            dz[csr.col[k] as usize] += w[k] * d;
-                        }
-                    }
-                });
         }
     }
 }

@@ -21,7 +21,9 @@ use rayon::prelude::*;
 use crate::init::Init;
 use crate::linalg::{MR, NR, WindowProduct, gemm_nn, gemm_tn_acc, transpose_into, window_acc};
 use crate::model::{EntryKind, Matrix, NeuronModel, Pattern, RowLayout};
-use crate::network::{Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Population, Projection, gather_partials};
+use crate::network::{
+    Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Population, Projection, Source, gather_partials,
+};
 use crate::params::Gradients;
 use crate::real::{Float, Real};
 
@@ -41,8 +43,10 @@ const SPARSE_CHUNK: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Feedback {
     /// `B = (W^out_p)^T` for every population `p` the readout reads (symmetric e-prop): exact
-    /// without recurrence. Populations the readout does not read use a fixed random matrix
-    /// (seed 0).
+    /// without recurrence. With an output population instead of the leaky readout, the output
+    /// population's signal is the error itself, and a population projecting onto it (same
+    /// step) gets the error through those weights, each output neuron's error scaled by its
+    /// `∂z/∂I` at the step. Other populations use a fixed random matrix (seed 0).
     Symmetric,
     /// A fixed random matrix for every population (random e-prop / broadcast alignment),
     /// drawn `N(0, 1/n_out)` from `seed` plus the population's index.
@@ -170,6 +174,23 @@ struct SourceWindow<F> {
     count: Vec<u32>,
 }
 
+/// How one population's learning signal `L` (`[B, n]`) is formed from the output error
+/// `err` (`[B, n_out]`).
+#[derive(Clone, Debug)]
+enum SignalSource<F> {
+    /// `L = err · W^out_r`: the population is the `r`-th source of the leaky readout
+    /// (symmetric feedback).
+    Readout(usize),
+    /// `L = err`: the population is the output population, `∂E^t/∂z^t` itself.
+    Output,
+    /// `L = Σ_i (err ⊙ Bz_port) · W_i` over the same-step projections `i` into the output
+    /// population (symmetric feedback through its input ports, `Bz` of the port at this
+    /// step); `coef` is `[B, n_out]` scratch.
+    ThroughOutput { projections: Vec<usize>, coef: Array2<F> },
+    /// `L = err · B` with a fixed random `B` (`[n_out, n]`).
+    Random(Array2<F>),
+}
+
 /// Trace storage of one population. Per postsynaptic neuron, one contiguous region holds,
 /// for every source that is not windowed, its per-synapse traces, κ-filtered traces and weight
 /// gradients, then the learnable-parameter traces and gradients: parallel tasks own whole
@@ -182,10 +203,8 @@ struct PopTraces<F> {
     starts: Vec<usize>,
     /// Learning signal, `[B, n]`.
     signal: Array2<F>,
-    /// Random feedback `[n_out, n]`, or `None` for symmetric.
-    feedback: Option<Array2<F>>,
-    /// With symmetric feedback, which of the readout's sources this population is.
-    readout: Option<usize>,
+    /// Where the learning signal comes from.
+    feedback: SignalSource<F>,
     /// Running spike count per neuron (firing-rate regularisation).
     spike_count: Vec<f64>,
     /// Number of learnable parameters: the last `q` entries of a region are their gradients.
@@ -637,14 +656,27 @@ impl<F: Float> Eprop<F> {
                     starts.push(starts[j] + len);
                 }
                 let readout = net.readout.sources.iter().position(|&s| s == p);
-                let (random, seed) = match feedback {
-                    Feedback::Symmetric => (readout.is_none(), 0),
-                    Feedback::Random { seed } => (true, seed),
+                let into_output: Vec<usize> = match net.readout.population {
+                    Some(o) => (net.projections.iter().enumerate())
+                        .filter(|(_, pr)| pr.source == Source::Population(p) && pr.target == o && !pr.delayed)
+                        .map(|(i, _)| i)
+                        .collect(),
+                    None => Vec::new(),
                 };
-                let fb = random.then(|| {
+                let random = |seed: u64| {
                     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(p as u64));
-                    Init::Gaussian { gain: 1.0 }.draw::<F>(n_out, n, &mut rng)
-                });
+                    SignalSource::Random(Init::Gaussian { gain: 1.0 }.draw::<F>(n_out, n, &mut rng))
+                };
+                let fb = match (feedback, readout) {
+                    _ if net.readout.population == Some(p) => SignalSource::Output,
+                    (Feedback::Random { seed }, _) => random(seed),
+                    (Feedback::Symmetric, Some(r)) => SignalSource::Readout(r),
+                    (Feedback::Symmetric, None) if !into_output.is_empty() => SignalSource::ThroughOutput {
+                        projections: into_output,
+                        coef: Array2::zeros((batch, n_out)),
+                    },
+                    (Feedback::Symmetric, None) => random(0),
+                };
                 PopTraces {
                     sources,
                     // Empty when every source is windowed and nothing is learnable.
@@ -652,7 +684,6 @@ impl<F: Float> Eprop<F> {
                     starts,
                     signal: Array2::zeros((batch, n)),
                     feedback: fb,
-                    readout,
                     spike_count: vec![0.0; n],
                     q,
                     windows,
@@ -677,7 +708,7 @@ impl<F: Float> Eprop<F> {
                 .iter()
                 .map(|w| Array2::zeros(w.raw_dim()))
                 .collect(),
-            readout_b: vec![<F as Real>::zero(); n_out],
+            readout_b: vec![<F as Real>::zero(); net.params.readout_b.as_ref().map_or(0, |b| b.len())],
             steps: 0,
         }
     }
@@ -745,12 +776,37 @@ impl<F: Float> Eprop<F> {
         for (p, pop) in net.populations.iter().enumerate() {
             let pt = &mut self.pops[p];
             // Learning signal L = err · B.
-            let fb = match (&pt.feedback, pt.readout) {
-                (Some(fb), _) => fb.view(),
-                (None, Some(r)) => net.params.readout_w[r].view(),
-                (None, None) => unreachable!("a population without random feedback is read out"),
-            };
-            gemm_nn(<F as Real>::zero(), &mut pt.signal.view_mut(), err, &fb);
+            match &mut pt.feedback {
+                SignalSource::Readout(r) => gemm_nn(
+                    <F as Real>::zero(),
+                    &mut pt.signal.view_mut(),
+                    err,
+                    &net.params.readout_w[*r].view(),
+                ),
+                SignalSource::Random(fb) => gemm_nn(<F as Real>::zero(), &mut pt.signal.view_mut(), err, &fb.view()),
+                SignalSource::Output => pt.signal.assign(err),
+                SignalSource::ThroughOutput { projections, coef } => {
+                    pt.signal.fill(<F as Real>::zero());
+                    let o = net.readout.population.expect("an output population");
+                    let (out, out_buf) = (&net.populations[o], &self.bufs.pops[o]);
+                    let n_o = out.size;
+                    let dstride = (n_o * out.kernels.num_dynamic()).max(1);
+                    for &i in projections.iter() {
+                        let proj = &net.projections[i];
+                        let Some(bz) = out.pattern().entry(Matrix::Bz, 0, proj.port) else {
+                            continue;
+                        };
+                        for ((b, k), c) in coef.indexed_iter_mut() {
+                            let bz = match bz.kind {
+                                EntryKind::Constant(ci) => out.consts[ci],
+                                EntryKind::Dynamic(d) => out_buf.dynv[b * dstride + d * n_o + k],
+                            };
+                            *c = err[[b, k]] * bz;
+                        }
+                        proj.backprop(&net.params.projections[i], &coef.view(), &mut pt.signal.view_mut());
+                    }
+                }
+            }
             let buf = &self.bufs.pops[p];
             if let Some((reg, scale)) = reg {
                 for (j, count) in pt.spike_count.iter_mut().enumerate() {

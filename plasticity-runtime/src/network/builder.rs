@@ -114,6 +114,8 @@ pub struct ReadoutSpec {
     pub init: Init,
     /// The populations read; empty for the last population added.
     pub sources: Vec<String>,
+    /// Instead of the leaky readout: the population whose outputs are `y`.
+    pub population: Option<String>,
 }
 
 impl ReadoutSpec {
@@ -125,6 +127,21 @@ impl ReadoutSpec {
             bias: true,
             init: Init::default(),
             sources: Vec::new(),
+            population: None,
+        }
+    }
+    /// No leaky readout: the outputs `z` of population `name` (a model written in the neuron
+    /// language, say a leaky integrator with a learnable time constant and an `out`) are the
+    /// network's output `y`. Its size is the output size; projections onto it carry the
+    /// trainable weights.
+    pub fn population(name: &str) -> Self {
+        ReadoutSpec {
+            size: 0,
+            kappa: 0.0,
+            bias: false,
+            init: Init::Zeros,
+            sources: Vec::new(),
+            population: Some(name.into()),
         }
     }
     /// Reads these populations.
@@ -321,6 +338,25 @@ impl<F: Float> NetworkBuilder<F> {
         let readout = self
             .readout
             .ok_or_else(|| invalid("readout", "none", "a readout (NetworkBuilder::readout)"))?;
+        let output = readout
+            .population
+            .as_deref()
+            .map(|name| find(name, "output population"))
+            .transpose()?;
+        if output.is_some() && (!readout.sources.is_empty() || readout.bias || readout.kappa != 0.0) {
+            return Err(invalid(
+                "readout",
+                "an output population with sources, bias or leak",
+                "ReadoutSpec::population(name) alone",
+            ));
+        }
+        let readout = match output {
+            Some(o) => ReadoutSpec {
+                size: self.populations[o].0.size,
+                ..readout
+            },
+            None => readout,
+        };
         if readout.size == 0 {
             return Err(invalid("readout size", 0, "at least 1 output"));
         }
@@ -392,7 +428,9 @@ impl<F: Float> NetworkBuilder<F> {
             weights.push(proj.values_of(&dense));
             projections.push(proj);
         }
-        let sources = if readout.sources.is_empty() {
+        let sources = if output.is_some() {
+            Vec::new()
+        } else if readout.sources.is_empty() {
             vec![self.populations.len() - 1]
         } else {
             readout
@@ -402,7 +440,11 @@ impl<F: Float> NetworkBuilder<F> {
                 .collect::<Result<Vec<_>>>()?
         };
         let fan_in: usize = sources.iter().map(|&s| self.populations[s].0.size).sum();
-        let all: Array2<F> = readout.init.draw(readout.size, fan_in, &mut rng);
+        let all: Array2<F> = if output.is_some() {
+            Array2::zeros((readout.size, 0))
+        } else {
+            readout.init.draw(readout.size, fan_in, &mut rng)
+        };
         let mut readout_w = Vec::new();
         let mut col = 0;
         for &s in &sources {
@@ -427,6 +469,7 @@ impl<F: Float> NetworkBuilder<F> {
                 size: readout.size,
                 sources,
                 kappa: F::from_f64(readout.kappa),
+                population: output,
             },
             params,
         };

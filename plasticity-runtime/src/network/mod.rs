@@ -31,16 +31,21 @@ pub const MAX_PORTS: usize = 8;
 /// Most dynamic partials a model may have (one neuron's are gathered on the stack).
 pub const MAX_DYNAMIC: usize = 256;
 
-/// The leaky readout `y^t = κ y^{t-1} + Σ_s W_s z_s^t + b`, reading the outputs of one or
-/// more populations (its weights and bias are in [`Network::params`]).
+/// What the loss sees as the network's output `y`: either the built-in leaky readout
+/// `y^t = κ y^{t-1} + Σ_s W_s z_s^t + b`, reading the outputs of one or more populations (its
+/// weights and bias are in [`Network::params`]), or the outputs `z` of an output population
+/// written in the neuron language (`population` set; no readout weights, κ = 0).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Readout<F> {
     /// Number of outputs.
     pub size: usize,
-    /// Indices of the populations it reads, in the order of `params.readout_w`.
+    /// Indices of the populations the leaky readout reads, in the order of
+    /// `params.readout_w` (empty for an output population).
     pub sources: Vec<usize>,
-    /// Leak κ ∈ [0, 1).
+    /// Leak κ ∈ [0, 1) of the leaky readout (0 for an output population).
     pub kappa: F,
+    /// The output population, whose outputs are `y`, if the readout is one.
+    pub population: Option<usize>,
 }
 
 /// Input → populations → leaky readout, computing in `F`.
@@ -275,6 +280,22 @@ impl<F: Float> Network<F> {
             }
         }
         let r = &self.readout;
+        if let Some(o) = r.population {
+            let pop = self
+                .populations
+                .get(o)
+                .ok_or_else(|| invalid("output population", o, &format!("a population index < {np}")))?;
+            if pop.size != r.size || !r.sources.is_empty() || p.readout_b.is_some() || r.kappa != <F as Real>::zero() {
+                return Err(invalid(
+                    "readout",
+                    format!(
+                        "output population {} with readout weights, bias, leak or another size",
+                        pop.name
+                    ),
+                    "an output population alone: its size is the output size, no readout weights, bias or leak",
+                ));
+            }
+        }
         if p.readout_w.len() != r.sources.len() {
             return Err(invalid(
                 "readout weights",
@@ -440,9 +461,13 @@ impl<F: Float> Network<F> {
         }
     }
 
-    /// `y ← κ y + Σ_s W_s z_s + b`.
+    /// `y ← κ y + Σ_s W_s z_s + b`, or `y ← z` of the output population.
     pub(crate) fn readout_step(&self, bufs: &Buffers<F>, y: &mut Array2<F>) {
         let r = &self.readout;
+        if let Some(o) = r.population {
+            y.assign(&bufs.pops[o].z);
+            return;
+        }
         for (k, (&s, w)) in r.sources.iter().zip(&self.params.readout_w).enumerate() {
             let beta = if k == 0 { r.kappa } else { <F as Real>::one() };
             crate::linalg::gemm_nt(beta, &mut y.view_mut(), &bufs.pops[s].z.view(), &w.view());

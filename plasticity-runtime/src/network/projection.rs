@@ -292,6 +292,33 @@ impl Projection {
         }
     }
 
+    /// `dz[b, i] += Σ_j w[j, i] · di[b, j]`: what the weights `w` send back from their
+    /// targets' `di` (`[B, n_post]`) to their sources (`dz`, `[B, n_pre]`): BPTT's adjoint,
+    /// and e-prop's symmetric learning signal through an output population.
+    pub(crate) fn backprop<F: Float>(&self, w: &[F], di: &ArrayView2<F>, dz: &mut ArrayViewMut2<F>) {
+        match &self.synapses {
+            Synapses::Dense { .. } => {
+                let w = ArrayView2::from_shape((self.n_post, self.n_pre), w).expect("dense weights");
+                gemm_nn(<F as Real>::one(), dz, di, &w);
+            }
+            Synapses::Sparse(csr) => {
+                dz.outer_iter_mut()
+                    .into_par_iter()
+                    .zip(di.outer_iter().into_par_iter())
+                    .for_each(|(mut dz, di)| {
+                        for (j, &d) in di.iter().enumerate() {
+                            if d == <F as Real>::zero() {
+                                continue;
+                            }
+                            for k in csr.row_ptr[j]..csr.row_ptr[j + 1] {
+                                dz[csr.col[k] as usize] += w[k] * d;
+                            }
+                        }
+                    });
+            }
+        }
+    }
+
     /// Whether every weight the mask excludes is zero.
     pub(crate) fn respects_mask<F: Float>(&self, w: &[F]) -> bool {
         match &self.synapses {
