@@ -4,7 +4,8 @@
 //! 20 classes and per-step cross-entropy, on random binary inputs (probability 0.1 per
 //! channel and step). For e-prop the inputs are generated step by step and streamed, never
 //! stored. Each iteration is one training step: forward over T steps, gradients, one Adam
-//! update. The last line printed is one JSON object.
+//! update. `--connectivity P` makes the projections sparse. The last line printed is one JSON
+//! object.
 //!
 //! cargo run --release --example scaling -- --model alif --algorithm eprop --hidden 1024 --inputs 700 --batch 16 --steps 100
 //! cargo run --release --example scaling -- --sweep out/scaling.csv
@@ -19,8 +20,8 @@ use ndarray::{Array1, Array2, Array3};
 use plasticity_examples::{plots, write_atomic};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
-    Algorithm, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, ReadoutSpec, StepTargets, Targets,
-    TrainConfig, Trainer, Window,
+    Algorithm, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, PopulationSpec,
+    ProjectionSpec, ReadoutSpec, StepTargets, Targets, TrainConfig, Trainer, Window,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -64,6 +65,10 @@ struct Args {
     /// Readout leak κ.
     #[arg(long, default_value_t = 0.0)]
     kappa: f64,
+    /// Sparse input (and recurrent) projections: each synapse exists with this probability,
+    /// in (0, 1]; only existing synapses are stored, traced and trained.
+    #[arg(long)]
+    connectivity: Option<f64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -102,42 +107,52 @@ fn main() -> Result<()> {
         pool.install(triad_bandwidth)
     };
     let achieved = m.trace_traffic_bytes / (m.ms_per_step * 1e-3) / 1e9;
-    println!(
-        "{{\"model\":\"{}\",\"algorithm\":\"{}\",\"hidden\":{},\"inputs\":{},\"batch\":{},\"steps\":{},\"recurrent\":{},\
-         \"kappa\":{},\"threads\":{},\"ms_per_step\":{:.4},\"sequence_ms\":{:.3},\"state_bytes\":{},\"peak_rss_bytes\":{},\
-         \"triad_gb_per_s\":{:.2},\"trace_traffic_gb_per_s\":{:.2},\"trace_traffic_fraction\":{:.3}}}",
-        match args.model {
+    let line = serde_json::json!({
+        "model": match args.model {
             Model::Lif => "lif",
             Model::Alif => "alif",
         },
-        match args.algorithm {
+        "algorithm": match args.algorithm {
             Algo::Eprop => "eprop",
             Algo::Bptt => "bptt",
         },
-        args.hidden,
-        args.inputs,
-        args.batch,
-        args.steps,
-        args.recurrent,
-        args.kappa,
-        threads,
-        m.ms_per_step,
-        m.sequence_ms,
-        m.state_bytes,
-        peak,
-        bandwidth,
-        achieved,
-        if bandwidth > 0.0 { achieved / bandwidth } else { 0.0 },
-    );
+        "hidden": args.hidden,
+        "inputs": args.inputs,
+        "batch": args.batch,
+        "steps": args.steps,
+        "recurrent": args.recurrent,
+        "kappa": args.kappa,
+        "connectivity": args.connectivity.unwrap_or(1.0),
+        "threads": threads,
+        "ms_per_step": m.ms_per_step,
+        "sequence_ms": m.sequence_ms,
+        "state_bytes": m.state_bytes,
+        "peak_rss_bytes": peak,
+        "triad_gb_per_s": bandwidth,
+        "trace_traffic_gb_per_s": achieved,
+        "trace_traffic_fraction": if bandwidth > 0.0 { achieved / bandwidth } else { 0.0 },
+    });
+    println!("{line}");
     Ok(())
 }
 
 fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
-    let net = NetworkBuilder::<f32>::new(args.inputs)
-        .layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent))
-        .readout(ReadoutSpec::new(CLASSES, args.kappa))
-        .seed(1)
-        .build()?;
+    let builder = NetworkBuilder::<f32>::new(args.inputs);
+    let builder = match args.connectivity {
+        None => builder.layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent)),
+        Some(p) => {
+            let sparse = |seed| Connectivity::Probability { p, seed };
+            let b = builder
+                .population(PopulationSpec::new("layer0", model, args.hidden))
+                .projection(ProjectionSpec::input("layer0").connectivity(sparse(5)));
+            if args.recurrent {
+                b.projection(ProjectionSpec::new("layer0", "layer0").connectivity(sparse(6)))
+            } else {
+                b
+            }
+        }
+    };
+    let net = builder.readout(ReadoutSpec::new(CLASSES, args.kappa)).seed(1).build()?;
     let algorithm = match args.algorithm {
         Algo::Eprop => Algorithm::Eprop(Feedback::Symmetric),
         Algo::Bptt => Algorithm::Bptt,
@@ -193,7 +208,7 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
     // Per-synapse trace traffic per step (e-prop): every per-synapse row and κ-filtered
     // trace is read and written once per sample. BPTT keeps no traces.
     let layout = &M::PATTERN.ports[0];
-    let synapses = args.hidden * (args.inputs + if args.recurrent { args.hidden } else { 0 });
+    let synapses: usize = trainer.network().projections.iter().map(|p| p.synapses().len()).sum();
     let per_synapse_rows = layout.per_synapse + usize::from(args.kappa != 0.0);
     let trace_traffic_bytes = match args.algorithm {
         Algo::Eprop => (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64,
@@ -288,15 +303,12 @@ fn sweep(args: &Args, path: &Path) -> Result<()> {
             .context("running a sweep point")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().context("a sweep point printed nothing")?;
+        let point: serde_json::Value = serde_json::from_str(line).context("a sweep point's JSON line")?;
         let field = |k: &str| -> String {
-            let key = format!("\"{k}\":");
-            line.split(&key).nth(1).map_or(String::new(), |rest| {
-                rest.split([',', '}'])
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches('"')
-                    .to_string()
-            })
+            match &point[k] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
         };
         let row = [
             "model",
@@ -316,8 +328,8 @@ fn sweep(args: &Args, path: &Path) -> Result<()> {
         csv.push_str(&row);
         csv.push('\n');
         let number = |k: &str| -> Result<f64> {
-            field(k)
-                .parse()
+            point[k]
+                .as_f64()
                 .with_context(|| format!("sweep point {algorithm} H={hidden} T={steps}: no number `{k}` in {line:?}"))
         };
         measured.push((
