@@ -8,9 +8,12 @@
 //! each: the LIF population is recurrent and reads the input; the two-compartment population
 //! gets the input on its soma and the LIF population's spikes on its dendrite. The readout
 //! reads both. The task: tell two spike patterns apart (which of two input groups fires more
-//! over the sequence), read out at the end.
+//! over the sequence), read out at the end. The run writes `membrane.png` (membrane potentials
+//! of a few neurons of each population over the first test sample) to `--output`.
 //!
 //! cargo run --release --example custom_model -- --epochs 30
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
@@ -112,6 +115,9 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 3)]
     seed: u64,
+    /// Output folder (membrane.png).
+    #[arg(long, default_value = "out/custom_model")]
+    output: PathBuf,
 }
 
 const N_IN: usize = 20;
@@ -174,6 +180,16 @@ fn main() -> Result<()> {
     }
     let (x, y) = batch(&mut StdRng::seed_from_u64(args.seed + 1000), 256);
     let test = trainer.evaluate(x.view(), Targets::Classes(&y))?;
+    std::fs::create_dir_all(&args.output)?;
+    let shown: [(&str, &[usize]); 2] = [("lif", &[0, 1, 2]), ("two_comp", &[0, 1, 2])];
+    let first = x.slice(ndarray::s![.., 0..1, ..]);
+    plasticity_examples::plots::membrane(
+        &args.output.join("membrane.png"),
+        trainer.network(),
+        first,
+        &shown,
+        0.001,
+    )?;
     let thresholds = &trainer.network().params.learnable[0];
     println!(
         "learned thresholds: mean {:.3}, min {:.3}, max {:.3}",

@@ -137,13 +137,13 @@ fn assemble(net: &Network<f64>, input: bool, values: impl Fn(usize) -> Vec<f64>)
     let n_pre = if input { N_IN } else { HIDDEN };
     let (mut w, mut mask) = (Array2::zeros((HIDDEN, n_pre)), Array2::zeros((HIDDEN, n_pre)));
     for (i, proj) in net.projections.iter().enumerate() {
-        let col = match proj.source {
+        let col = match proj.source() {
             plasticity_runtime::Source::Input if input => 0,
             plasticity_runtime::Source::Population(s) if !input => pops[s],
             _ => continue,
         };
-        let row = pops[proj.target];
-        let block = s![row..row + proj.n_post, col..col + proj.n_pre];
+        let row = pops[proj.target()];
+        let block = s![row..row + proj.n_post(), col..col + proj.n_pre()];
         w.slice_mut(block).assign(&proj.to_dense(&values(i)));
         let ones = vec![1.0; proj.num_weights()];
         let mut m = proj.to_dense(&ones);
@@ -161,7 +161,7 @@ fn offsets(net: &Network<f64>) -> Vec<usize> {
         .iter()
         .scan(0, |at, p| {
             let first = *at;
-            *at += p.size;
+            *at += p.size();
             Some(first)
         })
         .collect()
@@ -220,7 +220,7 @@ fn main() -> Result<()> {
         readout_matrix(&bptt.readout_w).iter(),
     );
     let models: Vec<String> = (net.populations.iter())
-        .map(|p| format!("{} × {}", p.size, p.pattern().model))
+        .map(|p| format!("{} × {}", p.size(), p.pattern().model))
         .collect();
     println!(
         "model: {} ({} hidden, {} steps, κ = {KAPPA}), {} hidden spikes",

@@ -16,7 +16,7 @@ use rand::{RngExt, SeedableRng};
 fn dense_eprop<M: NeuronModel>(net: &Network<f64>, x: &Array3<f64>, classes: &[usize]) -> Gradients<f64> {
     let (k, p, q) = (M::NUM_STATES, M::NUM_INPUTS, M::NUM_LEARNABLE);
     let model = net.populations[0].model::<M>().expect("a one-layer network of model M");
-    let n = net.populations[0].size;
+    let n = net.populations[0].size();
     let n_in = net.n_in;
     // The layered shorthand adds the input projections (one per port), then the recurrent
     // ones.

@@ -123,7 +123,7 @@ fn bptt_equals_finite_differences_on_a_general_network() {
         .seed(7)
         .build()
         .unwrap();
-    assert!(net.projections[2].is_sparse() && net.projections[4].delayed);
+    assert!(net.projections[2].is_sparse() && net.projections[4].is_delayed());
     let x = inputs(3, 20, 2, 4);
     let options = GradcheckOptions {
         max_per_tensor: usize::MAX,

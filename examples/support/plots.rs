@@ -145,7 +145,7 @@ pub fn membrane<F: Float>(
         let valid: Vec<usize> = neurons
             .iter()
             .copied()
-            .filter(|&j| j < net.populations[p].size)
+            .filter(|&j| j < net.populations[p].size())
             .collect();
         labels.extend(valid.iter().map(|j| format!("{name} {j}")));
         probes.push(Probe::state(name, state).neurons(valid));

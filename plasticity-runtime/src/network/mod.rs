@@ -267,6 +267,21 @@ impl<F: Float> Network<F> {
                 &format!("one vector per projection ({})", self.projections.len()),
             ));
         }
+        for proj in &self.projections {
+            let n_pre = match proj.source {
+                Source::Input => Some(self.n_in),
+                Source::Population(s) => self.populations.get(s).map(|p| p.size),
+            };
+            let target = self.populations.get(proj.target);
+            let fits = target.is_some_and(|t| t.size == proj.n_post && proj.port < t.num_ports());
+            if n_pre != Some(proj.n_pre) || !fits {
+                return Err(invalid(
+                    &format!("projection {}", proj.name),
+                    "a source, target or port that is not in this network",
+                    "projections built for this network's populations",
+                ));
+            }
+        }
         for (proj, w) in self.projections.iter().zip(&p.projections) {
             let what = format!("projection {} weights", proj.name);
             check_shape(&what, &[w.len()], &[proj.num_weights()])?;

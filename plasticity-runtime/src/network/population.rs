@@ -268,10 +268,8 @@ impl<M: NeuronModel, F: Float> Kernels<F> for ModelKernels<M> {
 
 /// A group of neurons of one model with their own parameter values.
 pub struct Population<F: Float> {
-    /// Name, unique in the network (used in projections, probes and checkpoints).
-    pub name: String,
-    /// Number of neurons.
-    pub size: usize,
+    pub(crate) name: String,
+    pub(crate) size: usize,
     pub(crate) kernels: Box<dyn Kernels<F>>,
     pub(crate) consts: Vec<F>,
 }
@@ -286,6 +284,15 @@ impl<F: Float> Population<F> {
             kernels: Box::new(ModelKernels(model)),
             consts,
         }
+    }
+
+    /// Name, unique in the network (used in projections, probes and checkpoints).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Number of neurons.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// The model's sparsity pattern (names of states, ports and learnable parameters).

@@ -152,25 +152,17 @@ pub(crate) enum Synapses {
     Sparse(Csr),
 }
 
-/// Weights from a source onto one input port of a population.
+/// Weights from a source onto one input port of a population. Its structure is fixed when
+/// the network is built (the weights themselves are in [`crate::Network::params`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Projection {
-    /// Name, unique in the network: `source->target.port`.
-    pub name: String,
-    /// Where the presynaptic activity comes from.
-    pub source: Source,
-    /// The target population's index.
-    pub target: usize,
-    /// The target model's input port.
-    pub port: usize,
-    /// Number of presynaptic neurons (or input channels).
-    pub n_pre: usize,
-    /// Number of postsynaptic neurons.
-    pub n_post: usize,
-    /// Whether the projection carries the source's output of the previous step: true when
-    /// the source population is the target or comes after it (recurrent and backward
-    /// projections); the input and earlier populations deliver the current step's output.
-    pub delayed: bool,
+    pub(crate) name: String,
+    pub(crate) source: Source,
+    pub(crate) target: usize,
+    pub(crate) port: usize,
+    pub(crate) n_pre: usize,
+    pub(crate) n_post: usize,
+    pub(crate) delayed: bool,
     pub(crate) synapses: Synapses,
 }
 
@@ -202,6 +194,37 @@ impl Projection {
             delayed,
             synapses,
         }
+    }
+
+    /// Name, unique in the network: `source->target.port`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Where the presynaptic activity comes from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+    /// The target population's index.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+    /// The target model's input port.
+    pub fn port(&self) -> usize {
+        self.port
+    }
+    /// Number of presynaptic neurons (or input channels).
+    pub fn n_pre(&self) -> usize {
+        self.n_pre
+    }
+    /// Number of postsynaptic neurons.
+    pub fn n_post(&self) -> usize {
+        self.n_post
+    }
+    /// Whether the projection carries the source's output of the previous step: true when
+    /// the source population is the target or comes after it (recurrent and backward
+    /// projections); the input and earlier populations deliver the current step's output.
+    pub fn is_delayed(&self) -> bool {
+        self.delayed
     }
 
     /// Whether only existing synapses are stored.
