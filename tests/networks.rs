@@ -19,9 +19,9 @@ use rand::{RngExt, SeedableRng};
 
 #[neuron_model(surrogate = sigmoid(4.0))]
 mod smooth_models {
-    /// LIF with a learnable decay and a smooth surrogate.
+    /// LIF with a learnable decay bounded to [0.5, 0.95] and a smooth surrogate.
     pub struct SLif {
-        #[param(default = 0.85, learnable)]
+        #[param(default = 0.85, learnable, range = 0.5..=0.95)]
         pub alpha: f64,
         #[param(default = 0.6)]
         pub v_th: f64,
@@ -410,40 +410,15 @@ fn lsnn_trains() {
     }
 }
 
-#[neuron_model(surrogate = fast_sigmoid(5.0))]
-mod bounded {
-    /// LIF with a learnable decay bounded to [0.5, 0.95].
-    pub struct BoundedLif {
-        #[param(default = 0.9, learnable, range = 0.5..=0.95)]
-        pub alpha: f64,
-        #[param(default = 0.5)]
-        pub v_th: f64,
-        #[state(init = 0.0)]
-        v: f64,
-        #[input]
-        i: f64,
-    }
-
-    fn step() {
-        let reset = detach(spike(v - v_th));
-        let v = alpha * v + i - reset * v_th;
-        Next {
-            v,
-            spike: spike(v - v_th),
-        }
-    }
-}
-
 /// Declared ranges of learnable parameters hold after every update, and a network whose
 /// values lie outside them is rejected.
 #[test]
 fn learnable_parameters_stay_in_their_declared_range() {
-    use bounded::BoundedLif;
     let build = |alpha: f64| {
         NetworkBuilder::<f32>::new(6)
             .population(PopulationSpec::new(
                 "h",
-                BoundedLif {
+                SLif {
                     alpha,
                     ..Default::default()
                 },
