@@ -438,27 +438,6 @@ pub(crate) struct TracePass<'a, 'p, F> {
     kappa: F,
 }
 
-/// Advancing every factorised trace of one population by a step, handed to the model's
-/// monomorphised [`factorised_pass`].
-pub(crate) struct FactorisedPass<'a, 'p, F> {
-    consts: &'a [F],
-    sources: &'a mut [SourceTraces<F>],
-    pre: &'a Presynaptic<'p, F>,
-}
-
-/// Eq. (1) for the factorised rows of every source of a population of model `M`: one value
-/// per presynaptic neuron and sample, in parallel over samples.
-pub(crate) fn factorised_pass<M: NeuronModel, F: Float>(pass: FactorisedPass<'_, '_, F>) {
-    let FactorisedPass { consts, sources, pre } = pass;
-    for s in sources.iter_mut().filter(|s| s.factorised > 0) {
-        let (source, port) = (s.source, s.port);
-        s.fact
-            .par_chunks_mut(s.factorised * s.n_pre)
-            .enumerate()
-            .for_each(|(b, fact)| M::factorised_traces(port, consts, pre.row(source, b), fact));
-    }
-}
-
 /// Calls `f(j0, j1, block)` on blocks of at most [`NEURON_BLOCK`] neurons in parallel, where
 /// `block` is the part of the arena holding the regions of neurons `j0..j1`.
 fn for_neuron_blocks<F: Send>(
@@ -856,11 +835,16 @@ impl<F: Float> Eprop<F> {
                 kappa,
             });
             // Factorised traces read the values before the step above; advance them now.
-            pop.kernels.factorised_pass(FactorisedPass {
-                consts,
-                sources: &mut pt.sources,
-                pre: &pre,
-            });
+            for s in &mut pt.sources {
+                if s.factorised == 0 {
+                    continue;
+                }
+                let fact_len = s.factorised * s.n_pre;
+                let (kernels, source, port) = (&pop.kernels, s.source, s.port);
+                s.fact.par_chunks_mut(fact_len).enumerate().for_each(|(b, fact)| {
+                    kernels.factorised_traces(port, consts, pre.row(source, b), fact);
+                });
+            }
         }
         // Readout: dE/dW^out_s = Σ_t err^t (z̄_s^t)^T with z̄ the κ-filtered output.
         for ((zbar, &s), grad) in self.zbar.iter_mut().zip(&net.readout.sources).zip(&mut self.readout_w) {

@@ -3,7 +3,7 @@
 //! The network holds populations of different models side by side. Each model's kernels stay
 //! monomorphised: [`Kernels`] is implemented once per model type, and every method runs a
 //! whole population (all neurons, all samples) so that the network makes one dynamic call
-//! per population and phase of a step, never one per neuron or sample.
+//! per population and step, never one per neuron.
 
 use std::any::Any;
 use std::fmt;
@@ -140,8 +140,8 @@ pub(crate) trait Kernels<F: Float>: Send + Sync {
     fn reverse(&self, args: ReverseArgs<'_, F>);
     /// e-prop's per-neuron trace pass (see [`crate::eprop`]).
     fn trace_pass(&self, pass: crate::eprop::TracePass<'_, '_, F>);
-    /// e-prop's advance of every factorised trace of the population (see [`crate::eprop`]).
-    fn factorised_pass(&self, pass: crate::eprop::FactorisedPass<'_, '_, F>);
+    /// Advances one sample's factorised traces of `port` (`[F, n_pre]`) by one step.
+    fn factorised_traces(&self, port: usize, consts: &[F], pre: &[F], fact: &mut [F]);
     fn clone_box(&self) -> Box<dyn Kernels<F>>;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
     fn as_any(&self) -> &dyn Any;
@@ -248,8 +248,8 @@ impl<M: NeuronModel, F: Float> Kernels<F> for ModelKernels<M> {
         crate::eprop::trace_pass::<M, F>(pass);
     }
 
-    fn factorised_pass(&self, pass: crate::eprop::FactorisedPass<'_, '_, F>) {
-        crate::eprop::factorised_pass::<M, F>(pass);
+    fn factorised_traces(&self, port: usize, consts: &[F], pre: &[F], fact: &mut [F]) {
+        M::factorised_traces(port, consts, pre, fact);
     }
 
     fn clone_box(&self) -> Box<dyn Kernels<F>> {
