@@ -2,8 +2,8 @@
 //!
 //! The network holds populations of different models side by side. Each model's kernels stay
 //! monomorphised: [`Kernels`] is implemented once per model type, and every method runs a
-//! whole population (all neurons, all samples) so that the network makes one dynamic call
-//! per population and step, never one per neuron.
+//! whole population (all neurons, all samples), except the factorised-trace advance (one
+//! sample and source), so that the network never makes a dynamic call per neuron.
 
 use std::any::Any;
 use std::fmt;
