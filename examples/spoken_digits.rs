@@ -241,7 +241,7 @@ fn main() -> Result<()> {
             100.0 * test_acc,
             start.elapsed().as_secs_f64()
         );
-        trainer.save_checkpoint(args.output.join("last.ckpt"))?;
+        trainer.save_checkpoint(args.output.join("last.safetensors"))?;
         let e = (epoch + 1) as f64;
         loss_curve.push((e, loss / seen as f64));
         train_curve.push((e, 100.0 * correct as f64 / seen as f64));

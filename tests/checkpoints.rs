@@ -45,7 +45,7 @@ fn temp(name: &str) -> std::path::PathBuf {
 #[test]
 fn network_round_trip() {
     let a = alif(1, 8);
-    let path = temp("net.ckpt");
+    let path = temp("net.safetensors");
     a.save(&path).unwrap();
     let mut b = alif(2, 8);
     assert_ne!(a, b);
@@ -55,7 +55,7 @@ fn network_round_trip() {
 
 #[test]
 fn training_resumes_exactly() {
-    let path = temp("trainer.ckpt");
+    let path = temp("trainer.safetensors");
     let mut first = Trainer::new(alif(1, 8), config()).unwrap();
     for k in 0..3 {
         let (x, y) = data(k);
@@ -76,7 +76,7 @@ fn training_resumes_exactly() {
 
 #[test]
 fn mismatches_are_errors_and_change_nothing() {
-    let path = temp("mismatch.ckpt");
+    let path = temp("mismatch.safetensors");
     alif(1, 8).save(&path).unwrap();
 
     let mut other_size = alif(2, 9);
@@ -97,12 +97,12 @@ fn mismatches_are_errors_and_change_nothing() {
     assert!(e.contains("layer0:BellecAlif[8]"), "{e}");
 
     let bytes = std::fs::read(&path).unwrap();
-    let cut = temp("cut.ckpt");
+    let cut = temp("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = alif(1, 8).load(&cut).unwrap_err().to_string();
     assert!(e.contains("corrupt") || e.contains("truncated"), "{e}");
 
-    let e = alif(1, 8).load(temp("does-not-exist.ckpt")).unwrap_err();
+    let e = alif(1, 8).load(temp("does-not-exist.safetensors")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
 
     // A network without recurrent weights cannot take a checkpoint that has them.
@@ -125,4 +125,73 @@ fn mismatches_are_errors_and_change_nothing() {
         wide.params.readout_w[0][[0, 0]] as f32,
         alif(1, 8).params.readout_w[0][[0, 0]]
     );
+}
+
+mod v1 {
+    use plasticity_runtime::neuron_model;
+
+    #[neuron_model(surrogate = fast_sigmoid(5.0))]
+    pub mod lif {
+        /// A LIF neuron.
+        pub struct Lif {
+            #[param(default = 0.9)]
+            pub alpha: f64,
+            #[state(init = 0.0)]
+            v: f64,
+            #[input]
+            i: f64,
+        }
+        fn step() {
+            let v = alpha * v + i;
+            Next {
+                v,
+                spike: spike(v - 1.0),
+            }
+        }
+    }
+}
+
+mod v2 {
+    use plasticity_runtime::neuron_model;
+
+    #[neuron_model(surrogate = fast_sigmoid(5.0))]
+    pub mod lif {
+        /// The same LIF neuron, its equations since changed (a reset).
+        pub struct Lif {
+            #[param(default = 0.9)]
+            pub alpha: f64,
+            #[state(init = 0.0)]
+            v: f64,
+            #[input]
+            i: f64,
+        }
+        fn step() {
+            let v = alpha * v + i - detach(spike(v - 1.0));
+            Next {
+                v,
+                spike: spike(v - 1.0),
+            }
+        }
+    }
+}
+
+/// A checkpoint of a model whose equations changed since (same name, same sizes) is refused:
+/// the metadata fingerprints each model's generated derivatives.
+#[test]
+fn changed_models_are_refused() {
+    let build = |first: bool| -> Network<f32> {
+        let b = NetworkBuilder::new(3);
+        let b = if first {
+            b.layer(LayerSpec::new(v1::lif::Lif::default(), 4))
+        } else {
+            b.layer(LayerSpec::new(v2::lif::Lif::default(), 4))
+        };
+        b.readout(ReadoutSpec::new(2, 0.5)).build().unwrap()
+    };
+    let path = temp("changed.safetensors");
+    build(true).save(&path).unwrap();
+    assert_eq!(build(true).structure(), build(false).structure());
+    let e = build(false).load(&path).unwrap_err().to_string();
+    assert!(e.contains("equations changed") && e.contains("layer0:Lif:"), "{e}");
+    build(true).load(&path).unwrap();
 }

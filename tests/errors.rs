@@ -157,3 +157,43 @@ fn edited_networks_are_checked() {
     n.params.readout_w[0] = column_major.as_standard_layout().into_owned();
     assert!(n.run(x.view()).is_ok());
 }
+
+/// A diverging run stops with an error naming the update, the tensor and the index of the
+/// first non-finite value; the last checkpoint written stays loadable.
+#[test]
+fn divergence_names_the_update_and_the_tensor() {
+    let x = Array3::<f32>::from_shape_fn((10, 2, 4), |(t, b, i)| if (t + b + i) % 2 == 0 { 1.0 } else { 0.0 });
+    let dir = std::env::temp_dir().join(format!("plasticity-diverge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let c = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::sgd(1e38, 0.0));
+        let mut tr = Trainer::new(net(), c).unwrap();
+        let path = dir.join("last.safetensors");
+        tr.save_checkpoint(&path).unwrap();
+        let e = (0..5)
+            .find_map(|_| tr.train_batch(x.view(), Targets::Classes(&[0, 1])).err())
+            .unwrap_or_else(|| panic!("{algorithm:?}: no divergence"));
+        let text = e.to_string();
+        match e {
+            Error::Diverged { update, tensor, .. } => {
+                assert!(update >= 1);
+                assert!(
+                    tensor.starts_with("projections.") || tensor.starts_with("readout."),
+                    "{tensor}"
+                );
+                assert!(
+                    text.contains("training diverged at update") && text.contains("clip"),
+                    "{text}"
+                );
+            }
+            other => panic!("{algorithm:?}: expected divergence, got {other:?}"),
+        }
+        let mut fresh = Trainer::new(
+            net(),
+            TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3)),
+        )
+        .unwrap();
+        fresh.load_checkpoint(&path).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

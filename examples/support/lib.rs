@@ -10,12 +10,29 @@ pub mod spike_data;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Result;
+use std::io::Write;
+
+use anyhow::{Context, Result};
 use safetensors::{Dtype, tensor::TensorView};
 
-/// Writes `bytes` to `path` atomically (the runtime's checkpoint writer).
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder is written,
+/// synced and renamed over the target, then the folder is synced, so a reader (or a crash)
+/// sees the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(plasticity_runtime::checkpoint::write_atomic(path, bytes)?)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("{}", tmp.path().display()))?;
+    tmp.persist(path).with_context(|| format!("{}", path.display()))?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}", dir.display()))?;
+    Ok(())
 }
 
 /// f64 tensors by name, written as one safetensors file.

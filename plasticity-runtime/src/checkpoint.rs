@@ -1,28 +1,39 @@
-//! Checkpoints: a network's trainable tensors (and a trainer's optimiser state) in one file,
-//! written atomically and read back with every inconsistency reported as an error.
+//! Checkpoints: a network's trainable tensors (and a trainer's optimiser state) in one
+//! [safetensors](https://github.com/huggingface/safetensors) file, written atomically and read
+//! back with every inconsistency reported as an error.
 //!
-//! Format (little-endian): the 16-byte magic `PLASTICITY-CKPT\0`, a `u32` version, the
-//! network's structure (`u32` length + UTF-8, see [`Network::structure`]), a `u32` tensor count, then per tensor its name, `u32`
-//! rank, `u64` dimensions and `f64` values, and finally an FNV-1a `u64` checksum of all
-//! preceding bytes. Values are stored as `f64` whatever the network's float type.
+//! Tensors are stored in the network's float type (`F32` or `F64`) under the names of
+//! [`Network::tensor_name`] (and `optimizer.*` for a trainer's state). The metadata holds the
+//! format and its version, the network's structure ([`Network::structure`]), the float type,
+//! a fingerprint of each model's generated code (its published pattern, formulas included),
+//! and, for a trainer, its configuration. A file written for another structure or another
+//! version of a model is refused with an error naming both. Values load into either float
+//! type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::params::Slot;
 use crate::real::Float;
 
-const MAGIC: &[u8; 16] = b"PLASTICITY-CKPT\0";
-const VERSION: u32 = 2;
+/// The `format` entry of the metadata.
+const FORMAT: &str = "plasticity-checkpoint";
+/// The `version` entry: files of another version are refused.
+const VERSION: &str = "3";
 
-/// Named tensors, in a stable order.
+/// Named tensors, in a stable order (values widened to `f64`, which is exact for `f32`).
 pub(crate) type Tensors = BTreeMap<String, ArrayD<f64>>;
 
+/// The metadata of a checkpoint, as stored.
+pub(crate) type Metadata = HashMap<String, String>;
+
+/// FNV-1a, 64 bits: a fingerprint, not a cryptographic hash.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -32,127 +43,95 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Serialises `tensors` for `model`.
-pub(crate) fn encode(model: &str, tensors: &Tensors) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    put_str(&mut out, model);
-    out.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
-    for (name, t) in tensors {
-        put_str(&mut out, name);
-        out.extend_from_slice(&(t.ndim() as u32).to_le_bytes());
-        for &d in t.shape() {
-            out.extend_from_slice(&(d as u64).to_le_bytes());
-        }
-        for &v in t.iter() {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let sum = fnv1a(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl Reader<'_> {
-    fn fail(&self, message: impl Into<String>) -> Error {
-        Error::Format {
-            path: self.path.to_path_buf(),
-            message: message.into(),
-        }
-    }
-    fn take(&mut self, n: usize, what: &str) -> Result<&[u8]> {
-        if self.bytes.len() - self.pos < n {
-            return Err(self.fail(format!("truncated: the file ends inside {what} at byte {}", self.pos)));
-        }
-        let s = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
-    }
-    fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.u32(what)? as usize;
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.fail(format!("{what} is not UTF-8")))
+fn format_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        message: message.into(),
     }
 }
 
-/// Parses a checkpoint: the model name and its tensors.
-pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(String, Tensors)> {
-    let mut r = Reader { bytes, pos: 0, path };
-    if bytes.len() < MAGIC.len() + 8 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(r.fail("not a plasticity checkpoint (bad magic bytes)"));
+/// Serialises `tensors` with `metadata`, each tensor as `dtype` (`F32` or `F64`).
+pub(crate) fn encode(metadata: Metadata, tensors: &Tensors, dtype: Dtype) -> Result<Vec<u8>> {
+    let data: Vec<(&String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = match dtype {
+                Dtype::F32 => t.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+                _ => t.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            };
+            (name, t.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(dtype, shape.clone(), bytes)
+                .map(|v| ((*name).clone(), v))
+                .map_err(|e| Error::State(format!("checkpoint tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::State(format!("checkpoint: {e}")))
+}
+
+/// Parses a checkpoint: its metadata and tensors. Every failure is an [`Error::Format`]
+/// naming the file.
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Metadata, Tensors)> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        format_error(
+            path,
+            format!("not a readable safetensors file (truncated or corrupt): {e}"),
+        )
+    })?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    match (metadata.get("format").map(String::as_str), metadata.get("version")) {
+        (Some(FORMAT), Some(v)) if v == VERSION => {}
+        (Some(FORMAT), v) => {
+            return Err(format_error(
+                path,
+                format!("checkpoint version {v:?}, this build reads version {VERSION}"),
+            ));
+        }
+        (other, _) => {
+            return Err(format_error(
+                path,
+                format!("not a plasticity checkpoint (metadata format {other:?}, expected \"{FORMAT}\")"),
+            ));
+        }
     }
-    let body = &bytes[..bytes.len() - 8];
-    let stored = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes"));
-    if fnv1a(body) != stored {
-        return Err(r.fail("checksum mismatch: the file is truncated or corrupt"));
-    }
-    r.bytes = body;
-    r.pos = MAGIC.len();
-    let version = r.u32("the version")?;
-    if version != VERSION {
-        return Err(r.fail(format!(
-            "checkpoint version {version}, this build reads version {VERSION}"
-        )));
-    }
-    let model = r.string("the model name")?;
-    let count = r.u32("the tensor count")?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| format_error(path, format!("corrupt safetensors file: {e}")))?;
     let mut tensors = Tensors::new();
-    for _ in 0..count {
-        let name = r.string("a tensor name")?;
-        let rank = r.u32("a tensor rank")? as usize;
-        if rank > 8 {
-            return Err(r.fail(format!("tensor {name}: rank {rank}, expected at most 8")));
-        }
-        let mut shape = Vec::with_capacity(rank);
-        for _ in 0..rank {
-            shape.push(r.u64("a tensor dimension")? as usize);
-        }
-        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let Some(len) = len.filter(|&l| l.checked_mul(8).is_some_and(|b| b <= r.bytes.len() - r.pos)) else {
-            return Err(r.fail(format!("tensor {name}: shape {shape:?} is larger than the file")));
+    for (name, view) in st.tensors() {
+        let width = match view.dtype() {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+            other => {
+                return Err(format_error(
+                    path,
+                    format!("tensor {name}: dtype {other:?}, expected F32 or F64"),
+                ));
+            }
         };
-        let data = r.take(len * 8, "tensor data")?;
-        let values: Vec<f64> = data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        let values: Vec<f64> = view
+            .data()
+            .chunks_exact(width)
+            .map(|c| match width {
+                4 => f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                _ => f64::from_le_bytes(c.try_into().expect("8 bytes")),
+            })
             .collect();
-        let array = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| r.fail(format!("tensor {name}: {e}")))?;
-        if tensors.insert(name.clone(), array).is_some() {
-            return Err(r.fail(format!("tensor {name} appears twice")));
-        }
+        let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
+            .map_err(|e| format_error(path, format!("tensor {name}: {e}")))?;
+        tensors.insert(name, array);
     }
-    if r.pos != r.bytes.len() {
-        return Err(r.fail(format!(
-            "{} unexpected bytes after the last tensor",
-            r.bytes.len() - r.pos
-        )));
-    }
-    Ok((model, tensors))
+    Ok((metadata, tensors))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
-/// renamed over the target, so a reader never sees a partial file. Used for checkpoints, and
-/// available to programs that write their own results.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source: std::io::Error, p: &Path| Error::Io {
+/// Writes `bytes` to `path` so that a reader sees the old file or the new one, never a part:
+/// a temporary file in the same folder is written and synced, renamed over the target, and
+/// the folder is synced so that the rename itself survives a crash.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source, p: &Path| Error::Io {
         path: p.to_path_buf(),
         source,
     };
@@ -160,16 +139,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| Error::Format {
-        path: path.to_path_buf(),
-        message: "the path has no file name".into(),
+    let name = path.file_name().ok_or_else(|| {
+        io(
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+            path,
+        )
     })?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io(e, &tmp))?;
         f.write_all(bytes).map_err(|e| io(e, &tmp))?;
         f.sync_all().map_err(|e| io(e, &tmp))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(e, path))
+        std::fs::rename(&tmp, path).map_err(|e| io(e, path))?;
+        #[cfg(unix)]
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(e, &dir))?;
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -177,7 +163,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-pub(crate) fn read(path: &Path) -> Result<(String, Tensors)> {
+/// Reads and parses the checkpoint at `path`.
+pub(crate) fn read(path: &Path) -> Result<(Metadata, Tensors)> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -226,6 +213,41 @@ impl<F: Float> Network<F> {
         pops.join(",")
     }
 
+    /// Every model's fingerprint: `name:Model:hex` per population, comma-separated. The
+    /// fingerprint hashes the model's published pattern (its partials, their formulas and the
+    /// trace layout), so a model whose generated code changed no longer matches.
+    pub fn model_fingerprints(&self) -> String {
+        let each: Vec<String> = (self.populations.iter())
+            .map(|p| {
+                let pattern = p.pattern();
+                let hash = fnv1a(format!("{pattern:?}").as_bytes());
+                format!("{}:{}:{hash:016x}", p.name, pattern.model)
+            })
+            .collect();
+        each.join(",")
+    }
+
+    /// The metadata a checkpoint of this network carries.
+    pub(crate) fn metadata(&self) -> Metadata {
+        let float = if std::mem::size_of::<F>() == 4 { "f32" } else { "f64" };
+        Metadata::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("version".to_string(), VERSION.to_string()),
+            ("structure".to_string(), self.structure()),
+            ("models".to_string(), self.model_fingerprints()),
+            ("float".to_string(), float.to_string()),
+        ])
+    }
+
+    /// The dtype tensors of this network are stored in.
+    pub(crate) fn dtype() -> Dtype {
+        if std::mem::size_of::<F>() == 4 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        }
+    }
+
     /// The trainable tensors by name ([`Network::tensor_name`]).
     pub(crate) fn tensors(&self) -> Tensors {
         let mut t = Tensors::new();
@@ -237,19 +259,19 @@ impl<F: Float> Network<F> {
         t
     }
 
-    /// Writes the network's trainable tensors to `path`, atomically. The models' fixed
-    /// parameters and the structure are part of the code that builds the network, not of the
-    /// file.
+    /// Writes the network's trainable tensors to `path` as safetensors, atomically. The
+    /// models' fixed parameters and the structure are part of the code that builds the
+    /// network, not of the file (the metadata records them to refuse a mismatch).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), &encode(&self.structure(), &self.tensors()))
+        write_atomic(path.as_ref(), &encode(self.metadata(), &self.tensors(), Self::dtype())?)
     }
 
     /// Reads tensors written by [`Network::save`] into this network, which must have the
     /// same structure. Nothing is changed unless the whole file matches.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let (structure, mut tensors) = read(path)?;
-        self.assign(path, &structure, &mut tensors)?;
+        let (metadata, mut tensors) = read(path)?;
+        self.assign(path, &metadata, &mut tensors)?;
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::Format {
                 path: path.to_path_buf(),
@@ -260,15 +282,24 @@ impl<F: Float> Network<F> {
     }
 
     /// Moves this network's tensors out of `tensors` into a copy, checks it, and installs it.
-    pub(crate) fn assign(&mut self, path: &Path, structure: &str, tensors: &mut Tensors) -> Result<()> {
+    pub(crate) fn assign(&mut self, path: &Path, metadata: &Metadata, tensors: &mut Tensors) -> Result<()> {
         let fail = |message: String| Error::Format {
             path: path.to_path_buf(),
             message,
         };
-        if structure != self.structure() {
+        let stored = |key: &str| metadata.get(key).map_or("(none)", String::as_str);
+        if stored("structure") != self.structure() {
             return Err(fail(format!(
-                "checkpoint of network {structure}, this network is {}",
+                "checkpoint of network {}, this network is {}",
+                stored("structure"),
                 self.structure()
+            )));
+        }
+        if stored("models") != self.model_fingerprints() {
+            return Err(fail(format!(
+                "checkpoint of models {}, this network's models are {} (a model's equations changed)",
+                stored("models"),
+                self.model_fingerprints()
             )));
         }
         let mut next = self.params.clone();
@@ -308,30 +339,63 @@ impl<F: Float> Network<F> {
 mod tests {
     use super::*;
 
+    fn metadata() -> Metadata {
+        Metadata::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("version".to_string(), VERSION.to_string()),
+        ])
+    }
+
     #[test]
-    fn encode_decode_round_trip_and_corruption() {
+    fn round_trip_and_broken_files() {
         let mut t = Tensors::new();
         t.insert(
             "a".into(),
             ArrayD::from_shape_vec(IxDyn(&[2, 3]), (0..6).map(f64::from).collect()).unwrap(),
         );
         t.insert("b".into(), ArrayD::from_shape_vec(IxDyn(&[1]), vec![-1.5]).unwrap());
-        let bytes = encode("Model", &t);
-        let p = Path::new("x.ckpt");
-        let (m, back) = decode(p, &bytes).unwrap();
-        assert_eq!(m, "Model");
-        assert_eq!(back, t);
-        let msg = decode(p, &bytes[..bytes.len() - 3]).unwrap_err().to_string();
-        assert!(msg.contains("checksum") || msg.contains("truncated"), "{msg}");
-        let mut flipped = bytes.clone();
-        flipped[40] ^= 0xff;
-        assert!(decode(p, &flipped).unwrap_err().to_string().contains("checksum"));
+        let p = Path::new("x.safetensors");
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let bytes = encode(metadata(), &t, dtype).unwrap();
+            let (m, back) = decode(p, &bytes).unwrap();
+            assert_eq!(m, metadata());
+            assert_eq!(back, t);
+            // Every truncation is an error, never a panic.
+            for cut in [0, 7, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+                assert!(
+                    matches!(decode(p, &bytes[..cut]), Err(Error::Format { .. })),
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A header length that claims far more than the file.
+        let mut huge = encode(metadata(), &t, Dtype::F64).unwrap();
+        huge[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(
-            decode(p, b"not a checkpoint at all, clearly")
+            decode(p, &huge)
                 .unwrap_err()
                 .to_string()
-                .contains("magic")
+                .contains("truncated or corrupt")
         );
-        assert!(decode(p, b"").is_err());
+        assert!(decode(p, b"not a checkpoint at all, clearly").is_err());
+        // A safetensors file of something else, or of another version.
+        let mut other = metadata();
+        other.insert("format".into(), "weights".into());
+        let e = decode(p, &encode(other, &t, Dtype::F64).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a plasticity checkpoint"), "{e}");
+        let mut old = metadata();
+        old.insert("version".into(), "2".into());
+        let e = decode(p, &encode(old, &t, Dtype::F64).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version"), "{e}");
+        // A dtype the runtime does not store.
+        let ints = [1u8, 0, 2, 0];
+        let view = TensorView::new(Dtype::I16, vec![2], &ints).unwrap();
+        let bytes = safetensors::serialize([("a".to_string(), view)], Some(metadata())).unwrap();
+        let e = decode(p, &bytes).unwrap_err().to_string();
+        assert!(e.contains("I16"), "{e}");
     }
 }

@@ -46,6 +46,24 @@ pub enum Error {
         /// Number of readout units.
         classes: usize,
     },
+    /// Training produced a non-finite value: the update it happened at, what (`loss`,
+    /// `gradient` or `weight`), the tensor and the index of the first bad value.
+    #[error(
+        "training diverged at update {update}: the {what} is {value} at index {index} of {tensor}; lower the \
+         learning rate or clip gradients (TrainConfig::clip_norm), then resume from the last checkpoint"
+    )]
+    Diverged {
+        /// The optimiser update (1 for the first).
+        update: usize,
+        /// `loss`, `gradient` or `weight`.
+        what: String,
+        /// The tensor's name ([`crate::Network::tensor_name`]).
+        tensor: String,
+        /// Flat index of the first non-finite value.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
     /// A method was called in the wrong order.
     #[error("{0}")]
     State(String),

@@ -167,6 +167,14 @@ impl Schedule {
     }
 }
 
+/// What an update found non-finite: a gradient (found before anything changed) or a weight
+/// (after the update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonFinite {
+    Gradient,
+    Weight,
+}
+
 /// Optimiser state (moments), shaped like the parameters. Owned by the [`crate::Trainer`].
 #[derive(Clone, Debug)]
 pub(crate) struct OptimizerState<F> {
@@ -191,8 +199,8 @@ impl<F: Float> OptimizerState<F> {
         self.step
     }
 
-    /// The moments and the update count as named tensors (`optimizer.m.I`, `optimizer.v.I`,
-    /// `optimizer.step`).
+    /// The moments as named tensors (`optimizer.m.I`, `optimizer.v.I`, in the order of
+    /// [`Parameters::slots`]); the update count goes into the checkpoint's metadata.
     pub(crate) fn tensors(&self) -> crate::checkpoint::Tensors {
         let mut t = crate::checkpoint::Tensors::new();
         let flat = |v: &Vec<F>| {
@@ -203,18 +211,16 @@ impl<F: Float> OptimizerState<F> {
             t.insert(format!("optimizer.m.{i}"), flat(m));
             t.insert(format!("optimizer.v.{i}"), flat(v));
         }
-        t.insert(
-            "optimizer.step".into(),
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1]), vec![self.step as f64]).expect("one value"),
-        );
         t
     }
 
-    /// Takes this state's tensors out of `tensors`, checking every length.
+    /// Takes this state's tensors out of `tensors` and the update count from `step` (the
+    /// metadata's text), checking every length.
     pub(crate) fn assign(
         &mut self,
         path: &std::path::Path,
         tensors: &mut crate::checkpoint::Tensors,
+        step: &str,
     ) -> crate::Result<()> {
         let fail = |message: String| crate::Error::Format {
             path: path.to_path_buf(),
@@ -239,19 +245,16 @@ impl<F: Float> OptimizerState<F> {
                 dst.iter_mut().zip(t.iter()).for_each(|(d, &s)| *d = F::from_f64(s));
             }
         }
-        let step = tensors
-            .remove("optimizer.step")
-            .ok_or_else(|| fail("missing tensor optimizer.step".into()))?;
-        match step.as_slice() {
-            Some(&[s]) if s >= 0.0 && s.fract() == 0.0 && s < 1e15 => next.step = s as usize,
-            _ => return Err(fail("tensor optimizer.step: expected one whole number >= 0".into())),
-        }
+        next.step = step
+            .parse()
+            .map_err(|_| fail(format!("optimizer_step {step:?}: expected a whole number >= 0")))?;
         *self = next;
         Ok(())
     }
 
     /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
-    /// Returns the gradient norm before clipping.
+    /// Returns the gradient norm before clipping, or what was non-finite: a gradient (nothing
+    /// was changed) or a weight after the update (checked in the same pass).
     pub(crate) fn update(
         &mut self,
         net: &mut Network<F>,
@@ -259,8 +262,12 @@ impl<F: Float> OptimizerState<F> {
         opt: &Optimizer,
         schedule: &Schedule,
         clip: Option<f64>,
-    ) -> f64 {
+    ) -> std::result::Result<f64, NonFinite> {
         let norm = grads.norm();
+        if !norm.is_finite() {
+            return Err(NonFinite::Gradient);
+        }
+        let mut finite = true;
         let scale = match clip {
             Some(c) if norm > c && norm > 0.0 => c / norm,
             _ => 1.0,
@@ -281,6 +288,7 @@ impl<F: Float> OptimizerState<F> {
                     for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
                         *m = mu * *m + g * F::from_f64(scale);
                         *p -= lr * *m;
+                        finite &= p.is_finite_value();
                     }
                 }
                 Optimizer::Adam { beta1, beta2, eps, .. } | Optimizer::AdamW { beta1, beta2, eps, .. } => {
@@ -295,11 +303,13 @@ impl<F: Float> OptimizerState<F> {
                     let (c1, c2) = (F::from_f64(c1), F::from_f64(c2));
                     let decay = F::from_f64(1.0 - lr * wd);
                     // Element-wise and independent: large tensors are split over threads.
-                    p.par_chunks_mut(UPDATE_CHUNK)
+                    finite &= p
+                        .par_chunks_mut(UPDATE_CHUNK)
                         .zip(g.par_chunks(UPDATE_CHUNK))
                         .zip(m.par_chunks_mut(UPDATE_CHUNK))
                         .zip(v.par_chunks_mut(UPDATE_CHUNK))
-                        .for_each(|(((p, g), m), v)| {
+                        .map(|(((p, g), m), v)| {
+                            let mut finite = true;
                             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                                 let g = g * s;
                                 *m = b1 * *m + (<F as Real>::one() - b1) * g;
@@ -307,8 +317,11 @@ impl<F: Float> OptimizerState<F> {
                                 let mhat = *m / c1;
                                 let vhat = *v / c2;
                                 *p = *p * decay - lr_f * mhat / (vhat.sqrt() + eps_f);
+                                finite &= p.is_finite_value();
                             }
-                        });
+                            finite
+                        })
+                        .reduce(|| true, |a, b| a && b);
                 }
             }
         }
@@ -316,7 +329,7 @@ impl<F: Float> OptimizerState<F> {
             proj.apply_mask(w);
         }
         net.clamp_learnable();
-        norm
+        if finite { Ok(norm) } else { Err(NonFinite::Weight) }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
 use crate::network::{Network, SpikeMode};
-use crate::optim::{Optimizer, OptimizerState, Schedule};
+use crate::optim::{NonFinite, Optimizer, OptimizerState, Schedule};
 use crate::params::Gradients;
 use crate::real::{Float, Real};
 
@@ -209,10 +209,11 @@ impl<F: Float> Trainer<F> {
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let mut tensors = self.net.tensors();
         tensors.extend(self.opt.tensors());
-        crate::checkpoint::write_atomic(
-            path.as_ref(),
-            &crate::checkpoint::encode(&self.net.structure(), &tensors),
-        )
+        let mut metadata = self.net.metadata();
+        metadata.insert("optimizer_step".into(), self.opt.steps().to_string());
+        metadata.insert("config".into(), format!("{:?}", self.config));
+        let bytes = crate::checkpoint::encode(metadata, &tensors, Network::<F>::dtype())?;
+        crate::checkpoint::write_atomic(path.as_ref(), &bytes)
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] (or a network saved by
@@ -220,12 +221,12 @@ impl<F: Float> Trainer<F> {
     /// same model and sizes; nothing changes unless the whole file matches.
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
-        let (model, mut tensors) = crate::checkpoint::read(path)?;
+        let (metadata, mut tensors) = crate::checkpoint::read(path)?;
         let mut net = self.net.clone();
-        net.assign(path, &model, &mut tensors)?;
+        net.assign(path, &metadata, &mut tensors)?;
         let mut opt = self.opt.clone();
-        if tensors.contains_key("optimizer.step") {
-            opt.assign(path, &mut tensors)?;
+        if let Some(step) = metadata.get("optimizer_step") {
+            opt.assign(path, &mut tensors, step)?;
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::Format {
@@ -337,7 +338,7 @@ impl<F: Float> Trainer<F> {
             events.fill_step(t, &mut x);
             self.step_inner(x.view(), Some(targets.at(t)), update)?;
         }
-        Ok(self.end_inner(update, Some(&targets)))
+        self.end_inner(update, Some(&targets))
     }
 
     /// Loss and accuracy of the network on one batch, without gradients.
@@ -426,7 +427,7 @@ impl<F: Float> Trainer<F> {
                     },
                 );
                 stats.grad_norm = if update {
-                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config)
+                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, stats.loss)?
                 } else {
                     self.grads.norm()
                 };
@@ -438,8 +439,7 @@ impl<F: Float> Trainer<F> {
                     let step_targets = targets.at(t);
                     self.step_inner(inputs.index_axis(Axis(0), t), Some(step_targets), update)?;
                 }
-                let stats = self.end_inner(update, Some(&targets));
-                Ok(stats)
+                self.end_inner(update, Some(&targets))
             }
         }
     }
@@ -546,7 +546,7 @@ impl<F: Float> Trainer<F> {
         if self.stream.is_none() {
             return Err(Error::State("Trainer::end_sequence before begin_sequence".into()));
         }
-        Ok(self.end_inner(true, None))
+        self.end_inner(true, None)
     }
 
     fn begin_inner(&mut self, batch: usize, t_len: usize, _update: bool) -> Result<()> {
@@ -615,7 +615,7 @@ impl<F: Float> Trainer<F> {
             && s.since_update >= k
         {
             e.gradients(&self.net, &mut self.grads);
-            s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config);
+            s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, s.stats.loss)?;
             e.zero_gradients();
             e.refresh_weights(&self.net);
             s.since_update = 0;
@@ -623,7 +623,7 @@ impl<F: Float> Trainer<F> {
         Ok(())
     }
 
-    fn end_inner(&mut self, update: bool, targets: Option<&Targets<'_, F>>) -> BatchStats {
+    fn end_inner(&mut self, update: bool, targets: Option<&Targets<'_, F>>) -> Result<BatchStats> {
         let mut s = self.stream.take().expect("begun");
         let e = self.eprop.as_mut().expect("built");
         if let Some(Targets::Classes(c)) = targets {
@@ -633,13 +633,14 @@ impl<F: Float> Trainer<F> {
         if s.since_update > 0 || !update {
             e.gradients(&self.net, &mut self.grads);
             if update {
-                s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config);
+                s.stats.grad_norm =
+                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, s.stats.loss)?;
                 e.zero_gradients();
             } else {
                 s.stats.grad_norm = self.grads.norm();
             }
         }
-        s.stats
+        Ok(s.stats)
     }
 }
 
@@ -702,13 +703,53 @@ pub(crate) fn loss_over<F: Float>(
 }
 
 /// One optimiser step with the configured rule, schedule and clipping; the gradient norm.
+/// A non-finite loss or gradient stops it before anything changes; a non-finite weight after
+/// it is reported too (the trainer's network is then unusable: reload the last checkpoint).
 fn apply_update<F: Float>(
     opt: &mut OptimizerState<F>,
     net: &mut Network<F>,
     grads: &Gradients<F>,
     config: &TrainConfig,
-) -> f64 {
-    opt.update(net, grads, &config.optimizer, &config.schedule, config.clip_norm)
+    loss: f64,
+) -> Result<f64> {
+    let update = opt.steps() + 1;
+    if !loss.is_finite() {
+        return Err(Error::Diverged {
+            update,
+            what: "loss".into(),
+            tensor: "the loss so far".into(),
+            index: 0,
+            value: loss,
+        });
+    }
+    let diverged = |what: &str, net: &Network<F>, (slot, index, value)| Error::Diverged {
+        update,
+        what: what.into(),
+        tensor: net.tensor_name(slot),
+        index,
+        value,
+    };
+    // The scans for the first bad value run only once something is known to be bad.
+    match opt.update(net, grads, &config.optimizer, &config.schedule, config.clip_norm) {
+        Ok(norm) => Ok(norm),
+        Err(NonFinite::Gradient) => Err(match grads.first_non_finite() {
+            Some(bad) => diverged("gradient", net, bad),
+            // Every entry finite, their squares' sum not.
+            None => Error::Diverged {
+                update,
+                what: "gradient norm".into(),
+                tensor: "all gradients".into(),
+                index: 0,
+                value: f64::INFINITY,
+            },
+        }),
+        // A weight that left the finite range and was brought back (a declared parameter
+        // range clamps it) is fine.
+        Err(NonFinite::Weight) => match net.params.first_non_finite() {
+            Some(bad) => Err(diverged("weight", net, bad)),
+            None => Ok(grads.norm()),
+        },
+    }
 }
 
 fn count_correct<F: Float>(ysum: &Array2<F>, classes: &[usize], probs: &mut Array2<F>) -> usize {
