@@ -594,3 +594,40 @@ fn output_population_instead_of_the_leaky_readout() {
     eprintln!("hidden input weights: cosine(e-prop, BPTT) = {cosine:.3}");
     assert!(cosine > 0.9, "cosine {cosine}");
 }
+
+/// The same network, data and seed give bit-identical gradients on 1 and 2 threads: every
+/// parallel loop splits work by neurons, samples or rows and sums in a fixed order.
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() {
+    let net: Network<f32> = NetworkBuilder::new(12)
+        .population(PopulationSpec::new("lif", BellecLif::default(), 40).bias(true))
+        .population(PopulationSpec::new("alif", BellecAlif::default(), 30))
+        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 3.0 }))
+        .projection(
+            ProjectionSpec::input("alif")
+                .init(Init::Gaussian { gain: 3.0 })
+                .connectivity(Connectivity::Probability { p: 0.5, seed: 1 }),
+        )
+        .projection(ProjectionSpec::new("lif", "alif"))
+        .projection(ProjectionSpec::new("alif", "lif").init(Init::Gaussian { gain: 0.5 }))
+        .readout(ReadoutSpec::new(3, 0.8).from(["lif", "alif"]))
+        .seed(4)
+        .build()
+        .unwrap();
+    let x = inputs(2, 40, 16, 12).mapv(|v| v as f32);
+    let classes: Vec<usize> = (0..16).map(|b| b % 3).collect();
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::All))).unwrap();
+                tr.train_batch(x.view(), Targets::Classes(&classes)).unwrap();
+                let (g, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
+                (g.clone(), tr.into_network().params)
+            })
+        };
+        let (one, two) = (run(1), run(2));
+        assert!(one.0.norm() > 0.0);
+        assert_eq!(one, two, "{algorithm:?}");
+    }
+}

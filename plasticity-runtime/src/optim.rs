@@ -336,6 +336,80 @@ impl<F: Float> OptimizerState<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::BellecLif;
+    use crate::{LayerSpec, NetworkBuilder, ReadoutSpec};
+
+    /// A network with two input weights `[1.0, -2.0]` and one readout weight `0.5`, and
+    /// gradients `[3.0, -4.0]`, `[0.0]` (global norm 5).
+    fn tiny() -> (Network<f64>, Gradients<f64>) {
+        let mut net = NetworkBuilder::<f64>::new(2)
+            .layer(LayerSpec::new(BellecLif::default(), 1))
+            .readout(ReadoutSpec::new(1, 0.0).bias(false))
+            .build()
+            .unwrap();
+        net.params.projections[0] = vec![1.0, -2.0];
+        net.params.readout_w[0][[0, 0]] = 0.5;
+        let mut g = net.params.zeros_like();
+        g.projections[0] = vec![3.0, -4.0];
+        (net, g)
+    }
+
+    fn step(opt: Optimizer, clip: Option<f64>, steps: usize) -> Vec<f64> {
+        let (mut net, g) = tiny();
+        let mut state = OptimizerState::new(&net.params);
+        for _ in 0..steps {
+            state.update(&mut net, &g, &opt, &Schedule::Constant, clip).unwrap();
+        }
+        let mut out = net.params.projections[0].clone();
+        out.push(net.params.readout_w[0][[0, 0]]);
+        out
+    }
+
+    fn close(got: &[f64], want: &[f64]) {
+        assert!(
+            got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "got {got:?}, want {want:?}"
+        );
+    }
+
+    /// Every rule against the update written out by hand.
+    #[test]
+    fn updates_match_hand_computation() {
+        // SGD, no momentum: p − lr·g.
+        close(&step(Optimizer::sgd(0.1, 0.0), None, 1), &[0.7, -1.6, 0.5]);
+        // Momentum 0.9, two steps: m₁ = g, m₂ = 1.9 g; p₂ = p₀ − lr·2.9 g.
+        close(
+            &step(Optimizer::sgd(0.1, 0.9), None, 2),
+            &[1.0 - 0.87, -2.0 + 1.16, 0.5],
+        );
+        // Clipping to norm 1 scales g by 1/5.
+        close(
+            &step(Optimizer::sgd(0.1, 0.0), Some(1.0), 1),
+            &[1.0 - 0.06, -2.0 + 0.08, 0.5],
+        );
+        // Adam, one step: the bias-corrected m̂ = g, v̂ = g², so p₁ = p₀ − lr·g/(|g| + ε).
+        let eps = 1e-8;
+        let adam1 = |p: f64, g: f64| p - 0.01 * g / (g.abs() + eps);
+        close(
+            &step(Optimizer::adam(0.01), None, 1),
+            &[adam1(1.0, 3.0), adam1(-2.0, -4.0), 0.5],
+        );
+        // Adam, two steps of the same gradient: m̂ and v̂ are again g and g².
+        close(
+            &step(Optimizer::adam(0.01), None, 2),
+            &[adam1(adam1(1.0, 3.0), 3.0), adam1(adam1(-2.0, -4.0), -4.0), 0.5],
+        );
+        // AdamW: the decay multiplies the weight before the Adam step, readout included.
+        let decay = 1.0 - 0.01 * 0.5;
+        close(
+            &step(Optimizer::adamw(0.01, 0.5), None, 1),
+            &[
+                1.0 * decay - 0.01 * 3.0 / (3.0 + eps),
+                -2.0 * decay + 0.01 * 4.0 / (4.0 + eps),
+                0.5 * decay,
+            ],
+        );
+    }
 
     #[test]
     fn cosine_schedule_warms_up_and_decays() {
