@@ -7,6 +7,9 @@
 //! reported as normalised MSE: MSE divided by the variance of the target. The run writes
 //! `membrane.png` (membrane potentials of a few neurons over the sequence) to `--output`.
 //!
+//! `--output-population` replaces the built-in leaky readout with a population written in the
+//! neuron language: linear leaky integrators whose time constants are learned per output.
+//!
 //! cargo run --release --example pattern_generation
 
 use std::path::PathBuf;
@@ -18,11 +21,34 @@ use ndarray::{Array3, Axis};
 use plasticity_examples::plots;
 use plasticity_runtime::models::BellecLif;
 use plasticity_runtime::{
-    Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Targets, TrainConfig, Trainer,
-    Window,
+    Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec,
+    Targets, TrainConfig, Trainer, Window, neuron_model,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+#[neuron_model]
+mod leaky_output {
+    /// A linear leaky integrator read out as the network's output, `y' = κ y + (1 − κ) I`,
+    /// its time constant learned per output neuron (κ kept in [0, 0.999]).
+    pub struct LeakyOutput {
+        /// Leak per step (learnable).
+        #[param(default = 0.967, learnable, range = 0.0..=0.999)]
+        pub kappa: f64,
+        #[state(init = 0.0)]
+        y: f64,
+        /// The weighted spikes of the recurrent population.
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        let y = kappa * y + (1.0 - kappa) * i;
+        Next { y, out: y }
+    }
+}
+
+use leaky_output::LeakyOutput;
 
 /// Trains LIF neurons with e-prop to generate a pattern.
 #[derive(Parser, Debug)]
@@ -45,6 +71,10 @@ struct Args {
     /// Train with exact BPTT instead of e-prop, for comparison.
     #[arg(long)]
     bptt: bool,
+    /// Read out through a population of learnable leaky integrators (a model defined here)
+    /// instead of the built-in leaky readout.
+    #[arg(long)]
+    output_population: bool,
     /// Output folder (membrane.png).
     #[arg(long, default_value = "out/pattern_generation")]
     output: PathBuf,
@@ -100,16 +130,25 @@ fn main() -> Result<()> {
         gamma: 0.3,
         n_ref: 2.0,
     };
-    let net = NetworkBuilder::<f32>::new(N_IN)
-        .layer(
-            LayerSpec::new(model, args.hidden)
-                .recurrent(true)
-                .init_in(Init::Gaussian { gain: 6.0 })
-                .init_rec(Init::Gaussian { gain: 1.0 }),
-        )
-        .readout(ReadoutSpec::new(N_OUT, (-1.0f64 / 30.0).exp()))
-        .seed(args.seed)
-        .build()?;
+    let kappa = (-1.0f64 / 30.0).exp();
+    let builder = NetworkBuilder::<f32>::new(N_IN).layer(
+        LayerSpec::new(model, args.hidden)
+            .recurrent(true)
+            .init_in(Init::Gaussian { gain: 6.0 })
+            .init_rec(Init::Gaussian { gain: 1.0 }),
+    );
+    let builder = if args.output_population {
+        // The integrator's input gain is 1 − κ: larger weights give the readout's scale.
+        builder
+            .population(PopulationSpec::new("out", LeakyOutput { kappa }, N_OUT).bias(true))
+            .projection(ProjectionSpec::new("layer0", "out").init(Init::Gaussian {
+                gain: 1.0 / (1.0 - kappa),
+            }))
+            .readout(ReadoutSpec::population("out"))
+    } else {
+        builder.readout(ReadoutSpec::new(N_OUT, kappa))
+    };
+    let net = builder.seed(args.seed).build()?;
     let algorithm = if args.bptt {
         Algorithm::Bptt
     } else {
@@ -118,8 +157,11 @@ fn main() -> Result<()> {
     let config = TrainConfig::new(algorithm, Loss::MeanSquared(Window::All), Optimizer::adam(args.lr));
     let mut trainer = Trainer::new(net, config)?;
     println!(
-        "pattern generation: {} LIF neurons, {} steps, {N_OUT} outputs, e-prop, {} iterations",
-        args.hidden, args.steps, args.iterations
+        "pattern generation: {} LIF neurons, {} steps, {N_OUT} outputs, {}, {} iterations",
+        args.hidden,
+        args.steps,
+        if args.bptt { "BPTT" } else { "e-prop" },
+        args.iterations
     );
     let variance = {
         let mean = target.mean_axis(Axis(0)).expect("steps");
@@ -153,6 +195,14 @@ fn main() -> Result<()> {
         &shown,
         0.001,
     )?;
+    if args.output_population {
+        let kappas = &trainer.network().params.learnable[1];
+        let taus: Vec<String> = kappas
+            .iter()
+            .map(|&k| format!("{:.1}", -1.0 / f64::from(k).ln()))
+            .collect();
+        println!("learned output time constants (steps): {}", taus.join(", "));
+    }
     println!("normalised MSE: {:.3}", mse / variance);
     Ok(())
 }
