@@ -34,12 +34,11 @@
 //! // The membrane trace factorises: one value per presynaptic neuron.
 //! assert!(lif::Lif::describe().contains("ε^v factorised"));
 //!
-//! let net = NetworkBuilder::new(3)
+//! let net = NetworkBuilder::<f32>::new(3)
 //!     .layer(LayerSpec::new(lif::Lif::default(), 8).recurrent(true))
 //!     .readout(ReadoutSpec::new(2, 0.8))
 //!     .seed(7)
 //!     .build()?;
-//! let net: plasticity_runtime::Network<f32> = net;
 //! let config = TrainConfig::new(
 //!     Algorithm::Eprop(Feedback::Symmetric),
 //!     Loss::CrossEntropy(Window::All),
@@ -52,8 +51,9 @@
 //! # Ok::<(), plasticity_runtime::Error>(())
 //! ```
 //!
-//! The language is documented in `docs/dsl.md`, the compiler in `docs/how-it-works.md`, and
-//! the algorithms in `docs/training.md`.
+//! The language is documented in `docs/dsl.md`, the compiler in `docs/how-it-works.md`,
+//! networks of several populations in `docs/networks.md`, and the algorithms in
+//! `docs/training.md`.
 
 extern crate self as plasticity_runtime;
 
