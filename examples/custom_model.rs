@@ -18,12 +18,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use ndarray::Array3;
+use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
     TrainConfig, Trainer, Window, neuron_model,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use serde::Serialize;
 
 #[neuron_model(surrogate = fast_sigmoid(5.0))]
 pub mod my_neuron {
@@ -104,7 +106,7 @@ use my_neuron::MyNeuron;
 use two_compartment::TwoCompartment;
 
 /// Trains a user-defined neuron model on a two-pattern task.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize)]
 struct Args {
     /// Training epochs (each 8 batches of 16).
     #[arg(long, default_value_t = 30)]
@@ -162,6 +164,10 @@ fn main() -> Result<()> {
     );
     let mut trainer = Trainer::new(net, config)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
+    std::fs::create_dir_all(&args.output)?;
+    let mut log = RunLog::new(&args.output, "custom_model", &[]);
+    // The same held-out set at every epoch, from its own generator.
+    let test_set = || batch(&mut StdRng::seed_from_u64(args.seed + 1000), 256);
     for epoch in 0..args.epochs {
         let (mut loss, mut acc) = (0.0, 0.0);
         for _ in 0..8 {
@@ -170,6 +176,14 @@ fn main() -> Result<()> {
             loss += s.loss / 8.0;
             acc += s.accuracy() / 8.0;
         }
+        let (x, y) = test_set();
+        let test = trainer.evaluate(x.view(), Targets::Classes(&y))?;
+        log.epoch(
+            epoch + 1,
+            (loss, Some(acc)),
+            (Some(test.loss), Some(test.accuracy())),
+            &[],
+        )?;
         if epoch % 5 == 4 || epoch + 1 == args.epochs {
             println!(
                 "epoch {:3}: loss {loss:.4}, train accuracy {:.1}%",
@@ -178,9 +192,8 @@ fn main() -> Result<()> {
             );
         }
     }
-    let (x, y) = batch(&mut StdRng::seed_from_u64(args.seed + 1000), 256);
+    let (x, y) = test_set();
     let test = trainer.evaluate(x.view(), Targets::Classes(&y))?;
-    std::fs::create_dir_all(&args.output)?;
     let shown: [(&str, &[usize]); 2] = [("lif", &[0, 1, 2]), ("two_comp", &[0, 1, 2])];
     let first = x.slice(ndarray::s![.., 0..1, ..]);
     plasticity_examples::plots::membrane(
@@ -197,6 +210,15 @@ fn main() -> Result<()> {
         thresholds.iter().copied().fold(f32::INFINITY, f32::min),
         thresholds.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     );
+    let thresholds_summary = serde_json::json!({
+        "mean": thresholds.mean().unwrap_or(0.0),
+        "min": thresholds.iter().copied().fold(f32::INFINITY, f32::min),
+        "max": thresholds.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+    });
+    log.summary(
+        &args,
+        serde_json::json!({ "test_accuracy": test.accuracy(), "test_loss": test.loss, "thresholds": thresholds_summary }),
+    )?;
     println!("test accuracy: {:.1}%", 100.0 * test.accuracy());
     Ok(())
 }

@@ -24,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use plasticity_examples::plots;
+use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, RateRegularization,
@@ -31,8 +32,10 @@ use plasticity_runtime::{
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Kind {
     /// Half LIF, half ALIF neurons in one recurrent network (Bellec's LSNN).
     Lsnn,
@@ -41,7 +44,7 @@ enum Kind {
 }
 
 /// Trains a recurrent spiking network with e-prop on the cue-accumulation task.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize)]
 struct Args {
     /// The recurrent network.
     #[arg(long, value_enum, default_value = "lsnn")]
@@ -78,6 +81,8 @@ const CUE: usize = 10;
 const GAP: usize = 5;
 const DELAY: usize = 50;
 const RECALL: usize = 10;
+/// Batches per epoch in `metrics.csv` (each batch draws fresh sequences).
+const EPOCH_BATCHES: usize = 50;
 
 fn steps(cues: usize) -> usize {
     cues * (CUE + GAP) + DELAY + RECALL
@@ -202,14 +207,43 @@ fn main() -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
     )?);
+    std::fs::create_dir_all(&args.output)?;
+    let mut log = RunLog::new(&args.output, "evidence_accumulation", &[]);
+    // The held-out sequences, the same at every evaluation: loss and accuracy.
+    let test = |trainer: &mut Trainer<f32>| -> Result<(f64, f64)> {
+        let mut test_rng = StdRng::seed_from_u64(args.seed + 10_000);
+        let (mut loss, mut correct, mut total) = (0.0, 0, 0);
+        for _ in 0..args.test.div_ceil(64) {
+            let (x, y) = batch(&mut test_rng, 64, args.cues);
+            let s = trainer.evaluate(x.view(), Targets::Classes(&y))?;
+            loss += s.loss * y.len() as f64;
+            correct += s.correct;
+            total += s.predictions;
+        }
+        Ok((loss / total.max(1) as f64, correct as f64 / total.max(1) as f64))
+    };
     let (mut loss, mut acc) = (0.0, 0.0);
+    let (mut epoch_loss, mut epoch_acc, mut in_epoch) = (0.0, 0.0, 0);
     for i in 0..args.batches {
         let (x, y) = batch(&mut rng, args.batch, args.cues);
         let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;
         loss = 0.95 * loss + 0.05 * s.loss;
         acc = 0.95 * acc + 0.05 * s.accuracy();
+        (epoch_loss, epoch_acc, in_epoch) = (epoch_loss + s.loss, epoch_acc + s.accuracy(), in_epoch + 1);
         if i % 10 == 0 {
             bar.set_message(format!("loss {loss:.3}  accuracy {:.1}%", 100.0 * acc));
+        }
+        // An epoch here is EPOCH_BATCHES batches (fresh sequences every batch).
+        if in_epoch == EPOCH_BATCHES || i + 1 == args.batches {
+            let n = in_epoch as f64;
+            let (test_loss, test_acc) = test(&mut trainer)?;
+            log.epoch(
+                i / EPOCH_BATCHES + 1,
+                (epoch_loss / n, Some(epoch_acc / n)),
+                (Some(test_loss), Some(test_acc)),
+                &[],
+            )?;
+            (epoch_loss, epoch_acc, in_epoch) = (0.0, 0.0, 0);
         }
         bar.inc(1);
     }
@@ -219,7 +253,6 @@ fn main() -> Result<()> {
     for i in 0..args.test.div_ceil(64) {
         let (x, y) = batch(&mut test_rng, 64, args.cues);
         if i == 0 {
-            std::fs::create_dir_all(&args.output)?;
             let first = x.slice(ndarray::s![.., 0..1, ..]);
             let shown: Vec<(&str, &[usize])> = names.iter().map(|&n| (n, &[0usize, 1, 2][..])).collect();
             let path = args.output.join("membrane.png");
@@ -230,6 +263,11 @@ fn main() -> Result<()> {
         total += s.predictions;
     }
     println!("trained {} batches; final training loss {loss:.4}", trainer.updates());
-    println!("test accuracy: {:.1}%", 100.0 * correct as f64 / total.max(1) as f64);
+    let accuracy = correct as f64 / total.max(1) as f64;
+    log.summary(
+        &args,
+        serde_json::json!({ "test_accuracy": accuracy, "final_training_loss": loss, "steps": t_len }),
+    )?;
+    println!("test accuracy: {:.1}%", 100.0 * accuracy);
     Ok(())
 }

@@ -19,6 +19,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
 use plasticity_examples::plots;
+use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::BellecLif;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec,
@@ -26,6 +27,7 @@ use plasticity_runtime::{
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use serde::Serialize;
 
 #[neuron_model]
 mod leaky_output {
@@ -51,7 +53,7 @@ mod leaky_output {
 use leaky_output::LeakyOutput;
 
 /// Trains LIF neurons with e-prop to generate a pattern.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize)]
 struct Args {
     /// Training iterations (one sequence each).
     #[arg(long, default_value_t = 200)]
@@ -172,12 +174,18 @@ fn main() -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
     )?);
+    std::fs::create_dir_all(&args.output)?;
+    // One epoch is one iteration over the frozen sequence; the task's metric is the
+    // normalised MSE (no accuracy, no held-out set).
+    let mut log = RunLog::new(&args.output, "pattern_generation", &["normalised_mse"]);
     for i in 0..args.iterations {
         let s = trainer.train_batch(x.view(), Targets::Series(target.view()))?;
+        // The loss is ½ MSE summed over outputs, averaged over steps.
+        let nmse = 2.0 * s.loss / N_OUT as f64 / variance;
         if i % 10 == 0 {
-            // The loss is ½ MSE summed over outputs, averaged over steps.
-            bar.set_message(format!("normalised MSE {:.3}", 2.0 * s.loss / N_OUT as f64 / variance));
+            bar.set_message(format!("normalised MSE {nmse:.3}"));
         }
+        log.epoch(i + 1, (s.loss, None), (None, None), &[nmse])?;
         bar.inc(1);
     }
     bar.finish();
@@ -186,7 +194,6 @@ fn main() -> Result<()> {
     println!("mean firing rate: {rate:.1} Hz");
     let err = &out.readout - &target;
     let mse = (&err * &err).mean().unwrap_or(f32::NAN) as f64;
-    std::fs::create_dir_all(&args.output)?;
     let shown = [("layer0", &[0usize, 1, 2][..])];
     plots::membrane(
         &args.output.join("membrane.png"),
@@ -203,6 +210,10 @@ fn main() -> Result<()> {
             .collect();
         println!("learned output time constants (steps): {}", taus.join(", "));
     }
+    log.summary(
+        &args,
+        serde_json::json!({ "normalised_mse": mse / variance, "mean_rate_hz": rate }),
+    )?;
     println!("normalised MSE: {:.3}", mse / variance);
     Ok(())
 }

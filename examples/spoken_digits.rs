@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
 use plasticity_examples::plots;
+use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{
@@ -31,15 +32,17 @@ use plasticity_runtime::{
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
+use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Algo {
     Eprop,
     Bptt,
 }
 
 /// Trains an ALIF network on spoken digits.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize)]
 struct Args {
     /// Spike data: the bundled compact file, or an SHD/SSC training file (`.h5`, feature
     /// `hdf5`).
@@ -199,6 +202,7 @@ fn main() -> Result<()> {
     config.clip_norm = Some(1.0);
     let mut trainer = Trainer::new(net, config)?;
     std::fs::create_dir_all(&args.output)?;
+    let mut log = RunLog::new(&args.output, "spoken_digits", &[]);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let start = std::time::Instant::now();
@@ -233,6 +237,13 @@ fn main() -> Result<()> {
         }
         bar.finish();
         let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y, classes, args.loss_steps)?;
+        let test_loss = test_loss(&mut trainer, &test_x, &test_y)?;
+        log.epoch(
+            epoch + 1,
+            (loss / seen as f64, Some(correct as f64 / seen as f64)),
+            (Some(test_loss), Some(test_acc)),
+            &[],
+        )?;
         println!(
             "epoch {:>2}: train loss {:.3}, train accuracy {:.1}%, test accuracy {:.1}%, {:.0} s",
             epoch + 1,
@@ -301,19 +312,31 @@ fn main() -> Result<()> {
     for (c, row) in confusion.iter().enumerate() {
         println!("{c:>3} {}", row.iter().map(|v| format!("{v:>3}")).collect::<String>());
     }
-    let summary = format!(
-        "algorithm {:?}, {} epochs, {} hidden, train accuracy {:.1}%, test accuracy {:.1}%, {:.0} s\n",
-        args.algorithm,
-        args.epochs,
-        args.hidden,
-        100.0 * train_acc,
-        100.0 * test_acc,
-        start.elapsed().as_secs_f64()
-    );
-    plasticity_examples::write_atomic(&args.output.join("summary.txt"), summary.as_bytes())?;
+    log.summary(
+        &args,
+        serde_json::json!({
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "confusion": confusion,
+            "inputs": n_in,
+            "steps": args.steps,
+        }),
+    )?;
     println!("train accuracy: {:.1}%", 100.0 * train_acc);
     println!("test accuracy: {:.1}%", 100.0 * test_acc);
     Ok(())
+}
+
+/// The training loss (cross-entropy over the loss window) on a whole set.
+fn test_loss(trainer: &mut Trainer<f32>, x: &Array3<f32>, y: &[usize]) -> Result<f64> {
+    let mut total = 0.0;
+    for start in (0..y.len()).step_by(128) {
+        let idx: Vec<usize> = (start..(start + 128).min(y.len())).collect();
+        let labels: Vec<usize> = idx.iter().map(|&i| y[i]).collect();
+        let stats = trainer.evaluate(x.select(Axis(1), &idx).view(), Targets::Classes(&labels))?;
+        total += stats.loss * idx.len() as f64;
+    }
+    Ok(total / y.len().max(1) as f64)
 }
 
 /// Accuracy (arg-max of the readout summed over the loss window) and confusion matrix.

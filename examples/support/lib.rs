@@ -1,8 +1,10 @@
 //! Support code shared by the examples: the audio-to-spike encoder, the spike data file,
-//! PNG plots, SHD/SSC HDF5 files (feature `hdf5`), atomic file writing and safetensors dumps.
+//! PNG plots, SHD/SSC HDF5 files (feature `hdf5`), atomic file writing, safetensors dumps and
+//! the per-run metrics and summary.
 
 pub mod audio;
 pub mod plots;
+pub mod run_log;
 #[cfg(feature = "hdf5")]
 pub mod shd;
 pub mod spike_data;
