@@ -631,3 +631,29 @@ fn gradients_do_not_depend_on_the_thread_count() {
         assert_eq!(one, two, "{algorithm:?}");
     }
 }
+
+/// Degenerate but legal structures train without trouble: a sparse projection with no
+/// synapse at all, a population no projection reaches, a port left without input.
+#[test]
+fn empty_projections_and_unreached_populations_train() {
+    let net: Network<f64> = NetworkBuilder::new(5)
+        .population(PopulationSpec::new("h", BellecAlif::default(), 6))
+        .population(PopulationSpec::new("island", SDendrite::default(), 3).bias(true))
+        .projection(ProjectionSpec::input("h").init(Init::Gaussian { gain: 3.0 }))
+        .projection(ProjectionSpec::new("h", "h").connectivity(Connectivity::Indices(Vec::new())))
+        .readout(ReadoutSpec::new(2, 0.5).from(["h", "island"]))
+        .build()
+        .unwrap();
+    assert_eq!(net.projections[1].num_weights(), 0);
+    let x = inputs(3, 12, 2, 5);
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::All))).unwrap();
+        for _ in 0..3 {
+            tr.train_batch(x.view(), Targets::Classes(&[0, 1])).unwrap();
+        }
+        assert!(tr.gradients().norm().is_finite());
+    }
+    let (e, _) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &[0, 1]);
+    let (b, _) = gradients(&net, Algorithm::Bptt, &x, &[0, 1]);
+    assert!(e.max_rel_diff(&b, 1e-12) <= 1e-9);
+}
