@@ -73,9 +73,10 @@ struct Args {
     /// Seconds of each utterance to use.
     #[arg(long, default_value_t = 1.0)]
     duration: f64,
-    /// Channels pooled into one input.
-    #[arg(long, default_value_t = 10)]
-    pool: usize,
+    /// Channels pooled into one input (default: about 70 inputs whatever the file's channel
+    /// count, `max(1, round(channels / 70))`: 10 for the bundled set, SHD and SSC).
+    #[arg(long)]
+    pool: Option<usize>,
     /// Learning rate (Adam).
     #[arg(long, default_value_t = 5e-3)]
     lr: f64,
@@ -106,6 +107,56 @@ struct Args {
     shift_channels: usize,
 }
 
+/// The default pooling: about 70 inputs whatever the file's channel count.
+fn default_pool(channels: usize) -> usize {
+    ((channels as f64 / 70.0).round() as usize).max(1)
+}
+
+impl Args {
+    /// Checks every numeric flag before any work starts, naming the flag.
+    fn validate(&self) -> Result<()> {
+        for (flag, value) in [
+            ("--channels", self.channels),
+            ("--epochs", self.epochs),
+            ("--hidden", self.hidden),
+            ("--batch", self.batch),
+            ("--steps", self.steps),
+            ("--loss-steps", self.loss_steps),
+        ] {
+            if value == 0 {
+                bail!("{flag} 0: expected at least 1");
+            }
+        }
+        if self.pool == Some(0) {
+            bail!("--pool 0: expected at least 1 channel per input");
+        }
+        if self.limit == Some(0) {
+            bail!("--limit 0: expected at least 1 sample");
+        }
+        let positive = |flag: &str, v: f64| -> Result<()> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bail!("{flag} {v}: expected a finite number > 0")
+            }
+        };
+        positive("--duration", self.duration)?;
+        positive("--lr", self.lr)?;
+        positive("--readout-tau", self.readout_tau)?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("--weight-decay {}: expected a finite number >= 0", self.weight_decay);
+        }
+        if self.loss_steps > self.steps {
+            bail!(
+                "--loss-steps {}: expected at most --steps ({})",
+                self.loss_steps,
+                self.steps
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Random time and frequency shifts of each sample in a batch `[T, B, C]`, zero-filled:
 /// a speaker's pitch and timing change without changing the word.
 fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut StdRng) -> Array3<f32> {
@@ -132,6 +183,7 @@ fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut StdRng) -> Arr
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.validate()?;
     let data = load_splits(&args.data, args.test_data.as_deref(), args.channels)?;
     let mut train: Vec<&SpikeSample> = data.samples.iter().filter(|s| !s.test).collect();
     let mut test: Vec<&SpikeSample> = data.samples.iter().filter(|s| s.test).collect();
@@ -139,16 +191,20 @@ fn main() -> Result<()> {
         train.truncate(n);
         test.truncate(n);
     }
-    if args.loss_steps == 0 || args.loss_steps > args.steps {
-        bail!("--loss-steps must be between 1 and --steps ({})", args.steps);
-    }
     if train.is_empty() || test.is_empty() {
         bail!("{}: needs training and test samples", args.data.display());
     }
     // 20 classes for SHD and the bundled set, 35 for SSC.
     let classes = data.samples.iter().map(|s| usize::from(s.label) + 1).max().unwrap_or(0);
-    let train_x = bin(&train, data.channels, args.steps, args.duration, args.pool);
-    let test_x = bin(&test, data.channels, args.steps, args.duration, args.pool);
+    let pool = args.pool.unwrap_or_else(|| default_pool(data.channels));
+    if args.pool.is_none() {
+        println!(
+            "pooling {pool} of {} channels into each input (set with --pool)",
+            data.channels
+        );
+    }
+    let train_x = bin(&train, data.channels, args.steps, args.duration, pool);
+    let test_x = bin(&test, data.channels, args.steps, args.duration, pool);
     let train_y: Vec<usize> = train.iter().map(|s| usize::from(s.label)).collect();
     let test_y: Vec<usize> = test.iter().map(|s| usize::from(s.label)).collect();
     let n_in = train_x.shape()[2];
