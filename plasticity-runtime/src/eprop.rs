@@ -13,6 +13,8 @@
 //! in a gradient window and added as one product. Nothing depends on the sequence length:
 //! all buffers are allocated when the engine is built.
 
+use std::sync::Arc;
+
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -22,7 +24,7 @@ use crate::init::Init;
 use crate::linalg::{MR, NR, WindowProduct, gemm_nn, gemm_tn_acc, transpose_into, window_acc};
 use crate::model::{EntryKind, Matrix, NeuronModel, Pattern, RowLayout};
 use crate::network::{
-    Buffers, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Population, Projection, Source, gather_partials,
+    Buffers, Csr, MAX_DYNAMIC, MAX_STATES, Network, PopBuffers, Population, Projection, Source, gather_partials,
 };
 use crate::params::Gradients;
 use crate::real::{Float, Real};
@@ -95,9 +97,8 @@ struct SourceTraces<F> {
     port: usize,
     source: Origin,
     n_pre: usize,
-    /// `row_ptr` and presynaptic indices of a sparse projection (empty when dense).
-    row_ptr: Vec<usize>,
-    col: Vec<u32>,
+    /// The synapses of a sparse projection (the projection's own, shared), `None` when dense.
+    csr: Option<Arc<Csr>>,
     /// Factorised traces, `[B, F, n_pre]`.
     fact: Vec<F>,
     per_synapse: usize,
@@ -113,10 +114,9 @@ struct SourceTraces<F> {
 impl<F> SourceTraces<F> {
     /// Synapses onto neuron `j`.
     fn synapses(&self, j: usize) -> usize {
-        if self.row_ptr.is_empty() {
-            self.n_pre
-        } else {
-            self.row_ptr[j + 1] - self.row_ptr[j]
+        match &self.csr {
+            None => self.n_pre,
+            Some(c) => c.row_ptr[j + 1] - c.row_ptr[j],
         }
     }
     /// Length of neuron `j`'s region: `B·S·m + (B·m if κ>0) + m` for its `m` synapses, or 0
@@ -506,14 +506,14 @@ pub(crate) fn trace_pass<M: NeuronModel, F: Float>(pass: TracePass<'_, '_, F>) {
                     let fact_len = s.factorised * s.n_pre;
                     let fact = &s.fact[b * fact_len..(b + 1) * fact_len];
                     let x = pre.row(s.source, b);
-                    if s.row_ptr.is_empty() {
+                    let Some(csr) = &s.csr else {
                         M::synapse_traces(s.port, consts, dv, x, fact, syn, ebar, grad, l_bj, kappa);
                         continue;
-                    }
+                    };
                     // A sparse row: chunks of synapses, each with its presynaptic values and
                     // factorised traces gathered, and its per-synapse traces stored
                     // `[S, chunk]`.
-                    let cols = &s.col[s.row_ptr[j]..s.row_ptr[j + 1]];
+                    let cols = &csr.col[csr.row_ptr[j]..csr.row_ptr[j + 1]];
                     for (c, idx) in cols.chunks(SPARSE_CHUNK).enumerate() {
                         let (c0, len) = (c * SPARSE_CHUNK, idx.len());
                         for (u, &i) in idx.iter().enumerate() {
@@ -591,14 +591,13 @@ impl<F: Float> Eprop<F> {
                 let rows = window_steps * batch;
                 for (port, pl) in pattern.ports.iter().enumerate() {
                     let first = sources.len();
-                    let mut add = |source: Origin, n_pre: usize, csr: Option<&crate::network::Csr>| {
+                    let mut add = |source: Origin, n_pre: usize, csr: Option<&Arc<Csr>>| {
                         let windowed = pl.per_synapse == 0 && !filtered && csr.is_none();
                         sources.push(SourceTraces {
                             port,
                             source,
                             n_pre,
-                            row_ptr: csr.map_or_else(Vec::new, |c| c.row_ptr.clone()),
-                            col: csr.map_or_else(Vec::new, |c| c.col.clone()),
+                            csr: csr.cloned(),
                             fact: vec![<F as Real>::zero(); batch * pl.factorised * n_pre],
                             per_synapse: pl.per_synapse,
                             factorised: pl.factorised,
@@ -890,11 +889,7 @@ impl<F: Float> Eprop<F> {
                     let grad = &region[off + len - m..off + len];
                     match s.source {
                         Origin::Projection(i) => {
-                            let at = if s.row_ptr.is_empty() {
-                                j * s.n_pre
-                            } else {
-                                s.row_ptr[j]
-                            };
+                            let at = s.csr.as_ref().map_or(j * s.n_pre, |c| c.row_ptr[j]);
                             out.projections[i][at..at + m].copy_from_slice(grad);
                         }
                         Origin::Bias => {

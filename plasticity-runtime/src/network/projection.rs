@@ -1,6 +1,8 @@
 //! Projections: weights from the input or a population onto one input port of a population,
 //! dense, masked or sparse.
 
+use std::sync::Arc;
+
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -148,8 +150,9 @@ pub(crate) enum Synapses {
     /// Dense `[n_post, n_pre]`, with an optional mask (row-major, `true` where a synapse
     /// exists).
     Dense { mask: Option<Vec<bool>> },
-    /// Only existing synapses.
-    Sparse(Csr),
+    /// Only existing synapses. Shared (not copied) with e-prop's engines, which walk the
+    /// same rows.
+    Sparse(Arc<Csr>),
 }
 
 /// Weights from a source onto one input port of a population. Its structure is fixed when
@@ -178,7 +181,7 @@ impl Projection {
     ) -> Self {
         let delayed = matches!(source, Source::Population(s) if s >= target);
         let synapses = match (mask, sparse) {
-            (Some(m), true) => Synapses::Sparse(Csr::from_mask(&m)),
+            (Some(m), true) => Synapses::Sparse(Arc::new(Csr::from_mask(&m))),
             (Some(m), false) => Synapses::Dense {
                 mask: Some(m.iter().copied().collect()),
             },
@@ -351,7 +354,7 @@ impl Projection {
     }
 
     /// The CSR structure of a sparse projection.
-    pub(crate) fn csr(&self) -> Option<&Csr> {
+    pub(crate) fn csr(&self) -> Option<&Arc<Csr>> {
         match &self.synapses {
             Synapses::Sparse(c) => Some(c),
             Synapses::Dense { .. } => None,
