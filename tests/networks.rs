@@ -10,9 +10,9 @@
 use ndarray::Array3;
 use plasticity_runtime::models::{BellecAlif, BellecAlifDiffReset, BellecLif, BellecLifDiffReset};
 use plasticity_runtime::{
-    Algorithm, Connectivity, Error, Feedback, GradcheckOptions, Gradients, Init, Loss, Network, NetworkBuilder,
-    Optimizer, PopulationSpec, Probe, ProjectionSpec, ReadoutSpec, Targets, TrainConfig, Trainer, Window, gradcheck,
-    neuron_model,
+    Algorithm, Connectivity, Error, Feedback, GradcheckOptions, GradcheckReport, Gradients, Init, Loss, Network,
+    NetworkBuilder, Optimizer, PopulationSpec, Probe, ProjectionSpec, ReadoutSpec, Targets, TrainConfig, Trainer,
+    Window, gradcheck, neuron_model,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -93,6 +93,18 @@ fn gradients(net: &Network<f64>, algorithm: Algorithm, x: &Array3<f64>, classes:
     (g.clone(), stats.loss)
 }
 
+/// BPTT against finite differences over every entry of every tensor (smooth spikes, frozen
+/// detached values): the worst relative error at most 1e-6.
+fn assert_bptt_is_exact(net: &Network<f64>, loss: Loss, x: &Array3<f64>, targets: Targets<'_, f64>) -> GradcheckReport {
+    let options = GradcheckOptions {
+        max_per_tensor: usize::MAX,
+        ..GradcheckOptions::default()
+    };
+    let report = gradcheck(net, loss, x.view(), targets, options).unwrap();
+    assert!(report.worst <= 1e-6, "{loss:?}: {report:?}");
+    report
+}
+
 /// Every feature at once: two models, a dendritic port fed by another population, a sparse
 /// projection, a backward projection (from a later population), recurrence, biases and
 /// learnable parameters.
@@ -125,19 +137,14 @@ fn bptt_equals_finite_differences_on_a_general_network() {
         .unwrap();
     assert!(net.projections[2].is_sparse() && net.projections[4].is_delayed());
     let x = inputs(3, 20, 2, 4);
-    let options = GradcheckOptions {
-        max_per_tensor: usize::MAX,
-        ..GradcheckOptions::default()
-    };
     for loss in [Loss::CrossEntropy(Window::All), Loss::MeanSquared(Window::Last(5))] {
         let targets_values = Array3::from_shape_fn((20, 2, 3), |(t, b, o)| ((t + b + o) % 3) as f64 * 0.3);
         let targets = match loss {
             Loss::MeanSquared(_) => Targets::Series(targets_values.view()),
             _ => Targets::Classes(&[0, 2]),
         };
-        let report = gradcheck(&net, loss, x.view(), targets, options).unwrap();
+        let report = assert_bptt_is_exact(&net, loss, &x, targets);
         assert!(report.checked >= 100, "{report:?}");
-        assert!(report.worst <= 1e-6, "{loss:?}: {report:?}");
     }
 }
 
@@ -508,19 +515,7 @@ fn learnable_initial_states_get_gradients() {
         let want = 0.9 * 2.0 * 0.05 * (5 - j) as f64;
         assert!((out.probes[0][[0, 0, j]] - want).abs() < 1e-12, "neuron {j}");
     }
-    let options = GradcheckOptions {
-        max_per_tensor: usize::MAX,
-        ..GradcheckOptions::default()
-    };
-    let report = gradcheck(
-        &net,
-        Loss::CrossEntropy(Window::All),
-        x.view(),
-        Targets::Classes(&[0, 2]),
-        options,
-    )
-    .unwrap();
-    assert!(report.worst <= 1e-6, "{report:?}");
+    assert_bptt_is_exact(&net, Loss::CrossEntropy(Window::All), &x, Targets::Classes(&[0, 2]));
     let (e, _) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &[0, 2]);
     let (b, _) = gradients(&net, Algorithm::Bptt, &x, &[0, 2]);
     assert!(
@@ -554,19 +549,7 @@ fn output_population_instead_of_the_leaky_readout() {
     let x = inputs(5, 20, 2, 4);
     let net = build(true);
     assert_eq!((net.n_out(), net.params.readout_w.len()), (3, 0));
-    let options = GradcheckOptions {
-        max_per_tensor: usize::MAX,
-        ..GradcheckOptions::default()
-    };
-    let report = gradcheck(
-        &net,
-        Loss::CrossEntropy(Window::All),
-        x.view(),
-        Targets::Classes(&[0, 2]),
-        options,
-    )
-    .unwrap();
-    assert!(report.worst <= 1e-6, "{report:?}");
+    assert_bptt_is_exact(&net, Loss::CrossEntropy(Window::All), &x, Targets::Classes(&[0, 2]));
 
     let net = build(false);
     let (e, _) = gradients(&net, Algorithm::Eprop(Feedback::Symmetric), &x, &[0, 2]);

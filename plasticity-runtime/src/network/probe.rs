@@ -32,37 +32,29 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// State variable `state` of every neuron of `population`.
-    pub fn state(population: &str, state: &str) -> Self {
+    /// `signal` of every neuron of `population`.
+    fn every(population: &str, signal: Signal) -> Self {
         Probe {
             population: population.into(),
-            signal: Signal::State(state.into()),
+            signal,
             neurons: None,
         }
+    }
+    /// State variable `state` of every neuron of `population`.
+    pub fn state(population: &str, state: &str) -> Self {
+        Self::every(population, Signal::State(state.into()))
     }
     /// The spikes (outputs) of every neuron of `population`.
     pub fn spikes(population: &str) -> Self {
-        Probe {
-            population: population.into(),
-            signal: Signal::Spikes,
-            neurons: None,
-        }
+        Self::every(population, Signal::Spikes)
     }
     /// The current into input port `port` of every neuron of `population`.
     pub fn current(population: &str, port: &str) -> Self {
-        Probe {
-            population: population.into(),
-            signal: Signal::Current(port.into()),
-            neurons: None,
-        }
+        Self::every(population, Signal::Current(port.into()))
     }
     /// The readout, every output.
     pub fn readout() -> Self {
-        Probe {
-            population: String::new(),
-            signal: Signal::Readout,
-            neurons: None,
-        }
+        Self::every("", Signal::Readout)
     }
     /// Only these neurons (or readout outputs).
     pub fn neurons(mut self, neurons: impl Into<Vec<usize>>) -> Self {
