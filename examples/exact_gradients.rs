@@ -145,12 +145,9 @@ fn assemble(net: &Network<f64>, input: bool, values: impl Fn(usize) -> Vec<f64>)
         let row = pops[proj.target()];
         let block = s![row..row + proj.n_post(), col..col + proj.n_pre()];
         w.slice_mut(block).assign(&proj.to_dense(&values(i)));
-        let ones = vec![1.0; proj.num_weights()];
-        let mut m = proj.to_dense(&ones);
-        m.iter_mut()
-            .enumerate()
-            .for_each(|(k, v)| *v = if proj.has_weight(k) { *v } else { 0.0 });
-        mask.slice_mut(block).assign(&m);
+        for (j, i) in proj.synapses() {
+            mask[[row + j, col + i]] = 1.0;
+        }
     }
     (w, mask)
 }
