@@ -23,7 +23,7 @@ use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
     TrainConfig, Trainer, Window, neuron_model,
 };
-use rand::rngs::StdRng;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
@@ -117,16 +117,27 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 3)]
     seed: u64,
-    /// Output folder (membrane.png).
+    /// Output folder (`last.safetensors`, `metrics.csv`, `summary.json`, `membrane.png`).
     #[arg(long, default_value = "out/custom_model")]
     output: PathBuf,
+    /// Continue from `OUTPUT/last.safetensors` up to `--epochs` in total (the other flags
+    /// must be those of the interrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs of this invocation, leaving the checkpoint to continue
+    /// from with `--resume` (for time-limited jobs).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 const N_IN: usize = 20;
 const STEPS: usize = 50;
+/// The largest population this example accepts (its recurrent weights alone take
+/// `4 MAX_HIDDEN²` bytes, its e-prop state many times more).
+const MAX_HIDDEN: usize = 4096;
 
 /// A batch: class 0 drives inputs 0..10 harder, class 1 inputs 10..20.
-fn batch(rng: &mut StdRng, size: usize) -> (Array3<f32>, Vec<usize>) {
+fn batch(rng: &mut Rng, size: usize) -> (Array3<f32>, Vec<usize>) {
     let classes: Vec<usize> = (0..size).map(|_| rng.random_range(0..2)).collect();
     let x = Array3::from_shape_fn((STEPS, size, N_IN), |(_, b, i)| {
         let favoured = (i < N_IN / 2) == (classes[b] == 0);
@@ -140,6 +151,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.hidden == 0 {
         anyhow::bail!("--hidden 0: expected at least 1 neuron per population");
+    }
+    if args.hidden > MAX_HIDDEN {
+        anyhow::bail!("--hidden {}: expected at most {MAX_HIDDEN}", args.hidden);
+    }
+    if args.epochs == 0 || args.stop_after == Some(0) {
+        anyhow::bail!("--epochs and --stop-after: expected at least 1");
     }
     println!("{}", MyNeuron::describe());
     println!("{}", TwoCompartment::describe());
@@ -163,31 +180,40 @@ fn main() -> Result<()> {
         Optimizer::adam(5e-3),
     );
     let mut trainer = Trainer::new(net, config)?;
-    let mut rng = StdRng::seed_from_u64(args.seed);
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "custom_model", &[]);
+    let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;
+    let mut progress = Progress::new(args.seed, 0);
+    if args.resume {
+        progress = resume.load(&mut trainer)?;
+        log.resume(progress.done)?;
+        println!("resuming after epoch {} of {}", progress.done, args.epochs);
+    }
     // The same held-out set at every epoch, from its own generator.
-    let test_set = || batch(&mut StdRng::seed_from_u64(args.seed + 1000), 256);
-    for epoch in 0..args.epochs {
+    let test_set = || batch(&mut Rng::seed_from_u64(args.seed + 1000), 256);
+    let end = args.stop_after.map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    while progress.done < end {
         let (mut loss, mut acc) = (0.0, 0.0);
         for _ in 0..8 {
-            let (x, y) = batch(&mut rng, 16);
+            let (x, y) = batch(&mut progress.rng, 16);
             let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;
             loss += s.loss / 8.0;
             acc += s.accuracy() / 8.0;
         }
         let (x, y) = test_set();
         let test = trainer.evaluate(x.view(), Targets::Classes(&y))?;
+        progress.done += 1;
         log.epoch(
-            epoch + 1,
+            progress.done,
             (loss, Some(acc)),
             (Some(test.loss), Some(test.accuracy())),
             &[],
         )?;
-        if epoch % 5 == 4 || epoch + 1 == args.epochs {
+        resume.save(&trainer, &progress)?;
+        if progress.done % 5 == 0 || progress.done == args.epochs {
             println!(
                 "epoch {:3}: loss {loss:.4}, train accuracy {:.1}%",
-                epoch + 1,
+                progress.done,
                 100.0 * acc
             );
         }

@@ -30,7 +30,7 @@ use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, RateRegularization,
     ReadoutSpec, Schedule, Targets, TrainConfig, Trainer, Window,
 };
-use rand::rngs::StdRng;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
@@ -70,9 +70,17 @@ struct Args {
     /// Test sequences.
     #[arg(long, default_value_t = 512)]
     test: usize,
-    /// Output folder (membrane.png).
+    /// Output folder (`last.safetensors`, `metrics.csv`, `summary.json`, `membrane.png`).
     #[arg(long, default_value = "out/evidence_accumulation")]
     output: PathBuf,
+    /// Continue from `OUTPUT/last.safetensors` up to `--batches` in total (the other flags
+    /// must be those of the interrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs (of 50 batches) of this invocation, leaving the checkpoint
+    /// to continue from with `--resume` (for time-limited jobs).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 const GROUP: usize = 10;
@@ -89,7 +97,7 @@ fn steps(cues: usize) -> usize {
 }
 
 /// A batch of sequences `[T, B, 40]` and the side (0 left, 1 right) with more cues.
-fn batch(rng: &mut StdRng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>) {
+fn batch(rng: &mut Rng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>) {
     let t_len = steps(cues);
     let mut x = Array3::<f32>::zeros((t_len, size, N_IN));
     let mut labels = Vec::with_capacity(size);
@@ -125,6 +133,7 @@ fn main() -> Result<()> {
         ("--batch", args.batch),
         ("--cues", args.cues),
         ("--test", args.test),
+        ("--stop-after", args.stop_after.unwrap_or(1)),
     ] {
         if value == 0 {
             bail!("{flag} 0: expected at least 1");
@@ -191,7 +200,6 @@ fn main() -> Result<()> {
     });
     config.clip_norm = Some(1.0);
     let mut trainer = Trainer::new(net, config)?;
-    let mut rng = StdRng::seed_from_u64(args.seed);
     let described: Vec<String> = pops
         .iter()
         .map(|(name, size)| format!("{size} {}", name.to_uppercase()))
@@ -203,15 +211,28 @@ fn main() -> Result<()> {
         args.batches,
         args.batch
     );
+    std::fs::create_dir_all(&args.output)?;
+    let mut log = RunLog::new(&args.output, "evidence_accumulation", &[]);
+    let resume = Resume::new(&args.output, &args, &["batches", "stop_after", "test"])?;
+    // `done` counts batches here; `carry` holds the running loss and accuracy.
+    let mut progress = Progress::new(args.seed, 0);
+    progress.carry = vec![0.0, 0.0];
+    if args.resume {
+        progress = resume.load(&mut trainer)?;
+        if progress.carry.len() != 2 {
+            bail!("--resume: the checkpoint's running averages are malformed");
+        }
+        log.resume(progress.done.div_ceil(EPOCH_BATCHES))?;
+        println!("resuming after batch {} of {}", progress.done, args.batches);
+    }
     let bar = ProgressBar::new(args.batches as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
     )?);
-    std::fs::create_dir_all(&args.output)?;
-    let mut log = RunLog::new(&args.output, "evidence_accumulation", &[]);
+    bar.set_position(progress.done.min(args.batches) as u64);
     // The held-out sequences, the same at every evaluation: loss and accuracy.
     let test = |trainer: &mut Trainer<f32>| -> Result<(f64, f64)> {
-        let mut test_rng = StdRng::seed_from_u64(args.seed + 10_000);
+        let mut test_rng = Rng::seed_from_u64(args.seed + 10_000);
         let (mut loss, mut correct, mut total) = (0.0, 0, 0);
         for _ in 0..args.test.div_ceil(64) {
             let (x, y) = batch(&mut test_rng, 64, args.cues);
@@ -222,33 +243,41 @@ fn main() -> Result<()> {
         }
         Ok((loss / total.max(1) as f64, correct as f64 / total.max(1) as f64))
     };
-    let (mut loss, mut acc) = (0.0, 0.0);
     let (mut epoch_loss, mut epoch_acc, mut in_epoch) = (0.0, 0.0, 0);
-    for i in 0..args.batches {
-        let (x, y) = batch(&mut rng, args.batch, args.cues);
+    let end = args
+        .stop_after
+        .map_or(args.batches, |n| args.batches.min(progress.done + n * EPOCH_BATCHES));
+    while progress.done < end {
+        let (x, y) = batch(&mut progress.rng, args.batch, args.cues);
         let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;
-        loss = 0.95 * loss + 0.05 * s.loss;
-        acc = 0.95 * acc + 0.05 * s.accuracy();
+        let [loss, acc] = &mut progress.carry[..] else {
+            unreachable!("two running averages")
+        };
+        *loss = 0.95 * *loss + 0.05 * s.loss;
+        *acc = 0.95 * *acc + 0.05 * s.accuracy();
         (epoch_loss, epoch_acc, in_epoch) = (epoch_loss + s.loss, epoch_acc + s.accuracy(), in_epoch + 1);
-        if i % 10 == 0 {
-            bar.set_message(format!("loss {loss:.3}  accuracy {:.1}%", 100.0 * acc));
+        if progress.done % 10 == 0 {
+            bar.set_message(format!("loss {:.3}  accuracy {:.1}%", *loss, 100.0 * *acc));
         }
+        progress.done += 1;
         // An epoch here is EPOCH_BATCHES batches (fresh sequences every batch).
-        if in_epoch == EPOCH_BATCHES || i + 1 == args.batches {
+        if progress.done % EPOCH_BATCHES == 0 || progress.done == args.batches {
             let n = in_epoch as f64;
             let (test_loss, test_acc) = test(&mut trainer)?;
             log.epoch(
-                i / EPOCH_BATCHES + 1,
+                progress.done.div_ceil(EPOCH_BATCHES),
                 (epoch_loss / n, Some(epoch_acc / n)),
                 (Some(test_loss), Some(test_acc)),
                 &[],
             )?;
+            resume.save(&trainer, &progress)?;
             (epoch_loss, epoch_acc, in_epoch) = (0.0, 0.0, 0);
         }
         bar.inc(1);
     }
     bar.finish();
-    let mut test_rng = StdRng::seed_from_u64(args.seed + 10_000);
+    let loss = progress.carry[0];
+    let mut test_rng = Rng::seed_from_u64(args.seed + 10_000);
     let (mut correct, mut total) = (0, 0);
     for i in 0..args.test.div_ceil(64) {
         let (x, y) = batch(&mut test_rng, 64, args.cues);

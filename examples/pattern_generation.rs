@@ -25,7 +25,7 @@ use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec,
     Targets, TrainConfig, Trainer, Window, neuron_model,
 };
-use rand::rngs::StdRng;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
@@ -77,9 +77,17 @@ struct Args {
     /// instead of the built-in leaky readout.
     #[arg(long)]
     output_population: bool,
-    /// Output folder (membrane.png).
+    /// Output folder (`last.safetensors`, `metrics.csv`, `summary.json`, `membrane.png`).
     #[arg(long, default_value = "out/pattern_generation")]
     output: PathBuf,
+    /// Continue from `OUTPUT/last.safetensors` up to `--iterations` in total (the other
+    /// flags must be those of the interrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many iterations of this invocation, leaving the checkpoint to
+    /// continue from with `--resume` (for time-limited jobs).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 const N_IN: usize = 100;
@@ -91,6 +99,7 @@ fn main() -> Result<()> {
         ("--iterations", args.iterations),
         ("--hidden", args.hidden),
         ("--steps", args.steps),
+        ("--stop-after", args.stop_after.unwrap_or(1)),
     ] {
         if value == 0 {
             bail!("{flag} 0: expected at least 1");
@@ -99,7 +108,7 @@ fn main() -> Result<()> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         bail!("--lr {}: expected a finite number > 0", args.lr);
     }
-    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = Rng::seed_from_u64(args.seed);
     // Frozen input: 100 channels of 10 Hz Poisson noise at 1 ms steps.
     let x = Array3::from_shape_fn(
         (args.steps, 1, N_IN),
@@ -170,22 +179,36 @@ fn main() -> Result<()> {
         let d = &target - &mean;
         (&d * &d).mean().unwrap_or(1.0) as f64
     };
-    let bar = ProgressBar::new(args.iterations as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
-    )?);
     std::fs::create_dir_all(&args.output)?;
     // One epoch is one iteration over the frozen sequence; the task's metric is the
     // normalised MSE (no accuracy, no held-out set).
     let mut log = RunLog::new(&args.output, "pattern_generation", &["normalised_mse"]);
-    for i in 0..args.iterations {
+    let resume = Resume::new(&args.output, &args, &["iterations", "stop_after"])?;
+    // The data comes from the seed alone: only the iterations done need restoring.
+    let mut progress = Progress::new(args.seed, 0);
+    if args.resume {
+        progress = resume.load(&mut trainer)?;
+        log.resume(progress.done)?;
+        println!("resuming after iteration {} of {}", progress.done, args.iterations);
+    }
+    let bar = ProgressBar::new(args.iterations as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
+    )?);
+    bar.set_position(progress.done.min(args.iterations) as u64);
+    let end = args
+        .stop_after
+        .map_or(args.iterations, |n| args.iterations.min(progress.done + n));
+    while progress.done < end {
         let s = trainer.train_batch(x.view(), Targets::Series(target.view()))?;
         // The loss is ½ MSE summed over outputs, averaged over steps.
         let nmse = 2.0 * s.loss / N_OUT as f64 / variance;
-        if i % 10 == 0 {
+        if progress.done % 10 == 0 {
             bar.set_message(format!("normalised MSE {nmse:.3}"));
         }
-        log.epoch(i + 1, (s.loss, None), (None, None), &[nmse])?;
+        progress.done += 1;
+        log.epoch(progress.done, (s.loss, None), (None, None), &[nmse])?;
+        resume.save(&trainer, &progress)?;
         bar.inc(1);
     }
     bar.finish();

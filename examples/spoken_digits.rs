@@ -29,9 +29,9 @@ use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Schedule, Targets, TrainConfig,
     Trainer, Window,
 };
-use rand::rngs::StdRng;
+use plasticity_examples::resume::{Progress, Resume, Rng};
+use rand::RngExt;
 use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum, Serialize)]
@@ -105,6 +105,14 @@ struct Args {
     /// frequency axis (0 disables).
     #[arg(long, default_value_t = 2)]
     shift_channels: usize,
+    /// Continue from `OUTPUT/last.safetensors` up to `--epochs` in total (the other flags
+    /// must be those of the interrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs of this invocation, leaving the checkpoint to continue
+    /// from with `--resume` (for time-limited jobs).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 /// The default pooling: about 70 inputs whatever the file's channel count.
@@ -129,6 +137,9 @@ impl Args {
         }
         if self.pool == Some(0) {
             bail!("--pool 0: expected at least 1 channel per input");
+        }
+        if self.stop_after == Some(0) {
+            bail!("--stop-after 0: expected at least 1 epoch");
         }
         if self.limit == Some(0) {
             bail!("--limit 0: expected at least 1 sample");
@@ -159,7 +170,7 @@ impl Args {
 
 /// Random time and frequency shifts of each sample in a batch `[T, B, C]`, zero-filled:
 /// a speaker's pitch and timing change without changing the word.
-fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut StdRng) -> Array3<f32> {
+fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut Rng) -> Array3<f32> {
     let (t_len, batch, c_len) = x.dim();
     let mut out = Array3::zeros(x.raw_dim());
     for b in 0..batch {
@@ -259,12 +270,18 @@ fn main() -> Result<()> {
     let mut trainer = Trainer::new(net, config)?;
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "spoken_digits", &[]);
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
+    let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;
+    let mut progress = Progress::new(args.seed, train.len());
+    if args.resume {
+        progress = resume.load(&mut trainer)?;
+        log.resume(progress.done)?;
+        println!("resuming after epoch {} of {}", progress.done, args.epochs);
+    }
     let start = std::time::Instant::now();
-    let (mut loss_curve, mut train_curve, mut test_curve) = (Vec::new(), Vec::new(), Vec::new());
-    for epoch in 0..args.epochs {
-        order.shuffle(&mut rng);
+    let end = args.stop_after.map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    while progress.done < end {
+        let epoch = progress.done;
+        progress.order.shuffle(&mut progress.rng);
         let bar = ProgressBar::new(batches_per_epoch as u64);
         bar.set_style(ProgressStyle::with_template(&format!(
             "epoch {:>2}/{} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}] {{msg}}",
@@ -272,12 +289,12 @@ fn main() -> Result<()> {
             args.epochs
         ))?);
         let (mut loss, mut correct, mut seen) = (0.0, 0, 0);
-        for chunk in order.chunks(args.batch) {
+        for chunk in progress.order.chunks(args.batch) {
             let x = augment(
                 &train_x.select(Axis(1), chunk),
                 args.shift_steps,
                 args.shift_channels,
-                &mut rng,
+                &mut progress.rng,
             );
             let y: Vec<usize> = chunk.iter().map(|&i| train_y[i]).collect();
             let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;
@@ -294,12 +311,16 @@ fn main() -> Result<()> {
         bar.finish();
         let (test_acc, _) = evaluate(&mut trainer, &test_x, &test_y, classes, args.loss_steps)?;
         let test_loss = test_loss(&mut trainer, &test_x, &test_y)?;
+        // The row first: a run killed between the two writes resumes from the previous
+        // checkpoint, and the row of the epoch it repeats is dropped.
         log.epoch(
             epoch + 1,
             (loss / seen as f64, Some(correct as f64 / seen as f64)),
             (Some(test_loss), Some(test_acc)),
             &[],
         )?;
+        progress.done += 1;
+        resume.save(&trainer, &progress)?;
         println!(
             "epoch {:>2}: train loss {:.3}, train accuracy {:.1}%, test accuracy {:.1}%, {:.0} s",
             epoch + 1,
@@ -308,12 +329,13 @@ fn main() -> Result<()> {
             100.0 * test_acc,
             start.elapsed().as_secs_f64()
         );
-        trainer.save_checkpoint(args.output.join("last.safetensors"))?;
-        let e = (epoch + 1) as f64;
-        loss_curve.push((e, loss / seen as f64));
-        train_curve.push((e, 100.0 * correct as f64 / seen as f64));
-        test_curve.push((e, 100.0 * test_acc));
     }
+    let percent = |v: Vec<(f64, f64)>| v.into_iter().map(|(e, a)| (e, 100.0 * a)).collect::<Vec<_>>();
+    let (loss_curve, train_curve, test_curve) = (
+        log.series("train_loss"),
+        percent(log.series("train_accuracy")),
+        percent(log.series("test_accuracy")),
+    );
     plots::line_chart(
         &args.output.join("loss.png"),
         "training loss",

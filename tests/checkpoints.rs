@@ -1,11 +1,13 @@
 //! Checkpoints round-trip exactly, resume training exactly, and reject files that do not
 //! match (wrong model, wrong sizes, corrupt, missing) with typed errors, changing nothing.
 
+use std::collections::BTreeMap;
+
 use ndarray::Array3;
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
-    Algorithm, Error, Feedback, LayerSpec, Loss, Network, NetworkBuilder, Optimizer, ReadoutSpec, Targets, TrainConfig,
-    Trainer, Window,
+    Algorithm, Error, Feedback, Float, LayerSpec, Loss, Network, NetworkBuilder, Optimizer, RateRegularization,
+    ReadoutSpec, Schedule, Targets, TrainConfig, Trainer, Window,
 };
 
 fn alif(seed: u64, hidden: usize) -> Network<f32> {
@@ -15,14 +17,6 @@ fn alif(seed: u64, hidden: usize) -> Network<f32> {
         .seed(seed)
         .build()
         .unwrap()
-}
-
-fn config() -> TrainConfig {
-    TrainConfig::new(
-        Algorithm::Eprop(Feedback::Symmetric),
-        Loss::CrossEntropy(Window::All),
-        Optimizer::adam(1e-2),
-    )
 }
 
 fn data(k: usize) -> (Array3<f32>, Vec<usize>) {
@@ -53,25 +47,86 @@ fn network_round_trip() {
     assert_eq!(a, b);
 }
 
-#[test]
-fn training_resumes_exactly() {
-    let path = temp("trainer.safetensors");
-    let mut first = Trainer::new(alif(1, 8), config()).unwrap();
-    for k in 0..3 {
-        let (x, y) = data(k);
-        first.train_batch(x.view(), Targets::Classes(&y)).unwrap();
+/// A recurrent ALIF network in float type `F`.
+fn alif_in<F: Float>(seed: u64, hidden: usize) -> Network<F> {
+    NetworkBuilder::new(6)
+        .layer(LayerSpec::new(BellecAlif::default(), hidden).recurrent(true).bias(true))
+        .readout(ReadoutSpec::new(3, 0.5))
+        .seed(seed)
+        .build()
+        .unwrap()
+}
+
+/// 4 batches straight through against 2, a checkpoint, a fresh trainer (other weights)
+/// restored from it, and 2 more: bit-identical weights, moments and statistics, with every
+/// piece of optimiser state in play (AdamW moments, warm-up and cosine schedule, clipping,
+/// rate regularisation, random feedback, updates within a sequence for e-prop).
+fn resumes_exactly<F: Float>(algorithm: Algorithm, name: &str) {
+    let mut c = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adamw(1e-2, 1e-2));
+    c.schedule = Schedule::Cosine {
+        warmup: 2,
+        total: 4,
+        min_factor: 0.1,
+    };
+    c.clip_norm = Some(0.5);
+    c.rate_regularization = Some(RateRegularization {
+        strength: 0.1,
+        target: 0.02,
+    });
+    if matches!(algorithm, Algorithm::Eprop(_)) {
+        c.update_every = Some(7);
     }
-    first.save_checkpoint(&path).unwrap();
-    let mut resumed = Trainer::new(alif(9, 8), config()).unwrap();
-    resumed.load_checkpoint(&path).unwrap();
-    assert_eq!(resumed.updates(), 3);
-    for k in 3..5 {
+    let batch = |k: usize| {
         let (x, y) = data(k);
-        let a = first.train_batch(x.view(), Targets::Classes(&y)).unwrap();
+        (x.mapv(|v| F::from_f64(f64::from(v))), y)
+    };
+    let mut straight = Trainer::new(alif_in::<F>(1, 8), c.clone()).unwrap();
+    let mut interrupted = Trainer::new(alif_in::<F>(1, 8), c.clone()).unwrap();
+    let path = temp(name);
+    for k in 0..2 {
+        let (x, y) = batch(k);
+        straight.train_batch(x.view(), Targets::Classes(&y)).unwrap();
+        interrupted.train_batch(x.view(), Targets::Classes(&y)).unwrap();
+    }
+    let user = BTreeMap::from([("epoch".to_string(), "2".to_string())]);
+    interrupted.save_checkpoint_with(&path, &user).unwrap();
+    drop(interrupted);
+    let mut resumed = Trainer::new(alif_in::<F>(9, 8), c).unwrap();
+    assert_eq!(resumed.load_checkpoint(&path).unwrap(), user);
+    assert_eq!(resumed.updates(), straight.updates());
+    for k in 2..4 {
+        let (x, y) = batch(k);
+        let a = straight.train_batch(x.view(), Targets::Classes(&y)).unwrap();
         let b = resumed.train_batch(x.view(), Targets::Classes(&y)).unwrap();
-        assert_eq!(a, b);
+        assert_eq!(a, b, "{name}: batch {k}");
     }
-    assert_eq!(first.network(), resumed.network());
+    // Bit-identical, not merely equal as numbers.
+    let bits = |t: &Trainer<F>| -> Vec<u64> {
+        let p = &t.network().params;
+        p.slots()
+            .into_iter()
+            .flat_map(|s| p.get(s).iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(bits(&straight), bits(&resumed), "{name}");
+    // The optimiser state too: one more identical step.
+    let (x, y) = batch(4);
+    assert_eq!(
+        straight.train_batch(x.view(), Targets::Classes(&y)).unwrap(),
+        resumed.train_batch(x.view(), Targets::Classes(&y)).unwrap()
+    );
+    assert_eq!(bits(&straight), bits(&resumed), "{name}");
+}
+
+#[test]
+fn training_resumes_bit_identically() {
+    let random = Algorithm::Eprop(Feedback::Random { seed: 5 });
+    resumes_exactly::<f32>(Algorithm::Eprop(Feedback::Symmetric), "eprop32.safetensors");
+    resumes_exactly::<f64>(Algorithm::Eprop(Feedback::Symmetric), "eprop64.safetensors");
+    resumes_exactly::<f32>(random, "random32.safetensors");
+    resumes_exactly::<f64>(random, "random64.safetensors");
+    resumes_exactly::<f32>(Algorithm::Bptt, "bptt32.safetensors");
+    resumes_exactly::<f64>(Algorithm::Bptt, "bptt64.safetensors");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod plots;
+pub mod resume;
 pub mod run_log;
 #[cfg(feature = "hdf5")]
 pub mod shd;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
@@ -19,6 +19,8 @@ pub struct RunLog {
     extra: Vec<&'static str>,
     csv: String,
     start: Instant,
+    /// Seconds spent by the runs this one resumes.
+    before: f64,
 }
 
 /// The columns every run's `metrics.csv` has, before its own.
@@ -44,7 +46,65 @@ impl RunLog {
             extra: extra.to_vec(),
             csv,
             start: Instant::now(),
+            before: 0.0,
         }
+    }
+
+    /// Continues the log of a resumed run: the rows of the first `done` epochs of the
+    /// existing `metrics.csv` are kept (later rows, from epochs whose checkpoint was never
+    /// written, are dropped), and `seconds` continues from the last kept row.
+    pub fn resume(&mut self, done: usize) -> Result<()> {
+        let path = self.output.join("metrics.csv");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| path.display().to_string()),
+        };
+        let mut lines = text.lines();
+        let header = self.csv.trim_end();
+        anyhow::ensure!(
+            lines.next() == Some(header),
+            "{}: header differs from this program's ({header})",
+            path.display()
+        );
+        for line in lines {
+            let epoch: usize = line
+                .split(',')
+                .next()
+                .and_then(|e| e.parse().ok())
+                .with_context(|| format!("{}: malformed row {line:?}", path.display()))?;
+            if epoch > done {
+                break;
+            }
+            self.before = line
+                .split(',')
+                .nth(5)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(self.before);
+            self.csv.push_str(line);
+            self.csv.push('\n');
+        }
+        Ok(())
+    }
+
+    /// The values of `column` by epoch, for plots: `(epoch, value)` for every row where
+    /// the column has a value.
+    pub fn series(&self, column: &str) -> Vec<(f64, f64)> {
+        let mut lines = self.csv.lines();
+        let Some(index) = lines.next().and_then(|h| h.split(',').position(|c| c == column)) else {
+            return Vec::new();
+        };
+        lines
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split(',').collect();
+                Some((cells.first()?.parse().ok()?, cells.get(index)?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Seconds since the run started, including the runs it resumes.
+    pub fn seconds(&self) -> f64 {
+        self.before + self.start.elapsed().as_secs_f64()
     }
 
     /// Appends one epoch's row (missing values left empty) and rewrites `metrics.csv`.
@@ -61,7 +121,7 @@ impl RunLog {
             extra.len(),
             self.extra.len()
         );
-        let seconds = self.start.elapsed().as_secs_f64();
+        let seconds = self.seconds();
         write!(
             self.csv,
             "{epoch},{},{},{},{},{seconds:.3}",
@@ -85,7 +145,7 @@ impl RunLog {
             "plasticity_version": env!("CARGO_PKG_VERSION"),
             "config": config,
             "results": results,
-            "seconds": self.start.elapsed().as_secs_f64(),
+            "seconds": self.seconds(),
             "threads": rayon::current_num_threads(),
         });
         write_atomic(

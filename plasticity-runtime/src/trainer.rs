@@ -1,5 +1,7 @@
 //! Training: one network, e-prop or BPTT, an optimiser.
 
+use std::collections::BTreeMap;
+
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::bptt;
@@ -135,6 +137,9 @@ pub struct StepInfo<'a, F> {
     pub loss: f64,
 }
 
+/// Prefix of the caller's entries in a checkpoint's metadata.
+const USER: &str = "user.";
+
 type Hook<F> = Box<dyn FnMut(&StepInfo<'_, F>) + Send>;
 
 struct Stream {
@@ -207,19 +212,36 @@ impl<F: Float> Trainer<F> {
     /// Writes the network and the optimiser state (moments, update count) to `path`,
     /// atomically, so that training can resume exactly where it stopped.
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.save_checkpoint_with(path, &BTreeMap::new())
+    }
+
+    /// [`Trainer::save_checkpoint`] with the caller's own entries in the file's metadata
+    /// (stored under `user.KEY`): what a training loop needs to continue exactly, such as
+    /// its epoch, the position of its random generator and its data order.
+    /// [`Trainer::load_checkpoint`] gives them back.
+    pub fn save_checkpoint_with(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        user: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let mut tensors = self.net.tensors();
         tensors.extend(self.opt.tensors());
         let mut metadata = self.net.metadata();
         metadata.insert("optimizer_step".into(), self.opt.steps().to_string());
         metadata.insert("config".into(), format!("{:?}", self.config));
+        for (k, v) in user {
+            metadata.insert(format!("{USER}{k}"), v.clone());
+        }
         let bytes = crate::checkpoint::encode(metadata, &tensors, Network::<F>::dtype())?;
         crate::checkpoint::write_atomic(path.as_ref(), &bytes)
     }
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] (or a network saved by
-    /// [`Network::save`], keeping the current optimiser state). The network must have the
-    /// same model and sizes; nothing changes unless the whole file matches.
-    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+    /// [`Network::save`], keeping the current optimiser state) and returns the caller's
+    /// entries saved with [`Trainer::save_checkpoint_with`] (empty for other files). The
+    /// network must have the same model and sizes; nothing changes unless the whole file
+    /// matches.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<BTreeMap<String, String>> {
         let path = path.as_ref();
         let (metadata, mut tensors) = crate::checkpoint::read(path)?;
         let mut net = self.net.clone();
@@ -238,7 +260,10 @@ impl<F: Float> Trainer<F> {
         self.net = net;
         self.opt = opt;
         self.eprop = None;
-        Ok(())
+        Ok(metadata
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(USER).map(|k| (k.to_string(), v)))
+            .collect())
     }
 
     /// Calls `hook` after every step of every sequence (training and evaluation).
