@@ -23,6 +23,7 @@ use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
     TrainConfig, Trainer, Window, neuron_model,
 };
+use plasticity_examples::flags;
 use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -149,15 +150,9 @@ fn batch(rng: &mut Rng, size: usize) -> (Array3<f32>, Vec<usize>) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.hidden == 0 {
-        anyhow::bail!("--hidden 0: expected at least 1 neuron per population");
-    }
-    if args.hidden > MAX_HIDDEN {
-        anyhow::bail!("--hidden {}: expected at most {MAX_HIDDEN}", args.hidden);
-    }
-    if args.epochs == 0 || args.stop_after == Some(0) {
-        anyhow::bail!("--epochs and --stop-after: expected at least 1");
-    }
+    flags::count("--hidden", args.hidden, 1..=MAX_HIDDEN)?;
+    flags::count("--epochs", args.epochs, 1..=1_000_000)?;
+    flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
     println!("{}", MyNeuron::describe());
     println!("{}", TwoCompartment::describe());
     let net = NetworkBuilder::<f32>::new(N_IN)
@@ -190,7 +185,7 @@ fn main() -> Result<()> {
         println!("resuming after epoch {} of {}", progress.done, args.epochs);
     }
     // The same held-out set at every epoch, from its own generator.
-    let test_set = || batch(&mut Rng::seed_from_u64(args.seed + 1000), 256);
+    let test_set = || batch(&mut Rng::seed_from_u64(args.seed.wrapping_add(1000)), 256);
     let end = args.stop_after.map_or(args.epochs, |n| args.epochs.min(progress.done + n));
     while progress.done < end {
         let (mut loss, mut acc) = (0.0, 0.0);

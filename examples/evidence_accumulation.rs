@@ -20,6 +20,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use plasticity_examples::flags;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
@@ -128,24 +129,19 @@ fn batch(rng: &mut Rng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    for (flag, value) in [
-        ("--batches", args.batches),
-        ("--batch", args.batch),
-        ("--cues", args.cues),
-        ("--test", args.test),
-        ("--stop-after", args.stop_after.unwrap_or(1)),
-    ] {
-        if value == 0 {
-            bail!("{flag} 0: expected at least 1");
-        }
-    }
     let min_hidden = if args.network == Kind::Lsnn { 2 } else { 1 };
-    if args.hidden < min_hidden {
-        bail!("--hidden {}: expected at least {min_hidden}", args.hidden);
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        bail!("--lr {}: expected a finite number > 0", args.lr);
-    }
+    flags::count("--batches", args.batches, 1..=10_000_000)?;
+    flags::count("--batch", args.batch, 1..=65_536)?;
+    flags::count("--hidden", args.hidden, min_hidden..=65_536)?;
+    flags::count("--cues", args.cues, 1..=1_000)?;
+    flags::count("--test", args.test, 1..=1_000_000)?;
+    flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
+    flags::positive("--lr", args.lr, 10.0)?;
+    // e-prop's per-synapse state (LIF neurons factorise, ALIF neurons do not; counted as ALIF).
+    flags::memory(
+        16.0 * (args.batch * args.hidden * (N_IN + args.hidden)) as f64,
+        &format!("e-prop with --hidden {} --batch {}", args.hidden, args.batch),
+    )?;
     let t_len = steps(args.cues);
     // τ_m = 20 steps, τ_a = 200 steps (2 s at 10 ms per step).
     let alpha = (-1.0f64 / 20.0).exp();
@@ -232,7 +228,7 @@ fn main() -> Result<()> {
     bar.set_position(progress.done.min(args.batches) as u64);
     // The held-out sequences, the same at every evaluation: loss and accuracy.
     let test = |trainer: &mut Trainer<f32>| -> Result<(f64, f64)> {
-        let mut test_rng = Rng::seed_from_u64(args.seed + 10_000);
+        let mut test_rng = Rng::seed_from_u64(args.seed.wrapping_add(10_000));
         let (mut loss, mut correct, mut total) = (0.0, 0, 0);
         for _ in 0..args.test.div_ceil(64) {
             let (x, y) = batch(&mut test_rng, 64, args.cues);
@@ -277,7 +273,7 @@ fn main() -> Result<()> {
     }
     bar.finish();
     let loss = progress.carry[0];
-    let mut test_rng = Rng::seed_from_u64(args.seed + 10_000);
+    let mut test_rng = Rng::seed_from_u64(args.seed.wrapping_add(10_000));
     let (mut correct, mut total) = (0, 0);
     for i in 0..args.test.div_ceil(64) {
         let (x, y) = batch(&mut test_rng, 64, args.cues);

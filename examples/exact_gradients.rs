@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use plasticity_examples::flags;
 use clap::{Parser, ValueEnum};
 use ndarray::{Array2, Array3, s};
 use plasticity_examples::TensorDump;
@@ -172,10 +173,8 @@ fn readout_matrix(blocks: &[Array2<f64>]) -> Array2<f64> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(p) = args.connectivity
-        && !(p > 0.0 && p <= 1.0)
-    {
-        bail!("--connectivity {p}: expected a probability in (0, 1]");
+    if let Some(p) = args.connectivity {
+        flags::positive("--connectivity", p, 1.0)?;
     }
     // Draw until the hidden neurons spike (a silent network has trivial gradients).
     let mut attempt = 0;

@@ -15,7 +15,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use plasticity_examples::audio::{CochleaConfig, encode, read_wav};
 use plasticity_examples::spike_data::{SpikeDataset, SpikeSample};
-use plasticity_examples::write_atomic;
+use plasticity_examples::{flags, write_atomic};
 
 /// Synthesises and encodes the spoken-digits set.
 #[derive(Parser, Debug)]
@@ -94,6 +94,9 @@ fn speakers(train: usize, test: usize) -> Result<Vec<Speaker>> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    flags::count("--train-speakers", args.train_speakers, 1..=10_000)?;
+    flags::count("--test-speakers", args.test_speakers, 1..=VARIANTS.len() - 1)?;
+    flags::count("--channels", args.channels, 1..=4096)?;
     if args.h5.is_some() && !cfg!(feature = "hdf5") {
         // Fail before the synthesis, not after it.
         bail!(NO_HDF5);

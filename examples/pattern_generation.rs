@@ -14,7 +14,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use plasticity_examples::flags;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
@@ -95,19 +96,20 @@ const N_OUT: usize = 3;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    for (flag, value) in [
-        ("--iterations", args.iterations),
-        ("--hidden", args.hidden),
-        ("--steps", args.steps),
-        ("--stop-after", args.stop_after.unwrap_or(1)),
-    ] {
-        if value == 0 {
-            bail!("{flag} 0: expected at least 1");
-        }
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        bail!("--lr {}: expected a finite number > 0", args.lr);
-    }
+    flags::count("--iterations", args.iterations, 1..=10_000_000)?;
+    flags::count("--hidden", args.hidden, 1..=65_536)?;
+    flags::count("--steps", args.steps, 1..=1_000_000)?;
+    flags::optional("--stop-after", args.stop_after, 1..=10_000_000)?;
+    flags::positive("--lr", args.lr, 10.0)?;
+    let synapses = (args.hidden * (N_IN + args.hidden)) as f64;
+    flags::memory(
+        if args.bptt {
+            16.0 * synapses + 32.0 * (args.steps * args.hidden) as f64
+        } else {
+            16.0 * synapses
+        },
+        &format!("training with --hidden {} --steps {}", args.hidden, args.steps),
+    )?;
     let mut rng = Rng::seed_from_u64(args.seed);
     // Frozen input: 100 channels of 10 Hz Poisson noise at 1 ms steps.
     let x = Array3::from_shape_fn(

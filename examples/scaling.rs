@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use ndarray::{Array1, Array2, Array3};
-use plasticity_examples::{plots, write_atomic};
+use plasticity_examples::{flags, plots, write_atomic};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, PopulationSpec,
@@ -86,8 +86,40 @@ struct Args {
 
 const CLASSES: usize = 20;
 
+impl Args {
+    /// Checks every numeric flag before any work starts, naming the flag.
+    fn validate(&self) -> Result<()> {
+        flags::count("--hidden", self.hidden, 1..=65_536)?;
+        flags::count("--inputs", self.inputs, 1..=65_536)?;
+        flags::count("--batch", self.batch, 1..=65_536)?;
+        flags::count("--steps", self.steps, 1..=1_000_000)?;
+        flags::count("--iters", self.iters, 1..=1_000_000)?;
+        flags::optional("--threads", self.threads, 1..=4096)?;
+        flags::non_negative("--kappa", self.kappa, 1.0)?;
+        if self.kappa >= 1.0 {
+            anyhow::bail!("--kappa {}: expected a leak in [0, 1)", self.kappa);
+        }
+        if let Some(p) = self.connectivity {
+            flags::positive("--connectivity", p, 1.0)?;
+        }
+        let synapses = (self.hidden * (self.inputs + self.hidden)) as f64;
+        let state = match self.algorithm {
+            Algo::Eprop => 16.0 * (self.batch as f64) * synapses,
+            Algo::Bptt => 32.0 * (self.batch * self.steps * self.hidden) as f64,
+        };
+        flags::memory(
+            state + 16.0 * synapses + 4.0 * (self.batch * self.steps * self.inputs) as f64,
+            &format!(
+                "--hidden {} --inputs {} --batch {} --steps {}",
+                self.hidden, self.inputs, self.batch, self.steps
+            ),
+        )
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.validate()?;
     if let Some(path) = &args.sweep {
         return sweep(&args, path);
     }

@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
-use plasticity_examples::plots;
+use plasticity_examples::{flags, plots};
 use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
 use plasticity_runtime::models::BellecAlif;
@@ -123,48 +123,58 @@ fn default_pool(channels: usize) -> usize {
 impl Args {
     /// Checks every numeric flag before any work starts, naming the flag.
     fn validate(&self) -> Result<()> {
-        for (flag, value) in [
-            ("--channels", self.channels),
-            ("--epochs", self.epochs),
-            ("--hidden", self.hidden),
-            ("--batch", self.batch),
-            ("--steps", self.steps),
-            ("--loss-steps", self.loss_steps),
-        ] {
-            if value == 0 {
-                bail!("{flag} 0: expected at least 1");
-            }
-        }
-        if self.pool == Some(0) {
-            bail!("--pool 0: expected at least 1 channel per input");
-        }
-        if self.stop_after == Some(0) {
-            bail!("--stop-after 0: expected at least 1 epoch");
-        }
-        if self.limit == Some(0) {
-            bail!("--limit 0: expected at least 1 sample");
-        }
-        let positive = |flag: &str, v: f64| -> Result<()> {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                bail!("{flag} {v}: expected a finite number > 0")
-            }
-        };
-        positive("--duration", self.duration)?;
-        positive("--lr", self.lr)?;
-        positive("--readout-tau", self.readout_tau)?;
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!("--weight-decay {}: expected a finite number >= 0", self.weight_decay);
-        }
-        if self.loss_steps > self.steps {
+        flags::count("--channels", self.channels, 1..=100_000)?;
+        flags::count("--epochs", self.epochs, 1..=100_000)?;
+        flags::count("--hidden", self.hidden, 1..=65_536)?;
+        flags::count("--batch", self.batch, 1..=65_536)?;
+        flags::count("--steps", self.steps, 1..=1_000_000)?;
+        flags::count("--loss-steps", self.loss_steps, 1..=self.steps)?;
+        flags::count("--shift-steps", self.shift_steps, 0..=self.steps)?;
+        flags::count("--shift-channels", self.shift_channels, 0..=100_000)?;
+        flags::optional("--pool", self.pool, 1..=100_000)?;
+        flags::optional("--limit", self.limit, 1..=usize::MAX)?;
+        flags::optional("--stop-after", self.stop_after, 1..=100_000)?;
+        flags::positive("--duration", self.duration, 3600.0)?;
+        flags::positive("--lr", self.lr, 10.0)?;
+        flags::positive("--readout-tau", self.readout_tau, 1e9)?;
+        flags::non_negative("--weight-decay", self.weight_decay, 10.0)?;
+        // The per-step decays must stay below 1: a step far shorter than the time constants
+        // would freeze the neurons and the readout.
+        let dt = self.duration / self.steps as f64;
+        if dt < 1e-6 {
             bail!(
-                "--loss-steps {}: expected at most --steps ({})",
-                self.loss_steps,
+                "--duration {} over --steps {}: steps of {dt:e} s, expected at least 1 µs",
+                self.duration,
                 self.steps
             );
         }
+        if dt / (self.readout_tau * 1e-3) < 1e-9 {
+            bail!(
+                "--readout-tau {}: the readout would not decay in steps of {dt:e} s; expected at most {:e} ms",
+                self.readout_tau,
+                dt * 1e12
+            );
+        }
         Ok(())
+    }
+
+    /// Refuses a run whose training state cannot fit in memory: e-prop keeps two
+    /// per-synapse eligibility vectors and their filtered forms for every sample of a batch,
+    /// BPTT a tape of every step.
+    fn check_memory(&self, inputs: usize, samples: usize) -> Result<()> {
+        let synapses = (self.hidden * (inputs + self.hidden)) as f64;
+        let state = match self.algorithm {
+            Algo::Eprop => 4.0 * 4.0 * self.batch as f64 * synapses,
+            Algo::Bptt => 4.0 * 8.0 * (self.batch * self.steps * self.hidden) as f64,
+        };
+        let data = 4.0 * (samples * self.steps * inputs) as f64;
+        flags::memory(
+            state + data + 16.0 * synapses,
+            &format!(
+                "training with --hidden {} --batch {} --steps {} on {inputs} inputs",
+                self.hidden, self.batch, self.steps
+            ),
+        )
     }
 }
 
@@ -208,6 +218,7 @@ fn main() -> Result<()> {
     // 20 classes for SHD and the bundled set, 35 for SSC.
     let classes = data.samples.iter().map(|s| usize::from(s.label) + 1).max().unwrap_or(0);
     let pool = args.pool.unwrap_or_else(|| default_pool(data.channels));
+    args.check_memory(data.channels.div_ceil(pool), train.len() + test.len())?;
     if args.pool.is_none() {
         println!(
             "pooling {pool} of {} channels into each input (set with --pool)",

@@ -172,19 +172,51 @@ pub fn encode(samples: &[f32], sample_rate: u32, cfg: &CochleaConfig) -> Vec<Spi
 
 /// Reads a WAV file as mono f32 in [-1, 1] (channels averaged) and its sample rate.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
-    let mut reader = hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let mut reader = hound::WavReader::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{}: not a readable WAV file", path.display()))?;
     let spec = reader.spec();
     if spec.channels == 0 {
         bail!("{}: no channels", path.display());
     }
+    if !(1000..=1_000_000).contains(&spec.sample_rate) {
+        bail!(
+            "{}: sample rate {} Hz, expected 1 kHz to 1 MHz",
+            path.display(),
+            spec.sample_rate
+        );
+    }
+    // The data chunk's length field may claim more than the file holds: refuse it before
+    // reading rather than trusting it for an allocation.
+    let claimed = u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8));
+    if claimed > file_len {
+        bail!(
+            "{}: claims {} samples ({claimed} bytes), the file has {file_len} bytes",
+            path.display(),
+            reader.len()
+        );
+    }
+    let corrupt = || format!("{}: corrupt or truncated sample data", path.display());
     let raw: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .with_context(corrupt)?,
         hound::SampleFormat::Int => {
+            if !(1..=32).contains(&spec.bits_per_sample) {
+                bail!(
+                    "{}: {} bits per integer sample, expected 1 to 32",
+                    path.display(),
+                    spec.bits_per_sample
+                );
+            }
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
             reader
                 .samples::<i32>()
                 .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()
+                .with_context(corrupt)?
         }
     };
     let ch = usize::from(spec.channels);
@@ -236,5 +268,81 @@ mod tests {
         assert!(encode(&vec![0.0; 4000], 16000, &cfg).is_empty());
         let s = encode(&tone(500.0, 16000, 0.2), 16000, &cfg);
         assert!(s.windows(2).all(|w| w[0].time <= w[1].time));
+    }
+
+    /// A valid 16-bit mono WAV file, the seed of the hostile files below.
+    fn wav_bytes() -> Vec<u8> {
+        let mut cursor = std::io::Cursor::new(Vec::new());
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(&mut cursor, spec).unwrap();
+        for n in 0..400 {
+            w.write_sample(((n * 97) % 2000) as i16 - 1000).unwrap();
+        }
+        w.finalize().unwrap();
+        cursor.into_inner()
+    }
+
+    fn read_bytes(name: &str, bytes: &[u8]) -> Result<(Vec<f32>, u32)> {
+        let dir = std::env::temp_dir().join(format!("plasticity-wav-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        read_wav(&path)
+    }
+
+    /// Position of a RIFF chunk's length field.
+    fn chunk_len_at(bytes: &[u8], id: &[u8; 4]) -> usize {
+        bytes.windows(4).position(|w| w == id).unwrap() + 4
+    }
+
+    #[test]
+    fn hostile_wav_files_are_refused() {
+        let good = wav_bytes();
+        let (samples, rate) = read_bytes("good.wav", &good).unwrap();
+        assert_eq!((samples.len(), rate), (400, 16000));
+        let mut huge = good.clone();
+        let at = chunk_len_at(&good, b"data");
+        huge[at..at + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let mut zero_rate = good.clone();
+        let fmt = chunk_len_at(&good, b"fmt ") + 4;
+        zero_rate[fmt + 4..fmt + 8].copy_from_slice(&0u32.to_le_bytes());
+        let mut no_channels = good.clone();
+        no_channels[fmt + 2..fmt + 4].copy_from_slice(&0u16.to_le_bytes());
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", Vec::new(), "not a readable WAV"),
+            ("random", b"definitely not a RIFF file".to_vec(), "not a readable WAV"),
+            ("data length of 4 GiB", huge, "the file has"),
+            ("sample rate 0", zero_rate, ""),
+            ("no channels", no_channels, ""),
+            ("truncated", good[..good.len() - 101].to_vec(), ""),
+        ];
+        for (what, bytes, expected) in cases {
+            let e = format!("{:#}", read_bytes("bad.wav", &bytes).unwrap_err());
+            assert!(e.contains(expected), "{what}: {e}");
+        }
+        for cut in (0..good.len()).step_by(7) {
+            let _ = read_bytes("cut.wav", &good[..cut]);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// Valid files with bytes changed read or fail: never a panic.
+        #[test]
+        fn edited_wav_files_never_panic(
+            edits in proptest::collection::vec((0usize..900, proptest::num::u8::ANY), 1..6),
+        ) {
+            let mut bytes = wav_bytes();
+            for (at, value) in edits {
+                let n = bytes.len();
+                bytes[at % n] = value;
+            }
+            let _ = read_bytes("edited.wav", &bytes);
+        }
     }
 }

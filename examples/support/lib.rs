@@ -3,6 +3,7 @@
 //! the per-run metrics and summary.
 
 pub mod audio;
+pub mod flags;
 pub mod plots;
 pub mod resume;
 pub mod run_log;

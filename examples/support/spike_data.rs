@@ -121,7 +121,10 @@ impl SpikeDataset {
                     bail!("truncated or corrupt in the spikes of sample {i}");
                 };
                 pos += used;
-                tick += v >> bits;
+                let Some(next) = tick.checked_add(v >> bits) else {
+                    bail!("sample {i}: spike times overflow (corrupt time steps)");
+                };
+                tick = next;
                 let unit = v & ((1 << bits) - 1);
                 if unit as usize >= channels {
                     bail!("sample {i}: spike on channel {unit}, the file has {channels} channels");
@@ -328,5 +331,103 @@ mod tests {
         assert_eq!(x.shape(), &[10, 1, 2]);
         assert_eq!(x.sum(), 2.0);
         assert_eq!(x[[5, 0, 1]], 1.0);
+    }
+
+    /// A valid file of a few samples, the seed of the hostile files below.
+    fn valid() -> Vec<u8> {
+        let sample = |label, test, n: u32| SpikeSample {
+            label,
+            speaker: u16::from(label),
+            test,
+            spikes: (0..n)
+                .map(|k| Spike {
+                    time: k as f32 * 3e-3,
+                    unit: (k * 37 % 700) as u16,
+                })
+                .collect(),
+        };
+        SpikeDataset {
+            channels: 700,
+            samples: vec![sample(1, false, 40), sample(2, true, 0), sample(19, false, 300)],
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
+    /// Hand-made broken files: each is refused with a message saying what is wrong, without
+    /// allocating from the lengths it claims.
+    #[test]
+    fn hostile_files_are_refused() {
+        let good = valid();
+        let header = |channels: u32, count: u32| {
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&channels.to_le_bytes());
+            b.extend_from_slice(&count.to_le_bytes());
+            b
+        };
+        let mut huge_spikes = header(700, 1);
+        huge_spikes.extend_from_slice(&[0, 0, 0, 0]);
+        huge_spikes.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut overflow = header(2, 1);
+        overflow.extend_from_slice(&[0, 0, 0, 0, 3, 0, 0, 0]);
+        // Three spikes whose time steps sum past 2^64 ticks (each varint is 10 bytes).
+        for _ in 0..3 {
+            overflow.extend_from_slice(&[0xfe; 9]);
+            overflow.push(0x01);
+        }
+        let mut endless_varint = header(2, 1);
+        endless_varint.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+        endless_varint.extend_from_slice(&[0xff; 11]);
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut v1 = good.clone();
+        v1[..16].copy_from_slice(MAGIC_V1);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", Vec::new(), "bad magic"),
+            ("random", b"\x89PNG\r\n\x1a\n not spikes at all".to_vec(), "bad magic"),
+            ("magic only", MAGIC.to_vec(), "bad magic"),
+            ("first version", v1, "first version"),
+            ("no channels", header(0, 0), "0 channels"),
+            ("too many channels", header(1 << 20, 0), "expected 1 to 65536"),
+            ("4e9 samples claimed", header(700, u32::MAX), "truncated in the header of sample 0"),
+            ("4e9 spikes claimed", huge_spikes, "sample 0"),
+            ("time overflow", overflow, "overflow"),
+            ("endless varint", endless_varint, "corrupt in the spikes of sample 0"),
+            ("trailing bytes", trailing, "1 unexpected bytes"),
+            ("truncated", good[..good.len() - 3].to_vec(), "sample 2"),
+        ];
+        for (what, bytes, expected) in cases {
+            let e = format!("{:#}", SpikeDataset::from_bytes(&bytes).unwrap_err());
+            assert!(e.contains(expected), "{what}: {e}");
+        }
+        // Every truncation of a valid file is an error.
+        for cut in 0..good.len() {
+            assert!(SpikeDataset::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid files with bytes changed, parse or fail: never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            edits in proptest::collection::vec((0usize..4000, proptest::num::u8::ANY), 1..8),
+        ) {
+            let _ = SpikeDataset::from_bytes(&tail);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&tail);
+            let _ = SpikeDataset::from_bytes(&with_magic);
+            let mut edited = valid();
+            for (at, value) in edits {
+                let n = edited.len();
+                edited[at % n] = value;
+            }
+            if let Ok(set) = SpikeDataset::from_bytes(&edited) {
+                // Whatever parses is consistent with what the rest of the code assumes.
+                for s in &set.samples {
+                    proptest::prop_assert!(s.spikes.iter().all(|sp| usize::from(sp.unit) < set.channels));
+                }
+            }
+        }
     }
 }
