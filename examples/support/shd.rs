@@ -17,6 +17,9 @@ use hdf5::types::VarLenArray;
 use crate::audio::Spike;
 use crate::spike_data::{SpikeDataset, SpikeSample};
 
+/// The most samples a file may hold (SSC, the largest of the sets, has about 75 000).
+pub const MAX_SAMPLES: usize = 10_000_000;
+
 /// Channels of the SHD/SSC cochlea model.
 pub const SHD_CHANNELS: usize = 700;
 
@@ -52,6 +55,19 @@ pub enum ShdError {
         found: usize,
         /// The number of samples.
         expected: usize,
+    },
+    /// A dataset is not a list of at most [`MAX_SAMPLES`] entries (its size is checked before
+    /// anything is read, so a corrupt or hostile size never becomes an allocation).
+    #[error("{path}: `{name}` has shape {shape:?}, expected one dimension of at most {max} entries")]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The dataset.
+        name: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The largest number of entries accepted.
+        max: usize,
     },
     /// A sample has a different number of spike times and units.
     #[error("{path}: sample {sample} has {times} spike times but {units} units")]
@@ -146,7 +162,17 @@ fn dataset(file: &hdf5::File, path: &Path, name: &'static str) -> Result<hdf5::D
             name,
         });
     }
-    file.dataset(name).map_err(h5err(path, format!("opening `{name}`")))
+    let ds = file.dataset(name).map_err(h5err(path, format!("opening `{name}`")))?;
+    let shape = ds.shape();
+    if shape.len() != 1 || shape[0] > MAX_SAMPLES {
+        return Err(ShdError::Shape {
+            path: path.to_path_buf(),
+            name,
+            shape,
+            max: MAX_SAMPLES,
+        });
+    }
+    Ok(ds)
 }
 
 /// Reads an SHD/SSC file. Every sample is marked `test`. Spikes with NaN, infinite or
@@ -165,8 +191,8 @@ pub fn read_shd(path: &Path, channels: usize, test: bool) -> Result<(SpikeDatase
         .map_err(h5err(path, "reading `labels`"))?;
     let speakers: Option<Vec<i64>> = if file.link_exists("extra/speaker") {
         Some(
-            file.dataset("extra/speaker")
-                .and_then(|d| d.read_raw())
+            dataset(&file, path, "extra/speaker")?
+                .read_raw()
                 .map_err(h5err(path, "reading `extra/speaker`"))?,
         )
     } else {
@@ -482,6 +508,45 @@ mod tests {
         assert!(e.to_string().contains("corrupt.h5"), "{e}");
         let e = read_shd(&d.join("absent.h5"), SHD_CHANNELS, false).unwrap_err();
         assert!(matches!(e, ShdError::Hdf5 { .. }), "{e}");
+        // Sizes that claim billions of entries (a chunked dataset never written takes no
+        // room in the file), more than one dimension, and the wrong types.
+        let huge = d.join("huge.h5");
+        {
+            write_raw(&huge, &[&[0.1]], &[&[1]], &[0]);
+            let file = hdf5::File::open_rw(&huge).unwrap();
+            file.unlink("labels").unwrap();
+            file.new_dataset::<i64>()
+                .chunk(4096)
+                .shape(1usize << 34)
+                .create("labels")
+                .unwrap();
+        }
+        assert!(std::fs::metadata(&huge).unwrap().len() < 1 << 20);
+        let e = read_shd(&huge, SHD_CHANNELS, false).unwrap_err();
+        assert!(matches!(e, ShdError::Shape { name: "labels", .. }), "{e}");
+        let flat = d.join("flat.h5");
+        {
+            write_raw(&flat, &[&[0.1]], &[&[1]], &[0]);
+            let file = hdf5::File::open_rw(&flat).unwrap();
+            file.unlink("labels").unwrap();
+            file.new_dataset_builder()
+                .with_data(&ndarray::arr2(&[[0i64, 1], [2, 3]]))
+                .create("labels")
+                .unwrap();
+        }
+        let e = read_shd(&flat, SHD_CHANNELS, false).unwrap_err();
+        assert!(matches!(e, ShdError::Shape { name: "labels", .. }), "{e}");
+        let strings = d.join("strings.h5");
+        {
+            write_raw(&strings, &[&[0.1]], &[&[1]], &[0]);
+            let file = hdf5::File::open_rw(&strings).unwrap();
+            file.unlink("labels").unwrap();
+            let names: Vec<hdf5::types::VarLenUnicode> = vec!["zero".parse().unwrap()];
+            file.new_dataset_builder().with_data(&names).create("labels").unwrap();
+        }
+        let e = read_shd(&strings, SHD_CHANNELS, false).unwrap_err();
+        assert!(matches!(e, ShdError::Hdf5 { .. }), "{e}");
+        assert!(e.to_string().contains("reading `labels`"), "{e}");
         // Times that a 16-bit float cannot hold are refused on writing.
         let far = sample(0, 0, &[(1e6, 0)]);
         assert!(matches!(
