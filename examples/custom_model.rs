@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use ndarray::Array3;
+use plasticity_examples::flags;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
     TrainConfig, Trainer, Window, neuron_model,
 };
-use plasticity_examples::flags;
-use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
@@ -186,7 +186,9 @@ fn main() -> Result<()> {
     }
     // The same held-out set at every epoch, from its own generator.
     let test_set = || batch(&mut Rng::seed_from_u64(args.seed.wrapping_add(1000)), 256);
-    let end = args.stop_after.map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    let end = args
+        .stop_after
+        .map_or(args.epochs, |n| args.epochs.min(progress.done + n));
     while progress.done < end {
         let (mut loss, mut acc) = (0.0, 0.0);
         for _ in 0..8 {

@@ -20,18 +20,18 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use plasticity_examples::flags;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
+use plasticity_examples::flags;
 use plasticity_examples::plots;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, RateRegularization,
     ReadoutSpec, Schedule, Targets, TrainConfig, Trainer, Window,
 };
-use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 

@@ -15,10 +15,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use plasticity_examples::flags;
 use clap::{Parser, ValueEnum};
 use ndarray::{Array2, Array3, s};
 use plasticity_examples::TensorDump;
+use plasticity_examples::flags;
 use plasticity_runtime::models::{BellecAlifDiffReset, BellecLifDiffReset};
 use plasticity_runtime::{
     Algorithm, Connectivity, Feedback, Gradients, Init, Loss, Network, NetworkBuilder, Optimizer, PopulationSpec,

@@ -15,18 +15,18 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use plasticity_examples::flags;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
+use plasticity_examples::flags;
 use plasticity_examples::plots;
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::BellecLif;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec,
     Targets, TrainConfig, Trainer, Window, neuron_model,
 };
-use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 

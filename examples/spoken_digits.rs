@@ -21,15 +21,15 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
-use plasticity_examples::{flags, plots};
+use plasticity_examples::resume::{Progress, Resume, Rng};
 use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
+use plasticity_examples::{flags, plots};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, LayerSpec, Loss, NetworkBuilder, Optimizer, ReadoutSpec, Schedule, Targets, TrainConfig,
     Trainer, Window,
 };
-use plasticity_examples::resume::{Progress, Resume, Rng};
 use rand::RngExt;
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -289,7 +289,9 @@ fn main() -> Result<()> {
         println!("resuming after epoch {} of {}", progress.done, args.epochs);
     }
     let start = std::time::Instant::now();
-    let end = args.stop_after.map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    let end = args
+        .stop_after
+        .map_or(args.epochs, |n| args.epochs.min(progress.done + n));
     while progress.done < end {
         let epoch = progress.done;
         progress.order.shuffle(&mut progress.rng);

@@ -250,3 +250,48 @@ fn changed_models_are_refused() {
     assert!(e.contains("equations changed") && e.contains("layer0:Lif:"), "{e}");
     build(true).load(&path).unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+    /// A trainer's checkpoint with bytes changed (header, metadata or tensor data) loads or
+    /// is refused with an error, never a panic; a refused file changes nothing, and a file
+    /// that loads holds only finite values.
+    #[test]
+    fn edited_checkpoints_never_panic(
+        edits in proptest::collection::vec((0usize..1 << 16, proptest::num::u8::ANY), 1..6),
+        cut in proptest::option::of(0usize..1 << 16),
+    ) {
+        let path = temp("edited-source.safetensors");
+        let trainer = Trainer::new(alif(1, 4), TrainConfig::new(
+            Algorithm::Eprop(Feedback::Symmetric),
+            Loss::CrossEntropy(Window::All),
+            Optimizer::adam(1e-2),
+        )).unwrap();
+        trainer.save_checkpoint(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, value) in edits {
+            let n = bytes.len();
+            bytes[at % n] = value;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c % (bytes.len() + 1));
+        }
+        let edited = temp("edited.safetensors");
+        std::fs::write(&edited, &bytes).unwrap();
+        let mut other = Trainer::new(alif(2, 4), TrainConfig::new(
+            Algorithm::Eprop(Feedback::Symmetric),
+            Loss::CrossEntropy(Window::All),
+            Optimizer::adam(1e-2),
+        )).unwrap();
+        let before = other.network().clone();
+        match other.load_checkpoint(&edited) {
+            Ok(_) => {
+                let p = &other.network().params;
+                for s in p.slots() {
+                    proptest::prop_assert!(p.get(s).iter().all(|v| v.is_finite()));
+                }
+            }
+            Err(_) => proptest::prop_assert_eq!(other.network(), &before),
+        }
+    }
+}

@@ -95,7 +95,10 @@ impl Resume {
             ("rng_word_pos".to_string(), progress.rng.get_word_pos().to_string()),
             ("order".to_string(), order),
             // Rust prints the shortest decimal that parses back to the same f64.
-            ("carry".to_string(), progress.carry.iter().map(f64::to_string).collect::<Vec<_>>().join(",")),
+            (
+                "carry".to_string(),
+                progress.carry.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
+            ),
             ("flags".to_string(), self.flags.clone()),
         ]);
         trainer

@@ -389,7 +389,11 @@ mod tests {
             ("first version", v1, "first version"),
             ("no channels", header(0, 0), "0 channels"),
             ("too many channels", header(1 << 20, 0), "expected 1 to 65536"),
-            ("4e9 samples claimed", header(700, u32::MAX), "truncated in the header of sample 0"),
+            (
+                "4e9 samples claimed",
+                header(700, u32::MAX),
+                "truncated in the header of sample 0",
+            ),
             ("4e9 spikes claimed", huge_spikes, "sample 0"),
             ("time overflow", overflow, "overflow"),
             ("endless varint", endless_varint, "corrupt in the spikes of sample 0"),

@@ -158,10 +158,21 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
         ),
         (
             "evidence_accumulation",
-            strings(&["--batches", "2", "--batch", "2", "--hidden", "8", "--cues", "1", "--test", "8"])
-                .into_iter()
-                .chain(["--output".into(), o("ea")])
-                .collect(),
+            strings(&[
+                "--batches",
+                "2",
+                "--batch",
+                "2",
+                "--hidden",
+                "8",
+                "--cues",
+                "1",
+                "--test",
+                "8",
+            ])
+            .into_iter()
+            .chain(["--output".into(), o("ea")])
+            .collect(),
             vec![
                 "--batches",
                 "--batch",
@@ -197,7 +208,17 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
         (
             "scaling",
             strings(&[
-                "--hidden", "8", "--inputs", "4", "--batch", "2", "--steps", "5", "--iters", "1", "--no-triad",
+                "--hidden",
+                "8",
+                "--inputs",
+                "4",
+                "--batch",
+                "2",
+                "--steps",
+                "5",
+                "--iters",
+                "1",
+                "--no-triad",
             ]),
             vec![
                 "--hidden",
@@ -234,7 +255,16 @@ fn with(args: &[String], flag: &str, value: &str) -> Vec<String> {
 #[test]
 fn hostile_flag_values_end_cleanly() {
     let out = scratch("hostile");
-    let hostile = ["0", "-1", "NaN", "inf", "1e300", "18446744073709551615", "4294967297", "x"];
+    let hostile = [
+        "0",
+        "-1",
+        "NaN",
+        "inf",
+        "1e300",
+        "18446744073709551615",
+        "4294967297",
+        "x",
+    ];
     let mut failures = Vec::new();
     let mut runs = 0;
     for (name, base, numeric) in examples(&out) {
@@ -300,14 +330,23 @@ fn resumes_exactly(name: &str, args: &[&str], stop_after: &str) {
     ok(name, &[base.clone(), out(&straight).to_vec()].concat());
     ok(
         name,
-        &[base.clone(), out(&split).to_vec(), strings(&["--stop-after", stop_after])].concat(),
+        &[
+            base.clone(),
+            out(&split).to_vec(),
+            strings(&["--stop-after", stop_after]),
+        ]
+        .concat(),
     );
     ok(name, &[base, out(&split).to_vec(), strings(&["--resume"])].concat());
     let (a, b) = (
         tensors(&straight.join("last.safetensors")),
         tensors(&split.join("last.safetensors")),
     );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{name} {args:?}");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{name} {args:?}"
+    );
     for (k, v) in &a {
         assert!(*v == b[k], "{name} {args:?}: tensor {k} differs after resume");
     }

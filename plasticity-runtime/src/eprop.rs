@@ -50,8 +50,10 @@ pub enum Feedback {
     /// step) gets the error through those weights, each output neuron's error scaled by its
     /// `∂z/∂I` at the step. Other populations use a fixed random matrix (seed 0).
     Symmetric,
-    /// A fixed random matrix for every population (random e-prop / broadcast alignment),
-    /// drawn `N(0, 1/n_out)` from `seed` plus the population's index.
+    /// A fixed random matrix for every population (random e-prop / broadcast alignment):
+    /// `B` of shape `[n_out, n]` (`n` the population's size), entries `N(0, 1/n)`, drawn by
+    /// `Init::Gaussian { gain: 1.0 }.draw(n_out, n, ..)` from a `StdRng` seeded with `seed`
+    /// plus the population's index; the learning signal is `L = err · B`.
     Random {
         /// Seed of the feedback matrices.
         seed: u64,

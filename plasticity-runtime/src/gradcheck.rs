@@ -10,8 +10,9 @@
 //! or below means the generated derivatives, the network wiring and BPTT agree; a larger one
 //! points at the tensor and entry that disagree.
 
-use ndarray::{Array2, Array3, ArrayView3};
+use ndarray::{Array2, Array3, ArrayView3, Axis};
 
+use crate::eprop::RateRegularization;
 use crate::error::{Result, invalid};
 use crate::loss::{Loss, Targets};
 use crate::network::{Frozen, Network, SpikeMode};
@@ -29,6 +30,10 @@ pub struct GradcheckOptions {
     pub max_per_tensor: usize,
     /// Relative errors are `|a − b| / max(|a|, |b|, floor)`.
     pub floor: f64,
+    /// Adds the firing-rate regularisation `c/2 Σ_j (f_j − f*)²` (every population, `f_j`
+    /// the mean output of neuron `j` over batch and steps) to the loss, as
+    /// [`TrainConfig::rate_regularization`] does for BPTT.
+    pub rate_regularization: Option<RateRegularization>,
 }
 
 impl Default for GradcheckOptions {
@@ -37,6 +42,7 @@ impl Default for GradcheckOptions {
             step: 1e-5,
             max_per_tensor: 64,
             floor: 1e-3,
+            rate_regularization: None,
         }
     }
 }
@@ -57,7 +63,8 @@ pub struct GradcheckReport {
 /// Compares BPTT's gradient of `loss` on `inputs` / `targets` with finite differences, on
 /// `net` run with smooth spikes and frozen `detach(..)` values (see the module
 /// documentation). Weights that a mask excludes are skipped (their gradient must be zero, and
-/// is checked to be). Rate regularisation is not part of the check.
+/// is checked to be). With [`GradcheckOptions::rate_regularization`] the regularised loss is
+/// checked.
 pub fn gradcheck(
     net: &Network<f64>,
     loss: Loss,
@@ -81,10 +88,11 @@ pub fn gradcheck(
     let (mut probs, mut ysum) = (Array2::zeros((batch, n_out)), Array2::zeros((batch, n_out)));
     let mut frozen = Frozen::default();
     let mut grads = net.params.zeros_like();
+    let reg = options.rate_regularization;
     crate::bptt::gradients(
         net,
         inputs,
-        None,
+        reg.map(|r| (r, 1.0 / (batch * t_len).max(1) as f64)),
         &mut SpikeMode::Frozen(&mut frozen),
         &mut grads,
         &mut None,
@@ -101,16 +109,24 @@ pub fn gradcheck(
         frozen.rewind();
         let out = moved.run_mode(inputs, &[], &mut SpikeMode::Frozen(&mut frozen));
         moved.params.get_mut(slot)[i] = original;
+        let out = out?;
+        let penalty = reg.map_or(0.0, |r| {
+            (out.spikes.iter())
+                .flat_map(|z| z.mean_axis(Axis(0)).and_then(|m| m.mean_axis(Axis(0))))
+                .flat_map(|rates| rates.into_iter())
+                .map(|f| 0.5 * r.strength * (f - r.target).powi(2))
+                .sum()
+        });
         let stats = loss_over(
             &loss,
-            &out?.readout.view(),
+            &out.readout.view(),
             &targets,
             window,
             &mut errs,
             &mut probs,
             &mut ysum,
         );
-        Ok(stats.loss)
+        Ok(stats.loss + penalty)
     };
     let mut report = GradcheckReport {
         checked: 0,

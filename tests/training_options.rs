@@ -1,0 +1,286 @@
+//! The trainer's options against direct computations written out here, independently of the
+//! engine: random feedback, weight updates within a sequence (`update_every`) and e-prop's
+//! running-rate regularisation, all on Bellec's LIF (its equations and surrogate copied from
+//! its documentation); and BPTT with rate regularisation against finite differences.
+
+use ndarray::{Array1, Array2, Array3};
+use plasticity_runtime::models::{BellecAlif, BellecLif};
+use plasticity_runtime::{
+    Algorithm, Connectivity, Feedback, GradcheckOptions, Init, LayerSpec, Loss, NetworkBuilder, Optimizer,
+    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutSpec, Targets, TrainConfig, Trainer, Window, gradcheck,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const N_IN: usize = 5;
+const N: usize = 6;
+const N_OUT: usize = 2;
+const T: usize = 23;
+const B: usize = 3;
+
+/// The weights the reference updates: input, readout weights and readout bias.
+#[derive(Clone, Debug)]
+struct Weights {
+    w_in: Array2<f64>,
+    w_out: Array2<f64>,
+    b_out: Array1<f64>,
+}
+
+/// e-prop on a feed-forward population of Bellec's LIF neurons (no refractory period) with a
+/// leaky readout and the mean squared loss over every step, written out step by step: the
+/// learning signal `err · fb` (`fb = None`: the current `W_out`, symmetric e-prop) plus the running-rate term, κ-filtered traces, and a plain
+/// gradient step `w -= lr g` after every `every` steps and at the end.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    lif: &BellecLif,
+    mut w: Weights,
+    kappa: f64,
+    x: &Array3<f64>,
+    y_target: &Array3<f64>,
+    fb: Option<&Array2<f64>>,
+    reg: Option<RateRegularization>,
+    every: usize,
+    lr: f64,
+) -> Weights {
+    let (alpha, v_th) = (lif.alpha, lif.v_th);
+    let psi = |v: f64| lif.gamma / v_th * (1.0 - (v - v_th).abs() / v_th).max(0.0);
+    let scale = 1.0 / (B * T) as f64;
+    let mut v = Array2::<f64>::zeros((B, N));
+    let mut z = Array2::<f64>::zeros((B, N));
+    let mut y = Array2::<f64>::zeros((B, N_OUT));
+    let mut eps = Array2::<f64>::zeros((B, N_IN)); // ε_i, shared by every postsynaptic neuron
+    let mut ebar = Array3::<f64>::zeros((B, N, N_IN));
+    let mut zbar = Array2::<f64>::zeros((B, N));
+    let mut one_bar = 0.0;
+    let mut count = Array1::<f64>::zeros(N);
+    let zeros = |w: &Weights| {
+        (
+            Array2::<f64>::zeros(w.w_in.raw_dim()),
+            Array2::<f64>::zeros(w.w_out.raw_dim()),
+            Array1::<f64>::zeros(w.b_out.raw_dim()),
+        )
+    };
+    let (mut g_in, mut g_out, mut g_b) = zeros(&w);
+    let mut since = 0;
+    for t in 0..T {
+        // Forward: the detached reset uses the previous step's spike.
+        for b in 0..B {
+            for j in 0..N {
+                let input: f64 = (0..N_IN).map(|i| w.w_in[[j, i]] * x[[t, b, i]]).sum();
+                v[[b, j]] = alpha * v[[b, j]] + input - z[[b, j]] * v_th;
+                z[[b, j]] = f64::from(u8::from(v[[b, j]] - v_th > 0.0));
+            }
+            for i in 0..N_IN {
+                eps[[b, i]] = alpha * eps[[b, i]] + x[[t, b, i]];
+            }
+            for k in 0..N_OUT {
+                let drive: f64 = (0..N).map(|j| w.w_out[[k, j]] * z[[b, j]]).sum();
+                y[[b, k]] = kappa * y[[b, k]] + drive + w.b_out[k];
+            }
+        }
+        for j in 0..N {
+            count[j] += (0..B).map(|b| z[[b, j]]).sum::<f64>();
+        }
+        one_bar = kappa * one_bar + 1.0;
+        // Learning signals and gradient accumulation.
+        for b in 0..B {
+            let err: Vec<f64> = (0..N_OUT).map(|k| scale * (y[[b, k]] - y_target[[t, b, k]])).collect();
+            for j in 0..N {
+                zbar[[b, j]] = kappa * zbar[[b, j]] + z[[b, j]];
+                // Symmetric feedback reads the readout weights as they are now.
+                let feedback = |k: usize| fb.map_or(w.w_out[[k, j]], |f| f[[k, j]]);
+                let mut l: f64 = (0..N_OUT).map(|k| err[k] * feedback(k)).sum();
+                if let Some(r) = reg {
+                    let rate = count[j] / ((t + 1) * B) as f64;
+                    l += r.strength * (rate - r.target) * scale;
+                }
+                let p = psi(v[[b, j]]);
+                for i in 0..N_IN {
+                    ebar[[b, j, i]] = kappa * ebar[[b, j, i]] + p * eps[[b, i]];
+                    g_in[[j, i]] += l * ebar[[b, j, i]];
+                }
+                for k in 0..N_OUT {
+                    g_out[[k, j]] += err[k] * zbar[[b, j]];
+                }
+            }
+            for k in 0..N_OUT {
+                g_b[k] += err[k] * one_bar;
+            }
+        }
+        since += 1;
+        if since == every || t + 1 == T {
+            w.w_in.scaled_add(-lr, &g_in);
+            w.w_out.scaled_add(-lr, &g_out);
+            w.b_out.scaled_add(-lr, &g_b);
+            (g_in, g_out, g_b) = zeros(&w);
+            since = 0;
+        }
+    }
+    w
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(1e-12))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
+    let lif = BellecLif {
+        alpha: 0.8,
+        ..BellecLif::default()
+    };
+    let mut rng = StdRng::seed_from_u64(4);
+    let x = Array3::from_shape_fn((T, B, N_IN), |_| f64::from(u8::from(rng.random_bool(0.4))));
+    let y_target = Array3::from_shape_fn((T, B, N_OUT), |(t, b, k)| ((t + 2 * b + 5 * k) as f64 * 0.3).sin());
+    let reg = RateRegularization {
+        strength: 3.0,
+        target: 0.05,
+    };
+    let lr = 0.5;
+    let mut checked = 0;
+    for (kappa, feedback, every, with_reg) in [
+        (0.0, Feedback::Symmetric, None, false),
+        (0.6, Feedback::Random { seed: 9 }, None, false),
+        (0.6, Feedback::Random { seed: 9 }, None, true),
+        (0.0, Feedback::Symmetric, Some(5), true),
+        (0.6, Feedback::Random { seed: 2 }, Some(4), true),
+        (0.6, Feedback::Symmetric, Some(1), false),
+    ] {
+        let net = NetworkBuilder::<f64>::new(N_IN)
+            .layer(LayerSpec::new(lif.clone(), N).init_in(Init::Gaussian { gain: 3.0 }))
+            .readout(ReadoutSpec::new(N_OUT, kappa))
+            .seed(21)
+            .build()
+            .unwrap();
+        let start = Weights {
+            w_in: Array2::from_shape_vec((N, N_IN), net.params.projections[0].clone()).unwrap(),
+            w_out: net.params.readout_w[0].clone(),
+            b_out: net.params.readout_b.clone().expect("readout bias"),
+        };
+        // Random feedback: `N(0, 1/n)` drawn `[n_out, n]` from the seed plus the population's
+        // index (0 here), as `Feedback::Random` documents.
+        let fb = match feedback {
+            Feedback::Random { seed } => {
+                Some(Init::Gaussian { gain: 1.0 }.draw::<f64>(N_OUT, N, &mut StdRng::seed_from_u64(seed)))
+            }
+            Feedback::Symmetric => None,
+        };
+        let want = reference(
+            &lif,
+            start.clone(),
+            kappa,
+            &x,
+            &y_target,
+            fb.as_ref(),
+            with_reg.then_some(reg),
+            every.unwrap_or(T),
+            lr,
+        );
+        let got = train(&net, feedback, every, with_reg.then_some(reg), lr, &x, &y_target);
+        let case = format!("κ {kappa}, {feedback:?}, every {every:?}, regularised {with_reg}");
+        let err = max_rel(&got.0, want.w_in.as_slice().unwrap());
+        assert!(err < 1e-10, "{case}: w_in off by {err:e}");
+        let err = max_rel(&got.1, want.w_out.as_slice().unwrap());
+        assert!(err < 1e-10, "{case}: w_out off by {err:e}");
+        let err = max_rel(&got.2, want.b_out.as_slice().unwrap());
+        assert!(err < 1e-10, "{case}: b_out off by {err:e}");
+        // Training moved the weights, or the comparison would be empty.
+        assert!(
+            max_rel(&got.0, start.w_in.as_slice().unwrap()) > 1e-6,
+            "{case}: no change"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
+/// One batch through the trainer with SGD: the final input weights, readout weights and bias.
+fn train(
+    net: &plasticity_runtime::Network<f64>,
+    feedback: Feedback,
+    every: Option<usize>,
+    reg: Option<RateRegularization>,
+    lr: f64,
+    x: &Array3<f64>,
+    y_target: &Array3<f64>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut c = TrainConfig::new(
+        Algorithm::Eprop(feedback),
+        Loss::MeanSquared(Window::All),
+        Optimizer::sgd(lr, 0.0),
+    );
+    c.update_every = every;
+    c.rate_regularization = reg;
+    let mut trainer = Trainer::new(net.clone(), c).unwrap();
+    trainer.train_batch(x.view(), Targets::Series(y_target.view())).unwrap();
+    let p = &trainer.network().params;
+    (
+        p.projections[0].iter().copied().collect(),
+        p.readout_w[0].iter().copied().collect(),
+        p.readout_b.iter().flatten().copied().collect(),
+    )
+}
+
+/// BPTT with rate regularisation on a recurrent LIF + ALIF network with a sparse projection:
+/// the exact gradient of the regularised loss, against finite differences of it; and the
+/// regulariser does change the gradient.
+#[test]
+fn bptt_rate_regularisation_matches_finite_differences() {
+    let net = NetworkBuilder::<f64>::new(4)
+        .population(PopulationSpec::new("lif", BellecLif::default(), 5))
+        .population(PopulationSpec::new("alif", BellecAlif::default(), 4).bias(true))
+        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 3.0 }))
+        .projection(ProjectionSpec::input("alif").init(Init::Gaussian { gain: 3.0 }))
+        .projection(ProjectionSpec::new("lif", "lif").init(Init::Gaussian { gain: 1.0 }))
+        .projection(
+            ProjectionSpec::new("lif", "alif")
+                .init(Init::Gaussian { gain: 1.0 })
+                .connectivity(Connectivity::Probability { p: 0.5, seed: 3 }),
+        )
+        .readout(ReadoutSpec::new(3, 0.5).from(["lif", "alif"]))
+        .seed(8)
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let x = Array3::from_shape_fn((20, 2, 4), |_| f64::from(u8::from(rng.random_bool(0.4))));
+    let loss = Loss::CrossEntropy(Window::All);
+    let reg = RateRegularization {
+        strength: 5.0,
+        target: 0.02,
+    };
+    let options = GradcheckOptions {
+        max_per_tensor: usize::MAX,
+        rate_regularization: Some(reg),
+        ..GradcheckOptions::default()
+    };
+    let report = gradcheck(&net, loss, x.view(), Targets::Classes(&[0, 2]), options).unwrap();
+    assert!(report.checked >= 60, "only {} entries checked", report.checked);
+    assert!(report.worst <= 1e-6, "{report:?}");
+    // Without the regulariser in the check, the regularised BPTT gradient is off: the term
+    // is really there.
+    let mut c = TrainConfig::new(Algorithm::Bptt, loss, Optimizer::sgd(0.0, 0.0));
+    let plain = {
+        let mut t = Trainer::new(net.clone(), c.clone()).unwrap();
+        t.compute_gradients(x.view(), Targets::Classes(&[0, 2]))
+            .unwrap()
+            .0
+            .clone()
+    };
+    c.rate_regularization = Some(reg);
+    let mut t = Trainer::new(net, c).unwrap();
+    let regularised = t
+        .compute_gradients(x.view(), Targets::Classes(&[0, 2]))
+        .unwrap()
+        .0
+        .clone();
+    let moved: f64 = (plain.slots().into_iter())
+        .flat_map(|s| {
+            let (a, b) = (plain.get(s).to_vec(), regularised.get(s).to_vec());
+            a.into_iter().zip(b).map(|(a, b)| (a - b).abs()).collect::<Vec<_>>()
+        })
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-4, "the regulariser changed the gradient by only {moved:e}");
+}
