@@ -207,7 +207,7 @@ fn main() -> Result<()> {
             &[],
         )?;
         resume.save(&trainer, &progress)?;
-        if progress.done % 5 == 0 || progress.done == args.epochs {
+        if progress.done.is_multiple_of(5) || progress.done == args.epochs {
             println!(
                 "epoch {:3}: loss {loss:.4}, train accuracy {:.1}%",
                 progress.done,

@@ -252,12 +252,12 @@ fn main() -> Result<()> {
         *loss = 0.95 * *loss + 0.05 * s.loss;
         *acc = 0.95 * *acc + 0.05 * s.accuracy();
         (epoch_loss, epoch_acc, in_epoch) = (epoch_loss + s.loss, epoch_acc + s.accuracy(), in_epoch + 1);
-        if progress.done % 10 == 0 {
+        if progress.done.is_multiple_of(10) {
             bar.set_message(format!("loss {:.3}  accuracy {:.1}%", *loss, 100.0 * *acc));
         }
         progress.done += 1;
         // An epoch here is EPOCH_BATCHES batches (fresh sequences every batch).
-        if progress.done % EPOCH_BATCHES == 0 || progress.done == args.batches {
+        if progress.done.is_multiple_of(EPOCH_BATCHES) || progress.done == args.batches {
             let n = in_epoch as f64;
             let (test_loss, test_acc) = test(&mut trainer)?;
             log.epoch(

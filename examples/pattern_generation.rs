@@ -205,7 +205,7 @@ fn main() -> Result<()> {
         let s = trainer.train_batch(x.view(), Targets::Series(target.view()))?;
         // The loss is ½ MSE summed over outputs, averaged over steps.
         let nmse = 2.0 * s.loss / N_OUT as f64 / variance;
-        if progress.done % 10 == 0 {
+        if progress.done.is_multiple_of(10) {
             bar.set_message(format!("normalised MSE {nmse:.3}"));
         }
         progress.done += 1;

@@ -104,7 +104,6 @@ fn resumes_exactly<F: Float>(algorithm: Algorithm, name: &str) {
     let bits = |t: &Trainer<F>| -> Vec<u64> {
         let p = &t.network().params;
         p.slots()
-            .into_iter()
             .flat_map(|s| p.get(s).iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>())
             .collect()
     };

@@ -218,7 +218,7 @@ fn train(
     trainer.train_batch(x.view(), Targets::Series(y_target.view())).unwrap();
     let p = &trainer.network().params;
     (
-        p.projections[0].iter().copied().collect(),
+        p.projections[0].to_vec(),
         p.readout_w[0].iter().copied().collect(),
         p.readout_b.iter().flatten().copied().collect(),
     )
@@ -276,7 +276,8 @@ fn bptt_rate_regularisation_matches_finite_differences() {
         .unwrap()
         .0
         .clone();
-    let moved: f64 = (plain.slots().into_iter())
+    let moved: f64 = plain
+        .slots()
         .flat_map(|s| {
             let (a, b) = (plain.get(s).to_vec(), regularised.get(s).to_vec());
             a.into_iter().zip(b).map(|(a, b)| (a - b).abs()).collect::<Vec<_>>()
