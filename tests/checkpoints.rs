@@ -62,6 +62,7 @@ fn alif_in<F: Float>(seed: u64, hidden: usize) -> Network<F> {
 /// piece of optimiser state in play (AdamW moments, warm-up and cosine schedule, clipping,
 /// rate regularisation, random feedback, updates within a sequence for e-prop).
 fn resumes_exactly<F: Float>(algorithm: Algorithm, name: &str) {
+    let eprop = matches!(algorithm, Algorithm::Eprop(_));
     let mut c = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adamw(1e-2, 1e-2));
     c.schedule = Schedule::Cosine {
         warmup: 2,
@@ -73,7 +74,7 @@ fn resumes_exactly<F: Float>(algorithm: Algorithm, name: &str) {
         strength: 0.1,
         target: 0.02,
     });
-    if matches!(algorithm, Algorithm::Eprop(_)) {
+    if eprop {
         c.update_every = Some(7);
     }
     let batch = |k: usize| {
@@ -122,7 +123,7 @@ fn training_resumes_bit_identically() {
     let random = Algorithm::Eprop(Feedback::Random { seed: 5 });
     resumes_exactly::<f32>(Algorithm::Eprop(Feedback::Symmetric), "eprop32.safetensors");
     resumes_exactly::<f64>(Algorithm::Eprop(Feedback::Symmetric), "eprop64.safetensors");
-    resumes_exactly::<f32>(random, "random32.safetensors");
+    resumes_exactly::<f32>(random.clone(), "random32.safetensors");
     resumes_exactly::<f64>(random, "random64.safetensors");
     resumes_exactly::<f32>(Algorithm::Bptt, "bptt32.safetensors");
     resumes_exactly::<f64>(Algorithm::Bptt, "bptt64.safetensors");

@@ -166,7 +166,11 @@ fn divergence_names_the_update_and_the_tensor() {
     let dir = std::env::temp_dir().join(format!("plasticity-diverge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
-        let c = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::sgd(1e38, 0.0));
+        let c = TrainConfig::new(
+            algorithm.clone(),
+            Loss::CrossEntropy(Window::All),
+            Optimizer::sgd(1e38, 0.0),
+        );
         let mut tr = Trainer::new(net(), c).unwrap();
         let path = dir.join("last.safetensors");
         tr.save_checkpoint(&path).unwrap();

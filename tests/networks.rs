@@ -249,8 +249,8 @@ fn sparse_equals_dense_with_mask() {
             assert_eq!(sparse.dense_weights(i), dense.dense_weights(i));
         }
         for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
-            let (gs, ls) = gradients(&sparse, algorithm, &x, &classes);
-            let (gd, ld) = gradients(&dense, algorithm, &x, &classes);
+            let (gs, ls) = gradients(&sparse, algorithm.clone(), &x, &classes);
+            let (gd, ld) = gradients(&dense, algorithm.clone(), &x, &classes);
             assert!(
                 (ls - ld).abs() <= 1e-12 * ls.abs(),
                 "{algorithm:?} κ = {kappa}: loss {ls} vs {ld}"
@@ -407,7 +407,11 @@ fn lsnn_trains() {
     let x = inputs(6, 30, 8, 8).mapv(|v| v as f32);
     let classes = [0, 1, 0, 1, 1, 0, 1, 0];
     for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
-        let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::Last(10)))).unwrap();
+        let mut tr = Trainer::new(
+            net.clone(),
+            config(algorithm.clone(), Loss::CrossEntropy(Window::Last(10))),
+        )
+        .unwrap();
         let first = tr.train_batch(x.view(), Targets::Classes(&classes)).unwrap().loss;
         let mut last = first;
         for _ in 0..30 {
@@ -603,7 +607,8 @@ fn gradients_do_not_depend_on_the_thread_count() {
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                let mut tr = Trainer::new(net.clone(), config(algorithm, Loss::CrossEntropy(Window::All))).unwrap();
+                let mut tr =
+                    Trainer::new(net.clone(), config(algorithm.clone(), Loss::CrossEntropy(Window::All))).unwrap();
                 tr.train_batch(x.view(), Targets::Classes(&classes)).unwrap();
                 let (g, _) = tr.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
                 (g.clone(), tr.into_network().params)

@@ -140,6 +140,8 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
         target: 0.05,
     };
     let lr = 0.5;
+    // A given feedback matrix `[n_out, n]` (NEST's `weights_out_rec`, transposed).
+    let given = Array2::from_shape_fn((N_OUT, N), |(k, j)| ((k * N + j) as f64 * 0.7).cos());
     let mut checked = 0;
     for (kappa, feedback, every, with_reg) in [
         (0.0, Feedback::Symmetric, None, false),
@@ -148,6 +150,12 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
         (0.0, Feedback::Symmetric, Some(5), true),
         (0.6, Feedback::Random { seed: 2 }, Some(4), true),
         (0.6, Feedback::Symmetric, Some(1), false),
+        (
+            0.6,
+            Feedback::Matrices(vec![("layer0".into(), given.clone())]),
+            Some(7),
+            true,
+        ),
     ] {
         let net = NetworkBuilder::<f64>::new(N_IN)
             .layer(LayerSpec::new(lif.clone(), N).init_in(Init::Gaussian { gain: 3.0 }))
@@ -166,6 +174,7 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
             Feedback::Random { seed } => {
                 Some(Init::Gaussian { gain: 1.0 }.draw::<f64>(N_OUT, N, &mut StdRng::seed_from_u64(seed)))
             }
+            Feedback::Matrices(ref m) => Some(m[0].1.clone()),
             Feedback::Symmetric => None,
         };
         let want = reference(
@@ -179,8 +188,8 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
             every.unwrap_or(T),
             lr,
         );
-        let got = train(&net, feedback, every, with_reg.then_some(reg), lr, &x, &y_target);
         let case = format!("κ {kappa}, {feedback:?}, every {every:?}, regularised {with_reg}");
+        let got = train(&net, feedback, every, with_reg.then_some(reg), lr, &x, &y_target);
         let err = max_rel(&got.0, want.w_in.as_slice().unwrap());
         assert!(err < 1e-10, "{case}: w_in off by {err:e}");
         let err = max_rel(&got.1, want.w_out.as_slice().unwrap());
@@ -194,7 +203,7 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 7);
 }
 
 /// One batch through the trainer with SGD: the final input weights, readout weights and bias.
@@ -284,4 +293,32 @@ fn bptt_rate_regularisation_matches_finite_differences() {
         })
         .fold(0.0, f64::max);
     assert!(moved > 1e-4, "the regulariser changed the gradient by only {moved:e}");
+}
+
+#[test]
+fn feedback_matrices_are_checked() {
+    let net = NetworkBuilder::<f64>::new(2)
+        .layer(LayerSpec::new(BellecLif::default(), 3))
+        .readout(ReadoutSpec::new(2, 0.0))
+        .build()
+        .unwrap();
+    let config = |m: Vec<(String, Array2<f64>)>| {
+        TrainConfig::new(
+            Algorithm::Eprop(Feedback::Matrices(m)),
+            Loss::MeanSquared(Window::All),
+            Optimizer::sgd(0.1, 0.0),
+        )
+    };
+    let fails = |m: Vec<(String, Array2<f64>)>, expected: &str| {
+        let e = Trainer::new(net.clone(), config(m)).err().expect("refused").to_string();
+        assert!(e.contains(expected), "{e}");
+    };
+    fails(vec![], "none for population layer0");
+    fails(
+        vec![("other".into(), Array2::zeros((2, 3)))],
+        "the name of a population",
+    );
+    fails(vec![("layer0".into(), Array2::zeros((3, 2)))], "[n_out, n] = [2, 3]");
+    fails(vec![("layer0".into(), Array2::from_elem((2, 3), f64::NAN))], "finite");
+    assert!(Trainer::new(net.clone(), config(vec![("layer0".into(), Array2::zeros((2, 3)))])).is_ok());
 }

@@ -42,7 +42,7 @@ const WINDOW_ROWS: usize = 64;
 const SPARSE_CHUNK: usize = 64;
 
 /// Where the learning signals come from.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Feedback {
     /// `B = (W^out_p)^T` for every population `p` the readout reads (symmetric e-prop): exact
     /// without recurrence. With an output population instead of the leaky readout, the output
@@ -58,6 +58,11 @@ pub enum Feedback {
         /// Seed of the feedback matrices.
         seed: u64,
     },
+    /// Given fixed matrices, by population name: `B_p` of shape `[n_out, n_p]`, the learning
+    /// signal `L = err · B_p` (NEST's `eprop_learning_signal_connection` weights, which are
+    /// stored `[n, n_out]`: pass their transpose). Every population except an output
+    /// population needs one; [`crate::Trainer::new`] checks names, shapes and finiteness.
+    Matrices(Vec<(String, Array2<f64>)>),
 }
 
 /// What feeds one set of synapses of a population.
@@ -189,7 +194,7 @@ enum SignalSource<F> {
     /// population (symmetric feedback through its input ports, `Bz` of the port at this
     /// step); `coef` is `[B, n_out]` scratch.
     ThroughOutput { projections: Vec<usize>, coef: Array2<F> },
-    /// `L = err · B` with a fixed random `B` (`[n_out, n]`).
+    /// `L = err · B` with a fixed `B` (`[n_out, n]`), random or given.
     Random(Array2<F>),
 }
 
@@ -577,7 +582,7 @@ pub(crate) struct Eprop<F> {
 }
 
 impl<F: Float> Eprop<F> {
-    pub fn new(net: &Network<F>, batch: usize, feedback: Feedback) -> Self {
+    pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback) -> Self {
         let filtered = net.readout.kappa != <F as Real>::zero();
         let n_out = net.n_out();
         let pops = net
@@ -670,7 +675,15 @@ impl<F: Float> Eprop<F> {
                 };
                 let fb = match (feedback, readout) {
                     _ if net.readout.population == Some(p) => SignalSource::Output,
-                    (Feedback::Random { seed }, _) => random(seed),
+                    (Feedback::Random { seed }, _) => random(*seed),
+                    (Feedback::Matrices(given), _) => {
+                        let b = given
+                            .iter()
+                            .find(|(name, _)| *name == pop.name)
+                            .map(|(_, b)| b)
+                            .expect("feedback matrices checked by the trainer");
+                        SignalSource::Random(b.mapv(F::from_f64))
+                    }
                     (Feedback::Symmetric, Some(r)) => SignalSource::Readout(r),
                     (Feedback::Symmetric, None) if !into_output.is_empty() => SignalSource::ThroughOutput {
                         projections: into_output,
@@ -1024,7 +1037,7 @@ mod tests {
             _ => 0.0,
         });
         let errs = Array3::from_shape_fn((steps, batch, 3), |_| rng.random_range(-1.0..1.0));
-        let mut windowed = Eprop::new(&net, batch, Feedback::Symmetric);
+        let mut windowed = Eprop::new(&net, batch, &Feedback::Symmetric);
         assert!((windowed.pops.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
         let mut single = windowed.clone();
         for lt in &mut single.pops {

@@ -86,7 +86,7 @@ pub use network::{
     Connectivity, LayerSpec, Network, NetworkBuilder, Population, PopulationSpec, Probe, Projection, ProjectionSpec,
     Readout, ReadoutSpec, RunOutput, Signal, Source,
 };
-pub use optim::{Optimizer, Schedule};
+pub use optim::{EpsilonAt, Optimizer, Schedule};
 pub use params::{Gradients, Parameters, Slot};
 pub use plasticity_macros::neuron_model;
 pub use real::{Float, Real};

@@ -30,6 +30,8 @@ pub enum Optimizer {
         beta2: f64,
         /// Denominator offset.
         eps: f64,
+        /// Where `eps` enters (PyTorch's or TensorFlow's and NEST's convention).
+        eps_at: EpsilonAt,
     },
     /// AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.
     AdamW {
@@ -41,9 +43,26 @@ pub enum Optimizer {
         beta2: f64,
         /// Denominator offset.
         eps: f64,
+        /// Where `eps` enters (PyTorch's or TensorFlow's and NEST's convention).
+        eps_at: EpsilonAt,
         /// Decoupled weight decay per step (multiplied by the learning rate).
         weight_decay: f64,
     },
+}
+
+/// Where Adam's `ε` enters the update. The two conventions differ only while the bias
+/// corrections are far from 1, i.e. in the first few thousand updates, and by an amount that
+/// matters only for gradients near `ε`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EpsilonAt {
+    /// `w -= lr · m̂ / (√v̂ + ε)` with `m̂ = m / (1 − β₁ᵗ)`, `v̂ = v / (1 − β₂ᵗ)`: the paper's
+    /// algorithm as PyTorch (`torch.optim.Adam`) and optax write it.
+    #[default]
+    BiasCorrected,
+    /// `w -= α_t · m / (√v + ε)` with `α_t = lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)`: the paper's
+    /// "efficient" form, as TensorFlow 1 (`tf.train.AdamOptimizer`), Bellec's e-prop code and
+    /// NEST's e-prop synapses compute it. Equivalent to `BiasCorrected` with `ε / √(1 − β₂ᵗ)`.
+    Uncorrected,
 }
 
 impl Optimizer {
@@ -54,6 +73,7 @@ impl Optimizer {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            eps_at: EpsilonAt::BiasCorrected,
         }
     }
     /// AdamW with the usual defaults.
@@ -63,8 +83,17 @@ impl Optimizer {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            eps_at: EpsilonAt::BiasCorrected,
             weight_decay,
         }
+    }
+
+    /// The same optimiser with Adam's `ε` entering as `at` says (SGD is unchanged).
+    pub fn eps_at(mut self, at: EpsilonAt) -> Self {
+        if let Optimizer::Adam { eps_at, .. } | Optimizer::AdamW { eps_at, .. } = &mut self {
+            *eps_at = at;
+        }
+        self
     }
     /// SGD with momentum.
     pub fn sgd(lr: f64, momentum: f64) -> Self {
@@ -252,7 +281,8 @@ impl<F: Float> OptimizerState<F> {
         Ok(())
     }
 
-    /// Applies one update to `net` with `grads` (clipped to global norm `clip` first).
+    /// Applies one update to `net` with `grads` (clipped to global norm `clip` first), then
+    /// clips every projection and readout weight into `range`.
     /// Returns the gradient norm before clipping, or what was non-finite: a gradient (nothing
     /// was changed) or a weight after the update (checked in the same pass).
     pub(crate) fn update(
@@ -262,6 +292,7 @@ impl<F: Float> OptimizerState<F> {
         opt: &Optimizer,
         schedule: &Schedule,
         clip: Option<f64>,
+        range: Option<(f64, f64)>,
     ) -> std::result::Result<f64, NonFinite> {
         let norm = grads.norm();
         if !norm.is_finite() {
@@ -291,13 +322,31 @@ impl<F: Float> OptimizerState<F> {
                         finite &= p.is_finite_value();
                     }
                 }
-                Optimizer::Adam { beta1, beta2, eps, .. } | Optimizer::AdamW { beta1, beta2, eps, .. } => {
+                Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    eps_at,
+                    ..
+                }
+                | Optimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    eps_at,
+                    ..
+                } => {
                     let wd = match *opt {
                         Optimizer::AdamW { weight_decay, .. } => weight_decay,
                         _ => 0.0,
                     };
                     let c1 = 1.0 - beta1.powi(t);
                     let c2 = 1.0 - beta2.powi(t);
+                    // `(m / c1) / (√(v / c2) + ε')` with ε' = ε / √c2 is `(√c2 / c1) m / (√v + ε)`.
+                    let eps = match eps_at {
+                        EpsilonAt::BiasCorrected => eps,
+                        EpsilonAt::Uncorrected => eps / c2.sqrt(),
+                    };
                     let (b1, b2) = (F::from_f64(beta1), F::from_f64(beta2));
                     let (lr_f, eps_f, s) = (F::from_f64(lr), F::from_f64(eps), F::from_f64(scale));
                     let (c1, c2) = (F::from_f64(c1), F::from_f64(c2));
@@ -324,6 +373,19 @@ impl<F: Float> OptimizerState<F> {
                         .reduce(|| true, |a, b| a && b);
                 }
             }
+        }
+        if let Some((lo, hi)) = range {
+            let (lo, hi) = (F::from_f64(lo), F::from_f64(hi));
+            let clamp = |w: &mut F| {
+                // NaN stays NaN, for the finiteness check above to have seen it.
+                if *w < lo {
+                    *w = lo;
+                } else if *w > hi {
+                    *w = hi;
+                }
+            };
+            net.params.projections.iter_mut().flatten().for_each(clamp);
+            net.params.readout_w.iter_mut().flatten().for_each(clamp);
         }
         for (proj, w) in net.projections.iter().zip(&mut net.params.projections) {
             proj.apply_mask(w);
@@ -355,10 +417,16 @@ mod tests {
     }
 
     fn step(opt: Optimizer, clip: Option<f64>, steps: usize) -> Vec<f64> {
+        step_in(opt, clip, None, steps)
+    }
+
+    fn step_in(opt: Optimizer, clip: Option<f64>, range: Option<(f64, f64)>, steps: usize) -> Vec<f64> {
         let (mut net, g) = tiny();
         let mut state = OptimizerState::new(&net.params);
         for _ in 0..steps {
-            state.update(&mut net, &g, &opt, &Schedule::Constant, clip).unwrap();
+            state
+                .update(&mut net, &g, &opt, &Schedule::Constant, clip, range)
+                .unwrap();
         }
         let mut out = net.params.projections[0].clone();
         out.push(net.params.readout_w[0][[0, 0]]);
@@ -408,6 +476,39 @@ mod tests {
                 -2.0 * decay + 0.01 * 4.0 / (4.0 + eps),
                 0.5 * decay,
             ],
+        );
+    }
+
+    #[test]
+    fn tensorflow_epsilon_and_weight_clipping() {
+        // TF / NEST Adam, ε = 1 to make it visible, one step: m = 0.1 g, v = 0.001 g²,
+        // α₁ = lr √0.001 / 0.1, p₁ = p₀ − α₁ m / (√v + ε).
+        let tf1 = |p: f64, g: f64| {
+            let (m, v) = (0.1 * g, 0.001 * g * g);
+            p - 0.01 * 0.001f64.sqrt() / 0.1 * m / (v.sqrt() + 1.0)
+        };
+        let mut opt = Optimizer::adam(0.01).eps_at(EpsilonAt::Uncorrected);
+        if let Optimizer::Adam { eps, .. } = &mut opt {
+            *eps = 1.0;
+        }
+        close(&step(opt, None, 1), &[tf1(1.0, 3.0), tf1(-2.0, -4.0), 0.5]);
+        // Two steps of the same gradient: m = 0.19 g, v = 0.001999 g², α₂ with t = 2.
+        let tf2 = |p: f64, g: f64| {
+            let (m, v) = (0.19 * g, 0.001999 * g * g);
+            tf1(p, g) - 0.01 * (1.0 - 0.999f64.powi(2)).sqrt() / (1.0 - 0.81) * m / (v.sqrt() + 1.0)
+        };
+        close(&step(opt, None, 2), &[tf2(1.0, 3.0), tf2(-2.0, -4.0), 0.5]);
+        // PyTorch's placement differs with ε = 1.
+        let mut torch = Optimizer::adam(0.01);
+        if let Optimizer::Adam { eps, .. } = &mut torch {
+            *eps = 1.0;
+        }
+        assert!((step(torch, None, 1)[0] - tf1(1.0, 3.0)).abs() > 1e-4);
+        // The SGD step gives [0.7, −1.6] and the readout's 0.5; clipped into [−1, 0.4], the
+        // readout weight too.
+        close(
+            &step_in(Optimizer::sgd(0.1, 0.0), None, Some((-1.0, 0.4)), 1),
+            &[0.4, -1.0, 0.4],
         );
     }
 

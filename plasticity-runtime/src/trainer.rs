@@ -15,7 +15,7 @@ use crate::params::Gradients;
 use crate::real::{Float, Real};
 
 /// How gradients are computed.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Algorithm {
     /// Online e-prop: memory independent of the sequence length; exact without recurrent
     /// weights and with symmetric feedback.
@@ -42,6 +42,9 @@ pub struct TrainConfig {
     /// e-prop only: apply an update every this many steps within a sequence (truly online
     /// learning) instead of once per batch.
     pub update_every: Option<usize>,
+    /// Clip every projection and readout weight into `[lo, hi]` after each update (NEST's
+    /// `Wmin`/`Wmax`). Biases and learnable neuron parameters keep their own ranges.
+    pub weight_range: Option<(f64, f64)>,
 }
 
 impl TrainConfig {
@@ -56,6 +59,7 @@ impl TrainConfig {
             clip_norm: None,
             rate_regularization: None,
             update_every: None,
+            weight_range: None,
         }
     }
 
@@ -83,7 +87,16 @@ impl TrainConfig {
                 ));
             }
         }
-        match (self.algorithm, self.update_every, self.loss) {
+        if let Some((lo, hi)) = self.weight_range
+            && !(lo.is_finite() && hi.is_finite() && lo <= 0.0 && 0.0 <= hi)
+        {
+            return Err(invalid(
+                "weight_range",
+                format!("[{lo}, {hi}]"),
+                "finite bounds with lo <= 0 <= hi (absent synapses are held at 0)",
+            ));
+        }
+        match (&self.algorithm, self.update_every, self.loss) {
             (_, Some(0), _) => Err(invalid("update_every", 0, "at least 1 step")),
             (Algorithm::Bptt, Some(k), _) => Err(invalid(
                 "update_every",
@@ -171,6 +184,9 @@ impl<F: Float> Trainer<F> {
     pub fn new(net: Network<F>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
         net.validate()?;
+        if let Algorithm::Eprop(Feedback::Matrices(given)) = &config.algorithm {
+            check_feedback(&net, given)?;
+        }
         let opt = OptimizerState::new(&net.params);
         let grads = net.params.zeros_like();
         Ok(Trainer {
@@ -277,16 +293,17 @@ impl<F: Float> Trainer<F> {
     pub fn state_bytes(&mut self, batch: usize, t_len: usize) -> usize {
         let f = std::mem::size_of::<F>();
         let grads = self.grads.len() * f;
-        match self.config.algorithm {
+        match &self.config.algorithm {
             Algorithm::Eprop(fb) => {
-                self.ensure_eprop(batch, fb);
+                let fb = fb.clone();
+                self.ensure_eprop(batch, &fb);
                 self.eprop.as_ref().map_or(0, |e| e.state_bytes())
             }
             Algorithm::Bptt => bptt::tape_bytes(&self.net, batch, t_len) + grads,
         }
     }
 
-    fn ensure_eprop(&mut self, batch: usize, feedback: Feedback) {
+    fn ensure_eprop(&mut self, batch: usize, feedback: &Feedback) {
         if self.eprop.as_ref().is_none_or(|e| e.batch != batch) {
             self.eprop = Some(Eprop::new(&self.net, batch, feedback));
         }
@@ -424,7 +441,7 @@ impl<F: Float> Trainer<F> {
         let inputs = inputs.view();
         let (t_len, batch) = self.check_batch(&inputs, &targets)?;
         self.ensure_scratch(batch);
-        match self.config.algorithm {
+        match &self.config.algorithm {
             Algorithm::Bptt => {
                 let window = self.config.loss.window().bounds(t_len);
                 let reg = self.reg(batch, t_len);
@@ -575,10 +592,11 @@ impl<F: Float> Trainer<F> {
     }
 
     fn begin_inner(&mut self, batch: usize, t_len: usize, _update: bool) -> Result<()> {
-        let Algorithm::Eprop(fb) = self.config.algorithm else {
+        let Algorithm::Eprop(fb) = &self.config.algorithm else {
             return Err(invalid("algorithm", "BPTT", "e-prop"));
         };
-        self.ensure_eprop(batch, fb);
+        let fb = fb.clone();
+        self.ensure_eprop(batch, &fb);
         let e = self.eprop.as_mut().expect("built");
         e.begin_sequence(&self.net);
         e.zero_gradients();
@@ -669,6 +687,43 @@ impl<F: Float> Trainer<F> {
     }
 }
 
+/// Every non-output population has one finite feedback matrix `[n_out, n]`, and every matrix
+/// names a population.
+fn check_feedback<F: Float>(net: &Network<F>, given: &[(String, Array2<f64>)]) -> Result<()> {
+    for (name, b) in given {
+        let Some(pop) = net.populations.iter().find(|p| p.name == *name) else {
+            return Err(invalid(
+                "feedback matrix",
+                name,
+                "the name of a population of the network",
+            ));
+        };
+        if b.dim() != (net.n_out(), pop.size) {
+            return Err(invalid(
+                &format!("feedback matrix of {name}"),
+                format!("shape {:?}", b.shape()),
+                &format!("[n_out, n] = [{}, {}]", net.n_out(), pop.size),
+            ));
+        }
+        if let Some(v) = b.iter().find(|v| !v.is_finite()) {
+            return Err(invalid(&format!("feedback matrix of {name}"), v, "finite values"));
+        }
+        if given.iter().filter(|(n, _)| n == name).count() > 1 {
+            return Err(invalid("feedback matrix", name, "one matrix per population"));
+        }
+    }
+    for (p, pop) in net.populations.iter().enumerate() {
+        if net.readout.population != Some(p) && !given.iter().any(|(n, _)| *n == pop.name) {
+            return Err(invalid(
+                "feedback matrices",
+                format!("none for population {}", pop.name),
+                "a matrix for every population except an output population",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
 pub(crate) fn loss_over<F: Float>(
     loss_fn: &Loss,
@@ -755,7 +810,14 @@ fn apply_update<F: Float>(
         value,
     };
     // The scans for the first bad value run only once something is known to be bad.
-    match opt.update(net, grads, &config.optimizer, &config.schedule, config.clip_norm) {
+    match opt.update(
+        net,
+        grads,
+        &config.optimizer,
+        &config.schedule,
+        config.clip_norm,
+        config.weight_range,
+    ) {
         Ok(norm) => Ok(norm),
         Err(NonFinite::Gradient) => Err(match grads.first_non_finite() {
             Some(bad) => diverged("gradient", net, bad),
