@@ -7,7 +7,8 @@ use ndarray::{Array1, Array2, Array3};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Connectivity, Feedback, GradcheckOptions, Init, LayerSpec, Loss, NetworkBuilder, Optimizer,
-    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutSpec, Targets, TrainConfig, Trainer, Window, gradcheck,
+    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutSpec, Reduction, Targets, TrainConfig, Trainer, Window,
+    gradcheck,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -321,4 +322,69 @@ fn feedback_matrices_are_checked() {
     fails(vec![("layer0".into(), Array2::zeros((3, 2)))], "[n_out, n] = [2, 3]");
     fails(vec![("layer0".into(), Array2::from_elem((2, 3), f64::NAN))], "finite");
     assert!(Trainer::new(net.clone(), config(vec![("layer0".into(), Array2::zeros((2, 3)))])).is_ok());
+}
+
+/// The loss summed over steps: BPTT against finite differences of the summed loss; its
+/// gradients and loss are the mean's times the window for e-prop and BPTT alike; and e-prop
+/// stays equal to BPTT without recurrence.
+#[test]
+fn summed_losses() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let x = Array3::from_shape_fn((T, B, N_IN), |_| f64::from(u8::from(rng.random_bool(0.4))));
+    let y_target = Array3::from_shape_fn((T, B, N_OUT), |(t, b, k)| ((t + b + 3 * k) as f64 * 0.2).cos());
+    for (recurrent, loss, window) in [
+        (true, Loss::CrossEntropy(Window::Last(7)), 7),
+        (false, Loss::MeanSquared(Window::All), T),
+        (false, Loss::CrossEntropy(Window::Range(3, 15)), 12),
+    ] {
+        let net = NetworkBuilder::<f64>::new(N_IN)
+            .layer(
+                LayerSpec::new(BellecLif::default(), N)
+                    .recurrent(recurrent)
+                    .init_in(Init::Gaussian { gain: 3.0 }),
+            )
+            .readout(ReadoutSpec::new(N_OUT, 0.5))
+            .seed(3)
+            .build()
+            .unwrap();
+        let classes = [0, 1, 1];
+        let targets = || {
+            if loss.is_classification() {
+                Targets::Classes(&classes)
+            } else {
+                Targets::Series(y_target.view())
+            }
+        };
+        if recurrent {
+            let options = GradcheckOptions {
+                max_per_tensor: usize::MAX,
+                reduction: Reduction::SumOverSteps,
+                ..GradcheckOptions::default()
+            };
+            let report = gradcheck(&net, loss, x.view(), targets(), options).unwrap();
+            assert!(report.worst <= 1e-6, "{loss:?}: {report:?}");
+        }
+        let mut results = Vec::new();
+        for algorithm in [Algorithm::Bptt, Algorithm::Eprop(Feedback::Symmetric)] {
+            let run = |reduction| {
+                let mut c = TrainConfig::new(algorithm.clone(), loss, Optimizer::sgd(0.0, 0.0));
+                c.reduction = reduction;
+                let mut t = Trainer::new(net.clone(), c).unwrap();
+                let (g, stats) = t.compute_gradients(x.view(), targets()).unwrap();
+                let flat: Vec<f64> = g.slots().flat_map(|s| g.get(s).to_vec()).collect();
+                (flat, stats.loss)
+            };
+            let (mean, mean_loss) = run(Reduction::MeanOverSteps);
+            let (sum, sum_loss) = run(Reduction::SumOverSteps);
+            let scaled: Vec<f64> = mean.iter().map(|g| g * window as f64).collect();
+            let err = max_rel(&sum, &scaled);
+            assert!(err < 1e-12, "{loss:?} {algorithm:?}: gradient off by {err:e}");
+            assert!((sum_loss - mean_loss * window as f64).abs() < 1e-12 * sum_loss.abs());
+            results.push(sum);
+        }
+        if !recurrent {
+            let err = max_rel(&results[0], &results[1]);
+            assert!(err < 1e-9, "{loss:?}: e-prop vs BPTT off by {err:e}");
+        }
+    }
 }

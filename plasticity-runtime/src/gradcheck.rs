@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3, ArrayView3, Axis};
 
 use crate::eprop::RateRegularization;
 use crate::error::{Result, invalid};
-use crate::loss::{Loss, Targets};
+use crate::loss::{Loss, Reduction, Targets};
 use crate::network::{Frozen, Network, SpikeMode};
 use crate::optim::Optimizer;
 use crate::params::Slot;
@@ -34,6 +34,8 @@ pub struct GradcheckOptions {
     /// the mean output of neuron `j` over batch and steps) to the loss, as
     /// [`TrainConfig::rate_regularization`] does for BPTT.
     pub rate_regularization: Option<RateRegularization>,
+    /// How a per-step loss is reduced over its window, as [`TrainConfig::reduction`].
+    pub reduction: Reduction,
 }
 
 impl Default for GradcheckOptions {
@@ -43,6 +45,7 @@ impl Default for GradcheckOptions {
             max_per_tensor: 64,
             floor: 1e-3,
             rate_regularization: None,
+            reduction: Reduction::MeanOverSteps,
         }
     }
 }
@@ -97,7 +100,16 @@ pub fn gradcheck(
         &mut grads,
         &mut None,
         |ys, errs| {
-            loss_over(&loss, ys, &targets, window, errs, &mut probs, &mut ysum);
+            loss_over(
+                &loss,
+                options.reduction,
+                ys,
+                &targets,
+                window,
+                errs,
+                &mut probs,
+                &mut ysum,
+            );
         },
     );
     frozen.replay = true;
@@ -119,6 +131,7 @@ pub fn gradcheck(
         });
         let stats = loss_over(
             &loss,
+            options.reduction,
             &out.readout.view(),
             &targets,
             window,

@@ -80,7 +80,7 @@ pub use error::{Error, Result};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use init::Init;
 pub use input::SpikeEvents;
-pub use loss::{Loss, StepTargets, Targets, Window};
+pub use loss::{Loss, Reduction, StepTargets, Targets, Window};
 pub use model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
 pub use network::{
     Connectivity, LayerSpec, Network, NetworkBuilder, Population, PopulationSpec, Probe, Projection, ProjectionSpec,

@@ -27,7 +27,31 @@ impl Window {
     }
 }
 
-/// The loss `E`, averaged over the batch and over the steps it is computed on.
+/// How a per-step loss is reduced over the steps of its window (it is always averaged over
+/// the batch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// `E = 1/(B·W) Σ_b Σ_t E_b^t` over the `W` steps of the window.
+    #[default]
+    MeanOverSteps,
+    /// `E = 1/B Σ_b Σ_t E_b^t`: the loss summed over steps, as Bellec's TensorFlow code and
+    /// NEST's regression task define it. The gradient is `W` times the mean's.
+    SumOverSteps,
+}
+
+impl Reduction {
+    /// The factor of each step's per-sample loss for a batch of `batch` and a window of
+    /// `steps` steps.
+    pub(crate) fn scale(self, batch: usize, steps: usize) -> f64 {
+        match self {
+            Reduction::MeanOverSteps => 1.0 / (batch * steps).max(1) as f64,
+            Reduction::SumOverSteps => 1.0 / batch.max(1) as f64,
+        }
+    }
+}
+
+/// The loss `E`, averaged over the batch and over the steps it is computed on (see
+/// [`Reduction`] for the sum over steps instead).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Loss {
     /// Softmax cross-entropy of the readout at each step of the window (class targets).

@@ -8,7 +8,7 @@ use crate::bptt;
 use crate::eprop::{Eprop, Feedback, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
-use crate::loss::{Loss, StepTargets, Targets, softmax, step_error};
+use crate::loss::{Loss, Reduction, StepTargets, Targets, softmax, step_error};
 use crate::network::{Network, SpikeMode};
 use crate::optim::{NonFinite, Optimizer, OptimizerState, Schedule};
 use crate::params::Gradients;
@@ -42,6 +42,8 @@ pub struct TrainConfig {
     /// e-prop only: apply an update every this many steps within a sequence (truly online
     /// learning) instead of once per batch.
     pub update_every: Option<usize>,
+    /// How a per-step loss is reduced over its window: the mean (default) or the sum.
+    pub reduction: Reduction,
     /// Clip every projection and readout weight into `[lo, hi]` after each update (NEST's
     /// `Wmin`/`Wmax`). Biases and learnable neuron parameters keep their own ranges.
     pub weight_range: Option<(f64, f64)>,
@@ -59,6 +61,7 @@ impl TrainConfig {
             clip_norm: None,
             rate_regularization: None,
             update_every: None,
+            reduction: Reduction::MeanOverSteps,
             weight_range: None,
         }
     }
@@ -393,6 +396,7 @@ impl<F: Float> Trainer<F> {
         let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
         let stats = loss_over(
             &self.config.loss,
+            self.config.reduction,
             &out.readout.view(),
             &targets,
             (w0, w1),
@@ -447,6 +451,7 @@ impl<F: Float> Trainer<F> {
                 let reg = self.reg(batch, t_len);
                 let mut stats = BatchStats::default();
                 let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
+                let reduction = self.config.reduction;
                 let ws = &mut self.bptt;
                 bptt::gradients(
                     &self.net,
@@ -456,7 +461,7 @@ impl<F: Float> Trainer<F> {
                     &mut self.grads,
                     ws,
                     |ys, errs| {
-                        stats = loss_over(loss, ys, &targets, window, errs, probs, ysum);
+                        stats = loss_over(loss, reduction, ys, &targets, window, errs, probs, ysum);
                         if let Some(hook) = hook {
                             for t in 0..t_len {
                                 hook(&StepInfo {
@@ -606,7 +611,7 @@ impl<F: Float> Trainer<F> {
             t: 0,
             t_len,
             window,
-            scale: 1.0 / (batch * (window.1 - window.0)) as f64,
+            scale: self.config.reduction.scale(batch, window.1 - window.0),
             stats: BatchStats::default(),
             since_update: 0,
         });
@@ -725,8 +730,10 @@ fn check_feedback<F: Float>(net: &Network<F>, given: &[(String, Array2<f64>)]) -
 }
 
 /// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn loss_over<F: Float>(
     loss_fn: &Loss,
+    reduction: Reduction,
     ys: &ArrayView3<F>,
     targets: &Targets<'_, F>,
     window: (usize, usize),
@@ -758,7 +765,7 @@ pub(crate) fn loss_over<F: Float>(
             }
         }
         _ => {
-            let scale = F::from_f64(1.0 / (batch * (w1 - w0)) as f64);
+            let scale = F::from_f64(reduction.scale(batch, w1 - w0));
             ysum.fill(<F as Real>::zero());
             for t in w0..w1 {
                 let y = ys.index_axis(Axis(0), t);
