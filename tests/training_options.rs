@@ -7,8 +7,8 @@ use ndarray::{Array1, Array2, Array3};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Connectivity, Feedback, GradcheckOptions, Init, LayerSpec, Loss, NetworkBuilder, Optimizer,
-    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutSpec, Reduction, Targets, TrainConfig, Trainer, Window,
-    gradcheck,
+    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutGain, ReadoutSpec, Reduction, Targets, TrainConfig,
+    Trainer, Window, gradcheck,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -386,5 +386,67 @@ fn summed_losses() {
             let err = max_rel(&results[0], &results[1]);
             assert!(err < 1e-9, "{loss:?}: e-prop vs BPTT off by {err:e}");
         }
+    }
+}
+
+/// The normalised readout `y = κ y + (1 − κ)(W z + b)`: a constant drive settles at the drive
+/// itself; BPTT is exact (finite differences) and e-prop equals BPTT without recurrence.
+#[test]
+fn normalised_readout() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let x = Array3::from_shape_fn((T, B, N_IN), |_| f64::from(u8::from(rng.random_bool(0.4))));
+    let classes = [1, 0, 1];
+    // A readout of a silent population settles at its bias.
+    let silent = NetworkBuilder::<f64>::new(N_IN)
+        .layer(LayerSpec::new(BellecLif::default(), N).init_in(Init::Zeros))
+        .readout(ReadoutSpec::new(N_OUT, 0.9).gain(ReadoutGain::OneMinusKappa))
+        .build()
+        .unwrap();
+    let mut silent = silent;
+    silent.params.readout_b = Some(Array1::from(vec![0.3, -2.0]));
+    let long = Array3::zeros((400, 1, N_IN));
+    let y = silent.run(long.view()).unwrap().readout;
+    assert!((y[[399, 0, 0]] - 0.3).abs() < 1e-12 && (y[[399, 0, 1]] + 2.0).abs() < 1e-12);
+    assert!((y[[0, 0, 0]] - 0.1 * 0.3).abs() < 1e-15, "first step: (1 − κ) b");
+    for recurrent in [true, false] {
+        let net = NetworkBuilder::<f64>::new(N_IN)
+            .layer(
+                LayerSpec::new(BellecLif::default(), N)
+                    .recurrent(recurrent)
+                    .init_in(Init::Gaussian { gain: 3.0 }),
+            )
+            .readout(ReadoutSpec::new(N_OUT, 0.7).gain(ReadoutGain::OneMinusKappa))
+            .seed(5)
+            .build()
+            .unwrap();
+        let loss = Loss::CrossEntropy(Window::Last(9));
+        if recurrent {
+            let options = GradcheckOptions {
+                max_per_tensor: usize::MAX,
+                ..GradcheckOptions::default()
+            };
+            let report = gradcheck(&net, loss, x.view(), Targets::Classes(&classes), options).unwrap();
+            assert!(report.worst <= 1e-6, "{report:?}");
+            continue;
+        }
+        let grads = |algorithm| {
+            let mut t = Trainer::new(net.clone(), TrainConfig::new(algorithm, loss, Optimizer::sgd(0.0, 0.0))).unwrap();
+            let (g, _) = t.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
+            g.slots().flat_map(|s| g.get(s).to_vec()).collect::<Vec<f64>>()
+        };
+        let (bptt, eprop) = (grads(Algorithm::Bptt), grads(Algorithm::Eprop(Feedback::Symmetric)));
+        let err = max_rel(&bptt, &eprop);
+        assert!(err < 1e-9, "e-prop vs BPTT off by {err:e}");
+        // And the gain matters: the plain readout's gradients differ.
+        let plain = NetworkBuilder::<f64>::new(N_IN)
+            .layer(LayerSpec::new(BellecLif::default(), N).init_in(Init::Gaussian { gain: 3.0 }))
+            .readout(ReadoutSpec::new(N_OUT, 0.7))
+            .seed(5)
+            .build()
+            .unwrap();
+        let mut t = Trainer::new(plain, TrainConfig::new(Algorithm::Bptt, loss, Optimizer::sgd(0.0, 0.0))).unwrap();
+        let (g, _) = t.compute_gradients(x.view(), Targets::Classes(&classes)).unwrap();
+        let other: Vec<f64> = g.slots().flat_map(|s| g.get(s).to_vec()).collect();
+        assert!(max_rel(&bptt, &other) > 1e-3);
     }
 }

@@ -185,20 +185,31 @@ pub(crate) fn gradients<F: Float>(
             let beta = if r == 0 { zero } else { <F as Real>::one() };
             gemm_nt(beta, &mut flat, &z_all, &w.view());
         }
-        let kappa = net.readout.kappa;
+        // y^t = g ((κ/g) y^{t-1} + Σ W z^t + b), as `Network::readout_step` computes it.
+        let (kappa, gain) = (net.readout.kappa, net.readout.gain);
+        let one = <F as Real>::one();
+        let leak = if gain == one { kappa } else { kappa / gain };
         for t in 0..t_len {
             let (before, mut now) = ys.view_mut().split_at(Axis(0), t);
             let mut now = now.index_axis_mut(Axis(0), 0);
             if t > 0 && kappa != zero {
-                now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = kappa * prev + *y);
+                now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = leak * prev + *y);
             }
             if let Some(b) = &net.params.readout_b {
                 now += b;
+            }
+            if gain != one {
+                now.mapv_inplace(|v| v * gain);
             }
         }
     }
     errs.fill(zero);
     error(&ys.view(), errs);
+    // The readout's gain scales every path from y back: δy^t = g err^t + κ δy^{t+1}.
+    let gain = net.readout.gain;
+    if gain != <F as Real>::one() {
+        errs.mapv_inplace(|v| v * gain);
+    }
     for v in dh.iter_mut().chain(dlearn.iter_mut()) {
         v.fill(zero);
     }

@@ -576,6 +576,8 @@ pub(crate) struct Eprop<F> {
     zbar: Vec<Array2<F>>,
     /// κ-filtered constant 1 (readout bias).
     bbar: F,
+    /// The error times the readout's gain (used when the gain is not 1).
+    err_gain: Array2<F>,
     readout_w: Vec<Array2<F>>,
     readout_b: Vec<F>,
     steps: usize,
@@ -716,6 +718,7 @@ impl<F: Float> Eprop<F> {
                 .map(|&s| Array2::zeros((batch, net.populations[s].size)))
                 .collect(),
             bbar: <F as Real>::zero(),
+            err_gain: Array2::zeros((batch, n_out)),
             readout_w: net
                 .params
                 .readout_w
@@ -773,6 +776,32 @@ impl<F: Float> Eprop<F> {
 
     /// Learning part of a step, after [`Eprop::forward`]: `err` is `∂E_t/∂y^t`, `[B, n_out]`.
     pub fn learn(
+        &mut self,
+        net: &Network<F>,
+        x: ArrayView2<F>,
+        err: &ArrayView2<F>,
+        reg: Option<(RateRegularization, F)>,
+    ) {
+        // The readout's gain scales every path from y back; applied to the error, it is the
+        // trace filter ē = κ ē + g e of the learning signal's part and of the readout's own
+        // gradients.
+        let gain = net.readout.gain;
+        let mut scaled = std::mem::take(&mut self.err_gain);
+        let err = if gain == <F as Real>::one() {
+            err.view()
+        } else {
+            if scaled.dim() != err.dim() {
+                scaled = Array2::zeros(err.dim());
+            }
+            scaled.zip_mut_with(err, |d, &e| *d = gain * e);
+            scaled.view()
+        };
+        let err = &err;
+        self.learn_scaled(net, x, err, reg);
+        self.err_gain = scaled;
+    }
+
+    fn learn_scaled(
         &mut self,
         net: &Network<F>,
         x: ArrayView2<F>,

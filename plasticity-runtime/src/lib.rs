@@ -84,7 +84,7 @@ pub use loss::{Loss, Reduction, StepTargets, Targets, Window};
 pub use model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
 pub use network::{
     Connectivity, LayerSpec, Network, NetworkBuilder, Population, PopulationSpec, Probe, Projection, ProjectionSpec,
-    Readout, ReadoutSpec, RunOutput, Signal, Source,
+    Readout, ReadoutGain, ReadoutSpec, RunOutput, Signal, Source,
 };
 pub use optim::{EpsilonAt, Optimizer, Schedule};
 pub use params::{Gradients, Parameters, Slot};

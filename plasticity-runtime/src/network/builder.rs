@@ -101,13 +101,16 @@ impl ProjectionSpec {
 /// The name projections use for the network's input.
 const INPUT: &str = "input";
 
-/// How the readout is built: `y^t = κ y^{t-1} + Σ_s W_s z_s^t + b`.
+/// How the readout is built: `y^t = κ y^{t-1} + g (Σ_s W_s z_s^t + b)`, the gain `g` 1 or
+/// `1 − κ` ([`ReadoutGain`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadoutSpec {
     /// Number of outputs (classes or regression targets).
     pub size: usize,
     /// Leak `κ ∈ [0, 1)`; 0 is a memoryless readout.
     pub kappa: f64,
+    /// The gain `g` of the readout's drive.
+    pub gain: ReadoutGain,
     /// With a bias `b`.
     pub bias: bool,
     /// Initialisation of `W^out` (the fan-in is the total size of the sources).
@@ -124,6 +127,7 @@ impl ReadoutSpec {
         ReadoutSpec {
             size,
             kappa,
+            gain: ReadoutGain::One,
             bias: true,
             init: Init::default(),
             sources: Vec::new(),
@@ -138,6 +142,7 @@ impl ReadoutSpec {
         ReadoutSpec {
             size: 0,
             kappa: 0.0,
+            gain: ReadoutGain::One,
             bias: false,
             init: Init::Zeros,
             sources: Vec::new(),
@@ -147,6 +152,12 @@ impl ReadoutSpec {
     /// Reads these populations.
     pub fn from<S: AsRef<str>>(mut self, populations: impl IntoIterator<Item = S>) -> Self {
         self.sources = populations.into_iter().map(|s| s.as_ref().to_string()).collect();
+        self
+    }
+    /// The gain of the readout's drive: `ReadoutGain::OneMinusKappa` for Bellec's and NEST's
+    /// normalised low-pass readout.
+    pub fn gain(mut self, gain: ReadoutGain) -> Self {
+        self.gain = gain;
         self
     }
     /// With or without bias.
@@ -159,6 +170,22 @@ impl ReadoutSpec {
         self.init = init;
         self
     }
+}
+
+/// The gain `g` of a leaky readout `y^t = κ y^{t-1} + g (Σ_s W_s z_s^t + b)`.
+///
+/// With `1 − κ` the readout is a normalised low-pass filter of its drive (a constant drive `d`
+/// settles at `y = d` rather than `d / (1 − κ)`); e-prop's trace filter then matches it,
+/// `ē^t = κ ē^{t-1} + (1 − κ) e^t`, applied as the gain on the error part of the learning
+/// signal (the rate-regularisation term is not scaled). Both forms are exact under BPTT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadoutGain {
+    /// `g = 1`: `y^t = κ y^{t-1} + Σ_s W_s z_s^t + b`.
+    #[default]
+    One,
+    /// `g = 1 − κ`: Bellec et al.'s TensorFlow code (`exp_convolve` of the spikes) and NEST's
+    /// `eprop_readout_bsshslm_2020` (with `regular_spike_arrival` false).
+    OneMinusKappa,
 }
 
 /// A layer in the layered shorthand: a population fed by the previous layer (or the input) on
@@ -343,10 +370,12 @@ impl<F: Float> NetworkBuilder<F> {
             .as_deref()
             .map(|name| find(name, "output population"))
             .transpose()?;
-        if output.is_some() && (!readout.sources.is_empty() || readout.bias || readout.kappa != 0.0) {
+        if output.is_some()
+            && (!readout.sources.is_empty() || readout.bias || readout.kappa != 0.0 || readout.gain != ReadoutGain::One)
+        {
             return Err(invalid(
                 "readout",
-                "an output population with sources, bias or leak",
+                "an output population with sources, bias, leak or gain",
                 "ReadoutSpec::population(name) alone",
             ));
         }
@@ -469,6 +498,10 @@ impl<F: Float> NetworkBuilder<F> {
                 size: readout.size,
                 sources,
                 kappa: F::from_f64(readout.kappa),
+                gain: F::from_f64(match readout.gain {
+                    ReadoutGain::One => 1.0,
+                    ReadoutGain::OneMinusKappa => 1.0 - readout.kappa,
+                }),
                 population: output,
             },
             params,

@@ -13,7 +13,7 @@ mod projection;
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
-pub use builder::{LayerSpec, NetworkBuilder, PopulationSpec, ProjectionSpec, ReadoutSpec};
+pub use builder::{LayerSpec, NetworkBuilder, PopulationSpec, ProjectionSpec, ReadoutGain, ReadoutSpec};
 pub use population::Population;
 pub(crate) use population::{ForwardArgs, Frozen, PopMode, ReverseArgs, SpikeMode};
 pub use probe::{Probe, Signal};
@@ -44,6 +44,9 @@ pub struct Readout<F> {
     pub sources: Vec<usize>,
     /// Leak κ ∈ [0, 1) of the leaky readout (0 for an output population).
     pub kappa: F,
+    /// Gain `g` of the drive, `y^t = κ y^{t-1} + g (Σ W z + b)`: 1 or `1 − κ`
+    /// ([`crate::ReadoutGain`]); 1 for an output population.
+    pub gain: F,
     /// The output population, whose outputs are `y`, if the readout is one.
     pub population: Option<usize>,
 }
@@ -476,19 +479,25 @@ impl<F: Float> Network<F> {
         }
     }
 
-    /// `y ← κ y + Σ_s W_s z_s + b`, or `y ← z` of the output population.
+    /// `y ← κ y + g (Σ_s W_s z_s + b)`, or `y ← z` of the output population.
     pub(crate) fn readout_step(&self, bufs: &Buffers<F>, y: &mut Array2<F>) {
         let r = &self.readout;
         if let Some(o) = r.population {
             y.assign(&bufs.pops[o].z);
             return;
         }
+        // With a gain, `g ((κ/g) y + Σ W z + b)`: no scratch buffer needed.
+        let one = <F as Real>::one();
+        let leak = if r.gain == one { r.kappa } else { r.kappa / r.gain };
         for (k, (&s, w)) in r.sources.iter().zip(&self.params.readout_w).enumerate() {
-            let beta = if k == 0 { r.kappa } else { <F as Real>::one() };
+            let beta = if k == 0 { leak } else { one };
             crate::linalg::gemm_nt(beta, &mut y.view_mut(), &bufs.pops[s].z.view(), &w.view());
         }
         if let Some(b) = &self.params.readout_b {
             *y += b;
+        }
+        if r.gain != one {
+            y.mapv_inplace(|v| v * r.gain);
         }
     }
 }
