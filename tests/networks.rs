@@ -645,3 +645,74 @@ fn empty_projections_and_unreached_populations_train() {
     let (b, _) = gradients(&net, Algorithm::Bptt, &x, &[0, 1]);
     assert!(e.max_rel_diff(&b, 1e-12) <= 1e-9);
 }
+
+#[neuron_model(surrogate = triangle(1.0, 1.0), spike_at_zero)]
+mod at_zero {
+    /// Fires when its input reaches the threshold: `spike(0) = 1` (NEST's convention).
+    pub struct Inclusive {
+        #[param(default = 1.0)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        Next {
+            v: i,
+            spike: spike(i - v_th),
+        }
+    }
+}
+
+#[neuron_model(surrogate = triangle(1.0, 1.0))]
+mod above_zero {
+    /// The same neuron with the default `spike(0) = 0`.
+    pub struct Strict {
+        #[param(default = 1.0)]
+        pub v_th: f64,
+        #[state(init = 0.0)]
+        v: f64,
+        #[input]
+        i: f64,
+    }
+
+    fn step() {
+        Next {
+            v: i,
+            spike: spike(i - v_th),
+        }
+    }
+}
+
+/// `#[neuron_model(spike_at_zero)]` fires on `x ≥ 0`, the default on `x > 0`; the gradients
+/// (the surrogate's) are the same, and `describe()` says which.
+#[test]
+fn spike_at_zero_is_selectable() {
+    let input = Array3::from_shape_fn((3, 1, 1), |(t, _, _)| [0.5, 1.0, 1.5][t]);
+    let net = |inclusive: bool| {
+        let b = NetworkBuilder::<f64>::new(1);
+        let b = if inclusive {
+            b.population(PopulationSpec::new("p", at_zero::Inclusive::default(), 1))
+        } else {
+            b.population(PopulationSpec::new("p", above_zero::Strict::default(), 1))
+        };
+        b.projection(ProjectionSpec::input("p").init(Init::Zeros))
+            .readout(ReadoutSpec::new(1, 0.0))
+            .build()
+            .unwrap()
+    };
+    let spikes = |inclusive: bool| {
+        let mut n = net(inclusive);
+        n.params.projections[0][0] = 1.0;
+        n.run(input.view()).unwrap().spikes[0]
+            .iter()
+            .copied()
+            .collect::<Vec<f64>>()
+    };
+    assert_eq!(spikes(true), vec![0.0, 1.0, 1.0]);
+    assert_eq!(spikes(false), vec![0.0, 0.0, 1.0]);
+    assert!(at_zero::Inclusive::describe().contains("fires on x >= 0"));
+    assert!(!above_zero::Strict::describe().contains("fires on"));
+}

@@ -48,7 +48,7 @@ pub fn neuron_model(args: TokenStream, item: TokenStream) -> TokenStream {
 
 fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     let mut cx = ctxt::Ctxt::default();
-    let default_surrogate = parse::parse_args(&mut cx, args);
+    let args = parse::parse_args(&mut cx, args);
     let module: syn::ItemMod = match syn::parse2(item.clone()) {
         Ok(m) => m,
         Err(_) => {
@@ -59,7 +59,7 @@ fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> pro
             return cx.into_compile_errors().unwrap_or_default();
         }
     };
-    let Some(def) = parse::parse_model(&mut cx, module, default_surrogate) else {
+    let Some(def) = parse::parse_model(&mut cx, module, args) else {
         return cx.into_compile_errors().unwrap_or_default();
     };
     let lowered = lower::lower(&mut cx, &def);
@@ -116,7 +116,7 @@ fn fallback(def: &parse::ModelDef) -> proc_macro2::TokenStream {
                 const NUM_CONSTS: usize = 0;
                 const NUM_DYNAMIC: usize = 0;
                 const PATTERN: ::plasticity_runtime::__private::Pattern = ::plasticity_runtime::__private::Pattern {
-                    model: "", states: &[], inputs: &[], learnable: &[], learnable_ranges: &[], entries: &[], ports: &[], learnable_init_state: false,
+                    model: "", states: &[], inputs: &[], learnable: &[], learnable_ranges: &[], entries: &[], ports: &[], learnable_init_state: false, spike_at_zero: false,
                     num_consts: 0, num_dynamic: 0,
                 };
                 fn initial_state<T: ::plasticity_runtime::__private::Real>(&self, learn: &[T], out: &mut [T]) { unreachable!() }

@@ -38,31 +38,49 @@ pub struct ModelDef {
     pub step: Option<ItemFn>,
     /// The model-wide default surrogate, from `#[neuron_model(surrogate = ...)]`.
     pub default_surrogate: Option<Expr>,
+    /// `#[neuron_model(spike_at_zero)]`: `spike(0) = 1`, the neuron fires on `x ≥ 0`.
+    pub spike_at_zero: bool,
     /// Other items of the module, passed through unchanged.
     pub other_items: Vec<Item>,
 }
 
-/// Parses the attribute arguments: `surrogate = family(args..)` (optional).
-pub fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<Expr> {
-    let mut surrogate = None;
+/// The attribute's arguments.
+#[derive(Default)]
+pub struct Args {
+    /// `surrogate = family(args..)`.
+    pub surrogate: Option<Expr>,
+    /// `spike_at_zero`.
+    pub spike_at_zero: bool,
+}
+
+/// Parses the attribute arguments: `surrogate = family(args..)` and `spike_at_zero` (both
+/// optional).
+pub fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
+    let mut out = Args::default();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("surrogate") {
-            if surrogate.is_some() {
+            if out.surrogate.is_some() {
                 return Err(meta.error("duplicate `surrogate` argument"));
             }
-            surrogate = Some(meta.value()?.parse::<Expr>()?);
+            out.surrogate = Some(meta.value()?.parse::<Expr>()?);
+            Ok(())
+        } else if meta.path.is_ident("spike_at_zero") {
+            if out.spike_at_zero {
+                return Err(meta.error("duplicate `spike_at_zero` argument"));
+            }
+            out.spike_at_zero = true;
             Ok(())
         } else {
             Err(meta.error(
                 "unknown argument to #[neuron_model]; expected `surrogate = family(args..)`, \
-                 e.g. `surrogate = fast_sigmoid(10.0)`",
+                 e.g. `surrogate = fast_sigmoid(10.0)`, or `spike_at_zero`",
             ))
         }
     });
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         cx.push(e);
     }
-    surrogate
+    out
 }
 
 enum Role {
@@ -183,7 +201,11 @@ fn is_float(ty: &Type) -> bool {
     }
 }
 
-pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Expr>) -> Option<ModelDef> {
+pub fn parse_model(cx: &mut Ctxt, module: ItemMod, args: Args) -> Option<ModelDef> {
+    let Args {
+        surrogate: default_surrogate,
+        spike_at_zero,
+    } = args;
     let Some((_, items)) = &module.content else {
         cx.error_spanned_by(
             &module,
@@ -347,6 +369,7 @@ pub fn parse_model(cx: &mut Ctxt, module: ItemMod, default_surrogate: Option<Exp
         inputs,
         step,
         default_surrogate,
+        spike_at_zero,
         other_items,
     })
 }

@@ -106,6 +106,9 @@ pub struct Pattern {
     /// Whether a learnable parameter appears in an initial value: each neuron's initial
     /// state then depends on its own parameter values, and gradients flow through it.
     pub learnable_init_state: bool,
+    /// Declared `#[neuron_model(spike_at_zero)]`: `spike(0) = 1`, so the neuron fires on
+    /// `x ≥ 0` (NEST's convention) instead of `x > 0`.
+    pub spike_at_zero: bool,
 }
 
 impl Pattern {
@@ -143,6 +146,9 @@ impl fmt::Display for Pattern {
             "  partials: {} constant (computed once), {} dynamic (per neuron and step)",
             self.num_consts, self.num_dynamic
         )?;
+        if self.spike_at_zero {
+            writeln!(f, "  spike(x) fires on x >= 0")?;
+        }
         writeln!(f, "  legend: 0 structurally zero, c constant, d dynamic")?;
         let w = self.states.iter().map(|s| s.len()).max().unwrap_or(1).max(6);
         let header = |f: &mut fmt::Formatter<'_>, cols: &[&str]| -> fmt::Result {

@@ -124,6 +124,13 @@ impl<T: Real> Surrogate<T> {
 pub trait Mode<T: Real> {
     /// The value of `spike(x)`.
     fn spike(&mut self, x: T, surrogate: Surrogate<T>) -> T;
+    /// The value of `spike(x)` in a model declared `#[neuron_model(spike_at_zero)]`, where
+    /// the step is 1 at `x = 0`. The default is [`Mode::spike`], right for modes that
+    /// evaluate a continuous function; a mode evaluating the step overrides it.
+    #[inline(always)]
+    fn spike_at_zero(&mut self, x: T, surrogate: Surrogate<T>) -> T {
+        self.spike(x, surrogate)
+    }
     /// The value of `detach(x)`; its derivative is zero whatever this returns.
     #[inline(always)]
     fn detach(&mut self, x: T) -> T {
@@ -139,6 +146,10 @@ impl<T: Real> Mode<T> for Plain {
     #[inline(always)]
     fn spike(&mut self, x: T, _surrogate: Surrogate<T>) -> T {
         if x > T::zero() { T::one() } else { T::zero() }
+    }
+    #[inline(always)]
+    fn spike_at_zero(&mut self, x: T, _surrogate: Surrogate<T>) -> T {
+        if x >= T::zero() { T::one() } else { T::zero() }
     }
 }
 

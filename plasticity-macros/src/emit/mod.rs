@@ -259,6 +259,7 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
     let fact_arms = (0..p).map(|port| factorised_arm(&g, port));
     let param_code = param_traces(&g);
 
+    let spike_at_zero = def.spike_at_zero;
     let mod_attrs = &def.module.attrs;
     let mod_vis = &def.module.vis;
     let mod_ident = &def.module.ident;
@@ -306,6 +307,7 @@ pub fn expand(def: &ModelDef, low: &Lowered, a: &Analysis) -> TokenStream {
                     num_consts: #n_consts,
                     num_dynamic: #n_dyn,
                     learnable_init_state: #learnable_init_state,
+                    spike_at_zero: #spike_at_zero,
                 };
 
                 #[inline]

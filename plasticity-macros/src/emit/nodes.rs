@@ -146,7 +146,11 @@ pub(super) fn emit_nodes_with(dag: &Dag, ids: &[NodeId], cx: &Context, access: A
             Op::Spike(x, s) => {
                 let x = v(x);
                 let s = surrogate_tokens(cx, s);
-                quote!(#rt::Mode::spike(mode, #x, #s))
+                if cx.def.spike_at_zero {
+                    quote!(#rt::Mode::spike_at_zero(mode, #x, #s))
+                } else {
+                    quote!(#rt::Mode::spike(mode, #x, #s))
+                }
             }
             Op::SurrogateGrad(x, s) => {
                 let x = v(x);
