@@ -19,7 +19,7 @@ use anyhow::Result;
 use clap::Parser;
 use ndarray::Array3;
 use plasticity_examples::flags;
-use plasticity_examples::resume::{Progress, Resume, Rng};
+use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::{
     Algorithm, Feedback, Init, Loss, NetworkBuilder, Optimizer, PopulationSpec, ProjectionSpec, ReadoutSpec, Targets,
@@ -178,17 +178,13 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "custom_model", &[]);
     let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;
-    let mut progress = Progress::new(args.seed, 0);
+    let mut progress = resume.start(&mut trainer, args.resume, Progress::new(args.seed, 0), &mut log, |d| d)?;
     if args.resume {
-        progress = resume.load(&mut trainer)?;
-        log.resume(progress.done)?;
         println!("resuming after epoch {} of {}", progress.done, args.epochs);
     }
     // The same held-out set at every epoch, from its own generator.
     let test_set = || batch(&mut Rng::seed_from_u64(args.seed.wrapping_add(1000)), 256);
-    let end = args
-        .stop_after
-        .map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    let end = stop_at(progress.done, args.epochs, args.stop_after, 1);
     while progress.done < end {
         let (mut loss, mut acc) = (0.0, 0.0);
         for _ in 0..8 {

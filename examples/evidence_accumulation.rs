@@ -19,13 +19,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use plasticity_examples::flags;
 use plasticity_examples::plots;
-use plasticity_examples::resume::{Progress, Resume, Rng};
+use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
@@ -211,14 +211,14 @@ fn main() -> Result<()> {
     let mut log = RunLog::new(&args.output, "evidence_accumulation", &[]);
     let resume = Resume::new(&args.output, &args, &["batches", "stop_after", "test"])?;
     // `done` counts batches here; `carry` holds the running loss and accuracy.
-    let mut progress = Progress::new(args.seed, 0);
-    progress.carry = vec![0.0, 0.0];
+    let fresh = Progress {
+        carry: vec![0.0, 0.0],
+        ..Progress::new(args.seed, 0)
+    };
+    let mut progress = resume.start(&mut trainer, args.resume, fresh, &mut log, |d| {
+        d.div_ceil(EPOCH_BATCHES)
+    })?;
     if args.resume {
-        progress = resume.load(&mut trainer)?;
-        if progress.carry.len() != 2 {
-            bail!("--resume: the checkpoint's running averages are malformed");
-        }
-        log.resume(progress.done.div_ceil(EPOCH_BATCHES))?;
         println!("resuming after batch {} of {}", progress.done, args.batches);
     }
     let bar = ProgressBar::new(args.batches as u64);
@@ -240,9 +240,7 @@ fn main() -> Result<()> {
         Ok((loss / total.max(1) as f64, correct as f64 / total.max(1) as f64))
     };
     let (mut epoch_loss, mut epoch_acc, mut in_epoch) = (0.0, 0.0, 0);
-    let end = args
-        .stop_after
-        .map_or(args.batches, |n| args.batches.min(progress.done + n * EPOCH_BATCHES));
+    let end = stop_at(progress.done, args.batches, args.stop_after, EPOCH_BATCHES);
     while progress.done < end {
         let (x, y) = batch(&mut progress.rng, args.batch, args.cues);
         let s = trainer.train_batch(x.view(), Targets::Classes(&y))?;

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
 use plasticity_examples::flags;
 use plasticity_examples::plots;
-use plasticity_examples::resume::{Progress, Resume, Rng};
+use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::models::BellecLif;
 use plasticity_runtime::{
@@ -187,10 +187,8 @@ fn main() -> Result<()> {
     let mut log = RunLog::new(&args.output, "pattern_generation", &["normalised_mse"]);
     let resume = Resume::new(&args.output, &args, &["iterations", "stop_after"])?;
     // The data comes from the seed alone: only the iterations done need restoring.
-    let mut progress = Progress::new(args.seed, 0);
+    let mut progress = resume.start(&mut trainer, args.resume, Progress::new(args.seed, 0), &mut log, |d| d)?;
     if args.resume {
-        progress = resume.load(&mut trainer)?;
-        log.resume(progress.done)?;
         println!("resuming after iteration {} of {}", progress.done, args.iterations);
     }
     let bar = ProgressBar::new(args.iterations as u64);
@@ -198,9 +196,7 @@ fn main() -> Result<()> {
         "{bar:40} {pos}/{len} [{elapsed_precise}] {msg}",
     )?);
     bar.set_position(progress.done.min(args.iterations) as u64);
-    let end = args
-        .stop_after
-        .map_or(args.iterations, |n| args.iterations.min(progress.done + n));
+    let end = stop_at(progress.done, args.iterations, args.stop_after, 1);
     while progress.done < end {
         let s = trainer.train_batch(x.view(), Targets::Series(target.view()))?;
         // The loss is ½ MSE summed over outputs, averaged over steps.

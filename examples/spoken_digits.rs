@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
-use plasticity_examples::resume::{Progress, Resume, Rng};
+use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
 use plasticity_examples::{flags, plots};
@@ -282,16 +282,20 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "spoken_digits", &[]);
     let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;
-    let mut progress = Progress::new(args.seed, train.len());
+    let fresh = Progress::new(args.seed, train.len());
+    let mut progress = resume.start(&mut trainer, args.resume, fresh, &mut log, |d| d)?;
     if args.resume {
-        progress = resume.load(&mut trainer)?;
-        log.resume(progress.done)?;
+        if progress.order.len() != train.len() {
+            bail!(
+                "--resume: the checkpoint orders {} training samples, the data has {}",
+                progress.order.len(),
+                train.len()
+            );
+        }
         println!("resuming after epoch {} of {}", progress.done, args.epochs);
     }
     let start = std::time::Instant::now();
-    let end = args
-        .stop_after
-        .map_or(args.epochs, |n| args.epochs.min(progress.done + n));
+    let end = stop_at(progress.done, args.epochs, args.stop_after, 1);
     while progress.done < end {
         let epoch = progress.done;
         progress.order.shuffle(&mut progress.rng);

@@ -11,12 +11,7 @@ use plasticity_runtime::{
 };
 
 fn alif(seed: u64, hidden: usize) -> Network<f32> {
-    NetworkBuilder::new(6)
-        .layer(LayerSpec::new(BellecAlif::default(), hidden).recurrent(true).bias(true))
-        .readout(ReadoutSpec::new(3, 0.5))
-        .seed(seed)
-        .build()
-        .unwrap()
+    alif_in(seed, hidden)
 }
 
 fn data(k: usize) -> (Array3<f32>, Vec<usize>) {

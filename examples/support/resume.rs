@@ -22,6 +22,8 @@ use plasticity_runtime::{Float, Trainer};
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::run_log::RunLog;
+
 /// The examples' random generator: ChaCha with 12 rounds, the generator (and, for the same
 /// seed, the stream) of rand's `StdRng`, with a position that can be saved and restored.
 pub type Rng = chacha20::ChaCha12Rng;
@@ -106,6 +108,32 @@ impl Resume {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 
+    /// Where this invocation starts: `fresh` for a new run, or with `resume` the checkpoint's
+    /// state, `log` continued after the epochs `epochs(done)` the checkpoint completed.
+    pub fn start<F: Float>(
+        &self,
+        trainer: &mut Trainer<F>,
+        resume: bool,
+        fresh: Progress,
+        log: &mut RunLog,
+        epochs: impl Fn(usize) -> usize,
+    ) -> Result<Progress> {
+        if !resume {
+            return Ok(fresh);
+        }
+        let progress = self.load(trainer)?;
+        if progress.carry.len() != fresh.carry.len() {
+            bail!(
+                "--resume: {} carries {} values, this program {}",
+                self.path.display(),
+                progress.carry.len(),
+                fresh.carry.len()
+            );
+        }
+        log.resume(epochs(progress.done))?;
+        Ok(progress)
+    }
+
     /// Restores the trainer from the checkpoint and returns where the loop stood. The
     /// checkpoint must come from a run with the same flags (except the free ones).
     pub fn load<F: Float>(&self, trainer: &mut Trainer<F>) -> Result<Progress> {
@@ -155,6 +183,12 @@ fn list<T: std::str::FromStr>(text: &str) -> Result<Vec<T>, T::Err> {
         return Ok(Vec::new());
     }
     text.split(',').map(str::parse).collect()
+}
+
+/// The `done` count at which an invocation stops: `total`, or sooner after `stop_after`
+/// units of `unit` (epochs of `unit` steps of `done`).
+pub fn stop_at(done: usize, total: usize, stop_after: Option<usize>, unit: usize) -> usize {
+    stop_after.map_or(total, |n| total.min(done.saturating_add(n.saturating_mul(unit))))
 }
 
 fn hex(bytes: &[u8]) -> String {
