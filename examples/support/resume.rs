@@ -122,6 +122,7 @@ impl Resume {
             return Ok(fresh);
         }
         let progress = self.load(trainer)?;
+        remove_stale_temporaries(self.path.parent().unwrap_or(Path::new(".")));
         if progress.carry.len() != fresh.carry.len() {
             bail!(
                 "--resume: {} carries {} values, this program {}",
@@ -183,6 +184,22 @@ fn list<T: std::str::FromStr>(text: &str) -> Result<Vec<T>, T::Err> {
         return Ok(Vec::new());
     }
     text.split(',').map(str::parse).collect()
+}
+
+/// Removes the temporary files (`.tmpXXXXXX`, from `tempfile`) that a run killed in the
+/// middle of an atomic write leaves in its output folder. Best effort: a file that cannot be
+/// removed is left.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = name.to_str().is_some_and(|n| n.starts_with(".tmp"));
+        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The `done` count at which an invocation stops: `total`, or sooner after `stop_after`

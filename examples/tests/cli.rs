@@ -464,5 +464,12 @@ fn killed_runs_leave_a_checkpoint_that_resumes() {
             Outcome::Exit(0, _) => {}
             other => panic!("trial {trial}: resume after SIGKILL failed: {}", other.describe()),
         }
+        // A write cut short leaves a temporary file; resuming removes it.
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("output folder")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "trial {trial}: {leftovers:?} left behind");
     }
 }
