@@ -190,10 +190,7 @@ fn main() -> Result<()> {
         total: args.batches,
         min_factor: 0.1,
     };
-    config.rate_regularization = Some(RateRegularization {
-        strength: 1.0,
-        target: 0.01,
-    });
+    config.rate_regularization = Some(RateRegularization::running(1.0, 0.01));
     config.clip_norm = Some(1.0);
     let mut trainer = Trainer::new(net, config)?;
     let described: Vec<String> = pops

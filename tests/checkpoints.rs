@@ -65,10 +65,7 @@ fn resumes_exactly<F: Float>(algorithm: Algorithm, name: &str) {
         min_factor: 0.1,
     };
     c.clip_norm = Some(0.5);
-    c.rate_regularization = Some(RateRegularization {
-        strength: 0.1,
-        target: 0.02,
-    });
+    c.rate_regularization = Some(RateRegularization::running(0.1, 0.02));
     if eprop {
         c.update_every = Some(7);
     }

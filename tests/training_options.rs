@@ -7,8 +7,8 @@ use ndarray::{Array1, Array2, Array3};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
     Algorithm, Connectivity, Feedback, GradcheckOptions, Init, LayerSpec, Loss, NetworkBuilder, Optimizer,
-    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutGain, ReadoutSpec, Reduction, Targets, TrainConfig,
-    Trainer, Window, gradcheck,
+    PopulationSpec, ProjectionSpec, RateForm, RateRegularization, ReadoutGain, ReadoutSpec, Reduction, Targets,
+    TrainConfig, Trainer, Window, gradcheck,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -54,6 +54,8 @@ fn reference(
     let mut zbar = Array2::<f64>::zeros((B, N));
     let mut one_bar = 0.0;
     let mut count = Array1::<f64>::zeros(N);
+    let mut sample_count = Array2::<f64>::zeros((B, N));
+    let mut esum = Array3::<f64>::zeros((B, N, N_IN));
     let zeros = |w: &Weights| {
         (
             Array2::<f64>::zeros(w.w_in.raw_dim()),
@@ -91,14 +93,16 @@ fn reference(
                 // Symmetric feedback reads the readout weights as they are now.
                 let feedback = |k: usize| fb.map_or(w.w_out[[k, j]], |f| f[[k, j]]);
                 let mut l: f64 = (0..N_OUT).map(|k| err[k] * feedback(k)).sum();
-                if let Some(r) = reg {
+                if let Some(r) = reg.filter(|r| r.form == RateForm::Running) {
                     let rate = count[j] / ((t + 1) * B) as f64;
                     l += r.strength * (rate - r.target) * scale;
                 }
                 let p = psi(v[[b, j]]);
+                sample_count[[b, j]] += z[[b, j]];
                 for i in 0..N_IN {
                     ebar[[b, j, i]] = kappa * ebar[[b, j, i]] + p * eps[[b, i]];
                     g_in[[j, i]] += l * ebar[[b, j, i]];
+                    esum[[b, j, i]] += p * eps[[b, i]];
                 }
                 for k in 0..N_OUT {
                     g_out[[k, j]] += err[k] * zbar[[b, j]];
@@ -109,6 +113,17 @@ fn reference(
             }
         }
         since += 1;
+        // NEST's per-sequence form: (1/B) Σ_b r_jb Σ_t e_jib^t, r_jb = c (n_jb/T − f*)/T.
+        if let Some(r) = reg.filter(|r| r.form == RateForm::PerSequence && t + 1 == T) {
+            for b in 0..B {
+                for j in 0..N {
+                    let rj = r.strength * (sample_count[[b, j]] / T as f64 - r.target) / T as f64 / B as f64;
+                    for i in 0..N_IN {
+                        g_in[[j, i]] += rj * esum[[b, j, i]];
+                    }
+                }
+            }
+        }
         if since == every || t + 1 == T {
             w.w_in.scaled_add(-lr, &g_in);
             w.w_out.scaled_add(-lr, &g_out);
@@ -136,27 +151,27 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
     let mut rng = StdRng::seed_from_u64(4);
     let x = Array3::from_shape_fn((T, B, N_IN), |_| f64::from(u8::from(rng.random_bool(0.4))));
     let y_target = Array3::from_shape_fn((T, B, N_OUT), |(t, b, k)| ((t + 2 * b + 5 * k) as f64 * 0.3).sin());
-    let reg = RateRegularization {
-        strength: 3.0,
-        target: 0.05,
-    };
+    let running = RateRegularization::running(3.0, 0.05);
+    let per_sequence = RateRegularization::per_sequence(30.0, 0.05);
     let lr = 0.5;
     // A given feedback matrix `[n_out, n]` (NEST's `weights_out_rec`, transposed).
     let given = Array2::from_shape_fn((N_OUT, N), |(k, j)| ((k * N + j) as f64 * 0.7).cos());
     let mut checked = 0;
-    for (kappa, feedback, every, with_reg) in [
-        (0.0, Feedback::Symmetric, None, false),
-        (0.6, Feedback::Random { seed: 9 }, None, false),
-        (0.6, Feedback::Random { seed: 9 }, None, true),
-        (0.0, Feedback::Symmetric, Some(5), true),
-        (0.6, Feedback::Random { seed: 2 }, Some(4), true),
-        (0.6, Feedback::Symmetric, Some(1), false),
+    for (kappa, feedback, every, reg) in [
+        (0.0, Feedback::Symmetric, None, None),
+        (0.6, Feedback::Random { seed: 9 }, None, None),
+        (0.6, Feedback::Random { seed: 9 }, None, Some(running)),
+        (0.0, Feedback::Symmetric, Some(5), Some(running)),
+        (0.6, Feedback::Random { seed: 2 }, Some(4), Some(running)),
+        (0.6, Feedback::Symmetric, Some(1), None),
         (
             0.6,
             Feedback::Matrices(vec![("layer0".into(), given.clone())]),
             Some(7),
-            true,
+            Some(running),
         ),
+        (0.0, Feedback::Symmetric, None, Some(per_sequence)),
+        (0.6, Feedback::Random { seed: 3 }, None, Some(per_sequence)),
     ] {
         let net = NetworkBuilder::<f64>::new(N_IN)
             .layer(LayerSpec::new(lif.clone(), N).init_in(Init::Gaussian { gain: 3.0 }))
@@ -185,12 +200,12 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
             &x,
             &y_target,
             fb.as_ref(),
-            with_reg.then_some(reg),
+            reg,
             every.unwrap_or(T),
             lr,
         );
-        let case = format!("κ {kappa}, {feedback:?}, every {every:?}, regularised {with_reg}");
-        let got = train(&net, feedback, every, with_reg.then_some(reg), lr, &x, &y_target);
+        let case = format!("κ {kappa}, {feedback:?}, every {every:?}, {reg:?}");
+        let got = train(&net, feedback, every, reg, lr, &x, &y_target);
         let err = max_rel(&got.0, want.w_in.as_slice().unwrap());
         assert!(err < 1e-10, "{case}: w_in off by {err:e}");
         let err = max_rel(&got.1, want.w_out.as_slice().unwrap());
@@ -204,7 +219,7 @@ fn random_feedback_updates_within_a_sequence_and_running_rate_regularisation() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 9);
 }
 
 /// One batch through the trainer with SGD: the final input weights, readout weights and bias.
@@ -257,10 +272,7 @@ fn bptt_rate_regularisation_matches_finite_differences() {
     let mut rng = StdRng::seed_from_u64(6);
     let x = Array3::from_shape_fn((20, 2, 4), |_| f64::from(u8::from(rng.random_bool(0.4))));
     let loss = Loss::CrossEntropy(Window::All);
-    let reg = RateRegularization {
-        strength: 5.0,
-        target: 0.02,
-    };
+    let reg = RateRegularization::running(5.0, 0.02);
     let options = GradcheckOptions {
         max_per_tensor: usize::MAX,
         rate_regularization: Some(reg),
@@ -449,4 +461,106 @@ fn normalised_readout() {
         let other: Vec<f64> = g.slots().flat_map(|s| g.get(s).to_vec()).collect();
         assert!(max_rel(&bptt, &other) > 1e-3);
     }
+}
+
+/// The per-sequence regulariser on a sparse projection and a bias equals it on the same
+/// synapses stored densely under a mask, with the bias as a weight from a constant input: its
+/// terms follow each synapse to its postsynaptic neuron in every storage. It is refused with
+/// BPTT and with updates within a sequence.
+#[test]
+fn per_sequence_regularisation_on_sparse_projections_and_biases() {
+    let sparse = Connectivity::Probability { p: 0.5, seed: 3 };
+    let mask = sparse.to_mask(N, N_IN).unwrap();
+    let mut wide = Array2::from_elem((N, N_IN + 1), true);
+    wide.slice_mut(ndarray::s![.., ..N_IN]).assign(&mask);
+    let build = |n_in: usize, connectivity: Connectivity, bias: bool| {
+        NetworkBuilder::<f64>::new(n_in)
+            .population(PopulationSpec::new("p", BellecLif::default(), N).bias(bias))
+            .projection(
+                ProjectionSpec::input("p")
+                    .init(Init::Gaussian { gain: 3.0 })
+                    .connectivity(connectivity),
+            )
+            .projection(ProjectionSpec::new("p", "p").init(Init::Gaussian { gain: 0.5 }))
+            .readout(ReadoutSpec::new(N_OUT, 0.5))
+            .seed(17)
+            .build()
+            .unwrap()
+    };
+    let mut test = build(N_IN, sparse, true);
+    let mut reference = build(N_IN + 1, Connectivity::Mask(wide.clone()), false);
+    // The same weights: the sparse list in row-major order of the mask, the bias as the
+    // constant input's column.
+    let bias: Vec<f64> = (0..N).map(|j| 0.1 * j as f64 - 0.2).collect();
+    test.params.bias[0] = Some(Array2::from_shape_vec((1, N), bias.clone()).unwrap());
+    let mut dense = Array2::<f64>::zeros((N, N_IN + 1));
+    let mut stored = test.params.projections[0].iter();
+    for ((j, i), &on) in mask.indexed_iter() {
+        if on {
+            dense[[j, i]] = *stored.next().unwrap();
+        }
+    }
+    dense.column_mut(N_IN).assign(&Array1::from(bias));
+    reference.params.projections[0] = dense.iter().copied().collect();
+    reference.params.projections[1] = test.params.projections[1].clone();
+    reference.params.readout_w = test.params.readout_w.clone();
+    reference.params.readout_b = test.params.readout_b.clone();
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = Array3::from_shape_fn((T, B, N_IN), |_| f64::from(u8::from(rng.random_bool(0.4))));
+    let x_wide = Array3::from_shape_fn((T, B, N_IN + 1), |(t, b, i)| if i < N_IN { x[[t, b, i]] } else { 1.0 });
+    let reg = RateRegularization::per_sequence(40.0, 0.02);
+    let grads = |net: &plasticity_runtime::Network<f64>, x: &Array3<f64>| {
+        let mut c = TrainConfig::new(
+            Algorithm::Eprop(Feedback::Random { seed: 1 }),
+            Loss::CrossEntropy(Window::Last(5)),
+            Optimizer::sgd(0.0, 0.0),
+        );
+        c.rate_regularization = Some(reg);
+        let mut t = Trainer::new(net.clone(), c).unwrap();
+        t.compute_gradients(x.view(), Targets::Classes(&[0, 1, 0]))
+            .unwrap()
+            .0
+            .clone()
+    };
+    let (g, r) = (grads(&test, &x), grads(&reference, &x_wide));
+    let mut stored = g.projections[0].iter();
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for ((j, i), &on) in mask.indexed_iter() {
+        if on {
+            got.push(*stored.next().unwrap());
+            want.push(r.projections[0][j * (N_IN + 1) + i]);
+        }
+    }
+    got.extend(g.bias[0].as_ref().unwrap().iter().copied());
+    want.extend((0..N).map(|j| r.projections[0][j * (N_IN + 1) + N_IN]));
+    got.extend(g.projections[1].iter().copied());
+    want.extend(r.projections[1].iter().copied());
+    let err = max_rel(&got, &want);
+    assert!(err < 1e-12, "sparse + bias vs masked + constant input: {err:e}");
+    // The regulariser is really there: without it the gradients differ.
+    let mut c = TrainConfig::new(
+        Algorithm::Eprop(Feedback::Random { seed: 1 }),
+        Loss::CrossEntropy(Window::Last(5)),
+        Optimizer::sgd(0.0, 0.0),
+    );
+    let mut t = Trainer::new(test.clone(), c.clone()).unwrap();
+    let plain = t
+        .compute_gradients(x.view(), Targets::Classes(&[0, 1, 0]))
+        .unwrap()
+        .0
+        .clone();
+    assert!(max_rel(&plain.projections[0], &g.projections[0]) > 1e-6);
+    // Refused where it has no meaning.
+    c.rate_regularization = Some(reg);
+    c.update_every = Some(5);
+    assert!(
+        Trainer::new(test.clone(), c.clone())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("update_every")
+    );
+    c.update_every = None;
+    c.algorithm = Algorithm::Bptt;
+    assert!(Trainer::new(test, c).err().unwrap().to_string().contains("PerSequence"));
 }

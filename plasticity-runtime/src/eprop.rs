@@ -196,6 +196,8 @@ enum SignalSource<F> {
     ThroughOutput { projections: Vec<usize>, coef: Array2<F> },
     /// `L = err · B` with a fixed `B` (`[n_out, n]`), random or given.
     Random(Array2<F>),
+    /// `L = 1`: the gradient accumulates `Σ_t e^t` (the per-sequence rate regulariser's pass).
+    Unit,
 }
 
 /// Trace storage of one population. Per postsynaptic neuron, one contiguous region holds,
@@ -419,14 +421,52 @@ fn window_terms(pattern: &Pattern, port: usize, rows: &[RowLayout]) -> Vec<(Term
         .collect()
 }
 
-/// Firing-rate regularisation `c/2 Σ_j (f_j − f*)²`, `f_j` the mean output of neuron `j`
-/// over batch and steps.
+/// Firing-rate regularisation with strength `c` and target rate `f*` per step, in one of two
+/// forms ([`RateForm`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateRegularization {
     /// Strength `c`.
     pub strength: f64,
     /// Target rate `f*` per step (e.g. 0.01 for 10 Hz at 1 ms steps).
     pub target: f64,
+    /// How the term enters the gradient.
+    pub form: RateForm,
+}
+
+impl RateRegularization {
+    /// The running form ([`RateForm::Running`]), the default.
+    pub fn running(strength: f64, target: f64) -> Self {
+        RateRegularization {
+            strength,
+            target,
+            form: RateForm::Running,
+        }
+    }
+    /// NEST's and Bellec's per-sequence form ([`RateForm::PerSequence`]).
+    pub fn per_sequence(strength: f64, target: f64) -> Self {
+        RateRegularization {
+            strength,
+            target,
+            form: RateForm::PerSequence,
+        }
+    }
+}
+
+/// How firing-rate regularisation enters the gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateForm {
+    /// The gradient of `c/2 Σ_j (f_j − f*)²`, `f_j` neuron `j`'s mean output over batch and
+    /// steps. BPTT uses it exactly; e-prop, online, adds `c (f̂_j^t − f*) / (B T)` to the
+    /// learning signal with `f̂_j^t` the running mean so far (so it meets the κ-filtered
+    /// traces like the error does).
+    #[default]
+    Running,
+    /// NEST's e-prop models and Bellec et al.'s code: per sequence and sample `b`,
+    /// `r_jb = c (n_jb / T − f*) / T` from neuron `j`'s spike count `n_jb`, added to the weight
+    /// and bias gradients as `Σ_b r_jb Σ_t e_jib^t` (not through the learning signal, not
+    /// κ-filtered). e-prop only, one update per sequence; it runs a second, unfiltered trace
+    /// pass per sample (twice the trace work and state, times the batch size).
+    PerSequence,
 }
 
 /// One population's share of an e-prop step, handed to the model's monomorphised
@@ -585,7 +625,17 @@ pub(crate) struct Eprop<F> {
 
 impl<F: Float> Eprop<F> {
     pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback) -> Self {
-        let filtered = net.readout.kappa != <F as Real>::zero();
+        Self::build(net, batch, feedback, false)
+    }
+
+    /// An engine whose learning signal is 1 and whose traces are not filtered: its gradients
+    /// are `Σ_t e^t` over the batch (the per-sequence rate regulariser's sums).
+    pub fn unit(net: &Network<F>, batch: usize) -> Self {
+        Self::build(net, batch, &Feedback::Symmetric, true)
+    }
+
+    fn build(net: &Network<F>, batch: usize, feedback: &Feedback, unit: bool) -> Self {
+        let filtered = !unit && net.readout.kappa != <F as Real>::zero();
         let n_out = net.n_out();
         let pops = net
             .populations
@@ -676,6 +726,7 @@ impl<F: Float> Eprop<F> {
                     SignalSource::Random(Init::Gaussian { gain: 1.0 }.draw::<F>(n_out, n, &mut rng))
                 };
                 let fb = match (feedback, readout) {
+                    _ if unit => SignalSource::Unit,
                     _ if net.readout.population == Some(p) => SignalSource::Output,
                     (Feedback::Random { seed }, _) => random(*seed),
                     (Feedback::Matrices(given), _) => {
@@ -768,6 +819,11 @@ impl<F: Float> Eprop<F> {
     }
 
     /// Forward part of a step: states, outputs, partials, readout. Returns the readout.
+    /// Population `p`'s outputs `z` at the last step, `[B, n]`.
+    pub(crate) fn outputs(&self, p: usize) -> &Array2<F> {
+        &self.bufs.pops[p].z
+    }
+
     pub fn forward(&mut self, net: &Network<F>, x: ArrayView2<F>) -> ArrayView2<'_, F> {
         net.step(x, &mut self.bufs, true, &mut crate::network::SpikeMode::Plain, None);
         net.readout_step(&self.bufs, &mut self.y);
@@ -828,6 +884,7 @@ impl<F: Float> Eprop<F> {
                 ),
                 SignalSource::Random(fb) => gemm_nn(<F as Real>::zero(), &mut pt.signal.view_mut(), err, &fb.view()),
                 SignalSource::Output => pt.signal.assign(err),
+                SignalSource::Unit => pt.signal.fill(<F as Real>::one()),
                 SignalSource::ThroughOutput { projections, coef } => {
                     pt.signal.fill(<F as Real>::zero());
                     let o = net.readout.population.expect("an output population");
@@ -851,7 +908,7 @@ impl<F: Float> Eprop<F> {
                 }
             }
             let buf = &self.bufs.pops[p];
-            if let Some((reg, scale)) = reg {
+            if let Some((reg, scale)) = reg.filter(|(r, _)| r.form == RateForm::Running) {
                 for (j, count) in pt.spike_count.iter_mut().enumerate() {
                     *count += buf.z.column(j).iter().map(|z| z.to_f64()).sum::<f64>();
                     let rate = *count / (self.steps * self.batch) as f64;

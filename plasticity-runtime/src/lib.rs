@@ -75,7 +75,7 @@ pub mod real;
 pub mod surrogate;
 pub mod trainer;
 
-pub use eprop::{Feedback, RateRegularization};
+pub use eprop::{Feedback, RateForm, RateRegularization};
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use init::Init;

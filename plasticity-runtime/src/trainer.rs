@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::bptt;
-use crate::eprop::{Eprop, Feedback, RateRegularization};
+use crate::eprop::{Eprop, Feedback, RateForm, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, Reduction, StepTargets, Targets, softmax, step_error};
@@ -99,6 +99,24 @@ impl TrainConfig {
                 "finite bounds with lo <= 0 <= hi (absent synapses are held at 0)",
             ));
         }
+        if let Some(r) = self.rate_regularization
+            && r.form == RateForm::PerSequence
+        {
+            if matches!(self.algorithm, Algorithm::Bptt) {
+                return Err(invalid(
+                    "rate regularization",
+                    "RateForm::PerSequence with BPTT",
+                    "RateForm::Running (the per-sequence form is e-prop's)",
+                ));
+            }
+            if let Some(k) = self.update_every {
+                return Err(invalid(
+                    "update_every",
+                    k,
+                    "None with RateForm::PerSequence (its terms are known at the end of a sequence)",
+                ));
+            }
+        }
         match (&self.algorithm, self.update_every, self.loss) {
             (_, Some(0), _) => Err(invalid("update_every", 0, "at least 1 step")),
             (Algorithm::Bptt, Some(k), _) => Err(invalid(
@@ -180,6 +198,18 @@ pub struct Trainer<F: Float> {
     ysum: Array2<F>,
     hook: Option<Hook<F>>,
     stream: Option<Stream>,
+    rate_pass: Option<RatePass<F>>,
+}
+
+/// The per-sequence rate regulariser's state ([`RateForm::PerSequence`]): per sample, an
+/// unfiltered unit-signal engine (its gradients are `Σ_t e^t`) and every neuron's spike
+/// count; and scratch for its gradients.
+struct RatePass<F: Float> {
+    engines: Vec<Eprop<F>>,
+    /// `[sample][population][neuron]`.
+    counts: Vec<Vec<Vec<f64>>>,
+    zero_err: Array2<F>,
+    sums: Gradients<F>,
 }
 
 impl<F: Float> Trainer<F> {
@@ -204,6 +234,7 @@ impl<F: Float> Trainer<F> {
             ysum: Array2::zeros((0, 0)),
             hook: None,
             stream: None,
+            rate_pass: None,
         })
     }
 
@@ -279,6 +310,7 @@ impl<F: Float> Trainer<F> {
         self.net = net;
         self.opt = opt;
         self.eprop = None;
+        self.rate_pass = None;
         Ok(metadata
             .into_iter()
             .filter_map(|(k, v)| k.strip_prefix(USER).map(|k| (k.to_string(), v)))
@@ -300,7 +332,10 @@ impl<F: Float> Trainer<F> {
             Algorithm::Eprop(fb) => {
                 let fb = fb.clone();
                 self.ensure_eprop(batch, &fb);
-                self.eprop.as_ref().map_or(0, |e| e.state_bytes())
+                let pass = self.rate_pass.as_ref().map_or(0, |rp| {
+                    rp.engines.iter().map(|e| e.state_bytes()).sum::<usize>() + rp.sums.len() * f
+                });
+                self.eprop.as_ref().map_or(0, |e| e.state_bytes()) + pass
             }
             Algorithm::Bptt => bptt::tape_bytes(&self.net, batch, t_len) + grads,
         }
@@ -309,6 +344,19 @@ impl<F: Float> Trainer<F> {
     fn ensure_eprop(&mut self, batch: usize, feedback: &Feedback) {
         if self.eprop.as_ref().is_none_or(|e| e.batch != batch) {
             self.eprop = Some(Eprop::new(&self.net, batch, feedback));
+        }
+        let per_sequence = self
+            .config
+            .rate_regularization
+            .is_some_and(|r| r.form == RateForm::PerSequence);
+        if per_sequence && self.rate_pass.as_ref().is_none_or(|r| r.engines.len() != batch) {
+            let sizes: Vec<usize> = self.net.populations.iter().map(|p| p.size).collect();
+            self.rate_pass = Some(RatePass {
+                engines: (0..batch).map(|_| Eprop::unit(&self.net, 1)).collect(),
+                counts: vec![sizes.iter().map(|&n| vec![0.0; n]).collect(); batch],
+                zero_err: Array2::zeros((1, self.net.n_out())),
+                sums: self.net.params.zeros_like(),
+            });
         }
     }
 
@@ -605,6 +653,13 @@ impl<F: Float> Trainer<F> {
         let e = self.eprop.as_mut().expect("built");
         e.begin_sequence(&self.net);
         e.zero_gradients();
+        if let Some(rp) = &mut self.rate_pass {
+            for e in &mut rp.engines {
+                e.begin_sequence(&self.net);
+                e.zero_gradients();
+            }
+            rp.counts.iter_mut().flatten().for_each(|c| c.fill(0.0));
+        }
         let window = self.config.loss.window().bounds(t_len);
         self.ysum.fill(<F as Real>::zero());
         self.stream = Some(Stream {
@@ -656,6 +711,18 @@ impl<F: Float> Trainer<F> {
             });
         }
         e.learn(&self.net, x, &self.err.view(), reg);
+        if let Some(rp) = &mut self.rate_pass {
+            for (b, (e, counts)) in rp.engines.iter_mut().zip(&mut rp.counts).enumerate() {
+                let xb = x.slice(ndarray::s![b..b + 1, ..]);
+                e.forward(&self.net, xb);
+                e.learn(&self.net, xb, &rp.zero_err.view(), None);
+                for (p, c) in counts.iter_mut().enumerate() {
+                    c.iter_mut()
+                        .zip(e.outputs(p).row(0))
+                        .for_each(|(c, z)| *c += z.to_f64());
+                }
+            }
+        }
         s.t += 1;
         s.since_update += 1;
         if update
@@ -680,6 +747,9 @@ impl<F: Float> Trainer<F> {
         }
         if s.since_update > 0 || !update {
             e.gradients(&self.net, &mut self.grads);
+            if let (Some(rp), Some(reg)) = (&mut self.rate_pass, self.config.rate_regularization) {
+                add_rate_terms(&self.net, rp, reg, s.t_len, &mut self.grads);
+            }
             if update {
                 s.stats.grad_norm =
                     apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, s.stats.loss)?;
@@ -689,6 +759,39 @@ impl<F: Float> Trainer<F> {
             }
         }
         Ok(s.stats)
+    }
+}
+
+/// Adds the per-sequence rate regulariser's terms, averaged over the batch like the loss:
+/// `(1/B) Σ_b r_jb Σ_t e_jib^t` with `r_jb = c (n_jb / T − f*) / T`, to every projection's
+/// and bias's gradient.
+fn add_rate_terms<F: Float>(
+    net: &Network<F>,
+    rp: &mut RatePass<F>,
+    reg: RateRegularization,
+    t_len: usize,
+    grads: &mut Gradients<F>,
+) {
+    let (t, batch) = (t_len.max(1) as f64, rp.engines.len().max(1) as f64);
+    for (e, counts) in rp.engines.iter_mut().zip(&rp.counts) {
+        e.gradients(net, &mut rp.sums);
+        for (p, c) in counts.iter().enumerate() {
+            let factor: Vec<F> = c
+                .iter()
+                .map(|&n| F::from_f64(reg.strength * (n / t - reg.target) / t / batch))
+                .collect();
+            for (i, proj) in net.projections.iter().enumerate().filter(|(_, pr)| pr.target == p) {
+                proj.add_scaled_rows(&mut grads.projections[i], &rp.sums.projections[i], &factor);
+            }
+            if let (Some(g), Some(sums)) = (&mut grads.bias[p], &rp.sums.bias[p]) {
+                for (mut row, srow) in g.outer_iter_mut().zip(sums.outer_iter()) {
+                    row.iter_mut()
+                        .zip(srow)
+                        .zip(&factor)
+                        .for_each(|((g, &s), &f)| *g += f * s);
+                }
+            }
+        }
     }
 }
 

@@ -170,6 +170,25 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// `dst[k] += factor[j] · src[k]` for every stored weight `k` of postsynaptic neuron `j`
+    /// (dense rows or CSR rows).
+    pub(crate) fn add_scaled_rows<F: Float>(&self, dst: &mut [F], src: &[F], factor: &[F]) {
+        match &self.synapses {
+            Synapses::Dense { .. } => {
+                for ((d, s), &f) in dst.chunks_mut(self.n_pre).zip(src.chunks(self.n_pre)).zip(factor) {
+                    d.iter_mut().zip(s).for_each(|(d, &s)| *d += f * s);
+                }
+            }
+            Synapses::Sparse(csr) => {
+                for (j, &f) in factor.iter().enumerate() {
+                    for k in csr.row_ptr[j]..csr.row_ptr[j + 1] {
+                        dst[k] += f * src[k];
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) fn new(
         name: String,
         source: Source,
