@@ -473,3 +473,40 @@ fn killed_runs_leave_a_checkpoint_that_resumes() {
         assert!(leftovers.is_empty(), "trial {trial}: {leftovers:?} left behind");
     }
 }
+
+/// NEST's e-prop tests reproduced through the public API (regression; classification with
+/// batch 1 and 2): `--check` fails unless every iteration's loss is within 1e-9 of NEST's
+/// reference; a broken fixture file, or fixtures of the other task, are clean errors.
+#[test]
+fn nest_reference_reproduces_nest() {
+    let data = format!("{}/data/nest", env!("CARGO_MANIFEST_DIR"));
+    let fixtures = format!("{data}/regression_seed1.safetensors");
+    ok("nest_reference", &strings(&["--check", "--fixtures", &fixtures]));
+    for batch in [1, 2] {
+        let file = format!("{data}/classification_batch{batch}_seed1.safetensors");
+        ok(
+            "nest_reference",
+            &strings(&["--task", "classification", "--check", "--fixtures", &file]),
+        );
+    }
+    match run(
+        "nest_reference",
+        &strings(&["--task", "classification", "--fixtures", &fixtures]),
+        Duration::from_secs(60),
+    ) {
+        Outcome::Exit(1, stderr) => assert!(stderr.contains("fixtures of the regression task"), "{stderr}"),
+        other => panic!("{}", other.describe()),
+    }
+    let dir = scratch("nest");
+    let broken = dir.join("broken.safetensors");
+    let bytes = std::fs::read(&fixtures).expect("fixtures");
+    std::fs::write(&broken, &bytes[..bytes.len() / 3]).expect("write");
+    match run(
+        "nest_reference",
+        &strings(&["--fixtures", &broken.display().to_string()]),
+        Duration::from_secs(60),
+    ) {
+        Outcome::Exit(1, stderr) => assert!(stderr.contains("broken.safetensors"), "{stderr}"),
+        other => panic!("{}", other.describe()),
+    }
+}

@@ -57,6 +57,11 @@ pub struct ProjectionSpec {
     pub connectivity: Connectivity,
     /// Keep self-connections when the source is the target (default: no).
     pub autapses: bool,
+    /// Deliver the source's output of the previous step even when the source is stepped
+    /// before the target (default: no). A projection from the same or a later population is
+    /// always delayed; this makes a forward one delayed too, as the connections between the
+    /// parts of one recurrent network split into populations (LIF and ALIF neurons, say) are.
+    pub delayed: bool,
 }
 
 impl ProjectionSpec {
@@ -70,6 +75,7 @@ impl ProjectionSpec {
             init: Init::default(),
             connectivity: Connectivity::Dense,
             autapses: false,
+            delayed: false,
         }
     }
     /// From the network's input to `target`.
@@ -89,6 +95,11 @@ impl ProjectionSpec {
     /// Which synapses exist.
     pub fn connectivity(mut self, connectivity: Connectivity) -> Self {
         self.connectivity = connectivity;
+        self
+    }
+    /// Deliver the source's previous-step output (see [`ProjectionSpec::delayed`]).
+    pub fn delayed(mut self, yes: bool) -> Self {
+        self.delayed = yes;
         self
     }
     /// Keep self-connections of a population onto itself.
@@ -435,6 +446,13 @@ impl<F: Float> NetworkBuilder<F> {
                 ));
             }
             spec.init.validate(&format!("projection {name}"))?;
+            if spec.delayed && source == Source::Input {
+                return Err(invalid(
+                    "projection",
+                    format!("{name} delayed"),
+                    "a population as the source of a delayed projection (the input is never delayed)",
+                ));
+            }
             let n_post = pop.size;
             let self_projection = source == Source::Population(target);
             let mut mask = match (&spec.connectivity, self_projection && !spec.autapses) {
@@ -452,6 +470,7 @@ impl<F: Float> NetworkBuilder<F> {
                 (n_post, n_pre),
                 mask,
                 spec.connectivity.is_sparse(),
+                spec.delayed,
             );
             let dense: Array2<F> = spec.init.draw(n_post, n_pre, &mut rng);
             weights.push(proj.values_of(&dense));

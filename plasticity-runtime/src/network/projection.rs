@@ -197,8 +197,9 @@ impl Projection {
         (n_post, n_pre): (usize, usize),
         mask: Option<Array2<bool>>,
         sparse: bool,
+        delay: bool,
     ) -> Self {
-        let delayed = matches!(source, Source::Population(s) if s >= target);
+        let delayed = matches!(source, Source::Population(s) if s >= target || delay);
         let synapses = match (mask, sparse) {
             (Some(m), true) => Synapses::Sparse(Arc::new(Csr::from_mask(&m))),
             (Some(m), false) => Synapses::Dense {
@@ -244,7 +245,8 @@ impl Projection {
     }
     /// Whether the projection carries the source's output of the previous step: true when
     /// the source population is the target or comes after it (recurrent and backward
-    /// projections); the input and earlier populations deliver the current step's output.
+    /// projections), or when built with [`crate::ProjectionSpec::delayed`]; otherwise the
+    /// input and earlier populations deliver the current step's output.
     pub fn is_delayed(&self) -> bool {
         self.delayed
     }
