@@ -170,9 +170,14 @@ fn main() -> Result<()> {
         builder = builder.projection(ProjectionSpec::input(target).init(Init::Gaussian { gain: 1.0 }));
         // The blocks of one recurrent matrix: each block's fan-in is its source's size, so
         // the gain is scaled to give every weight the variance of a 0.5 gain over all neurons.
+        // All carry the previous step's spikes, the LIF → ALIF block included.
         for &(source, size) in &pops {
             let gain = 0.5 * (size as f64 / args.hidden as f64).sqrt();
-            builder = builder.projection(ProjectionSpec::new(source, target).init(Init::Gaussian { gain }));
+            builder = builder.projection(
+                ProjectionSpec::new(source, target)
+                    .init(Init::Gaussian { gain })
+                    .delayed(true),
+            );
         }
     }
     let names: Vec<&str> = pops.iter().map(|p| p.0).collect();
