@@ -137,9 +137,9 @@ fn main() -> Result<()> {
     flags::count("--test", args.test, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
     flags::positive("--lr", args.lr, 10.0)?;
-    // e-prop's per-synapse state (LIF neurons factorise, ALIF neurons do not; counted as ALIF).
+    // LIF neurons' traces factorise, ALIF neurons' do not: counted as ALIF.
     flags::memory(
-        16.0 * (args.batch * args.hidden * (N_IN + args.hidden)) as f64,
+        flags::training_bytes(true, args.hidden, N_IN, args.batch, steps(args.cues)),
         &format!("e-prop with --hidden {} --batch {}", args.hidden, args.batch),
     )?;
     let t_len = steps(args.cues);

@@ -101,13 +101,8 @@ fn main() -> Result<()> {
     flags::count("--steps", args.steps, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=10_000_000)?;
     flags::positive("--lr", args.lr, 10.0)?;
-    let synapses = (args.hidden * (N_IN + args.hidden)) as f64;
     flags::memory(
-        if args.bptt {
-            16.0 * synapses + 32.0 * (args.steps * args.hidden) as f64
-        } else {
-            16.0 * synapses
-        },
+        flags::training_bytes(!args.bptt, args.hidden, N_IN, 1, args.steps),
         &format!("training with --hidden {} --steps {}", args.hidden, args.steps),
     )?;
     let mut rng = Rng::seed_from_u64(args.seed);

@@ -102,13 +102,10 @@ impl Args {
         if let Some(p) = self.connectivity {
             flags::positive("--connectivity", p, 1.0)?;
         }
-        let synapses = (self.hidden * (self.inputs + self.hidden)) as f64;
-        let state = match self.algorithm {
-            Algo::Eprop => 16.0 * (self.batch as f64) * synapses,
-            Algo::Bptt => 32.0 * (self.batch * self.steps * self.hidden) as f64,
-        };
+        let eprop = self.algorithm == Algo::Eprop;
+        let training = flags::training_bytes(eprop, self.hidden, self.inputs, self.batch, self.steps);
         flags::memory(
-            state + 16.0 * synapses + 4.0 * (self.batch * self.steps * self.inputs) as f64,
+            training + 4.0 * (self.batch * self.steps * self.inputs) as f64,
             &format!(
                 "--hidden {} --inputs {} --batch {} --steps {}",
                 self.hidden, self.inputs, self.batch, self.steps

@@ -158,18 +158,13 @@ impl Args {
         Ok(())
     }
 
-    /// Refuses a run whose training state cannot fit in memory: e-prop keeps two
-    /// per-synapse eligibility vectors and their filtered forms for every sample of a batch,
-    /// BPTT a tape of every step.
+    /// Refuses a run whose training state and binned data cannot fit in memory.
     fn check_memory(&self, inputs: usize, samples: usize) -> Result<()> {
-        let synapses = (self.hidden * (inputs + self.hidden)) as f64;
-        let state = match self.algorithm {
-            Algo::Eprop => 4.0 * 4.0 * self.batch as f64 * synapses,
-            Algo::Bptt => 4.0 * 8.0 * (self.batch * self.steps * self.hidden) as f64,
-        };
+        let eprop = self.algorithm == Algo::Eprop;
+        let training = flags::training_bytes(eprop, self.hidden, inputs, self.batch, self.steps);
         let data = 4.0 * (samples * self.steps * inputs) as f64;
         flags::memory(
-            state + data + 16.0 * synapses,
+            training + data,
             &format!(
                 "training with --hidden {} --batch {} --steps {} on {inputs} inputs",
                 self.hidden, self.batch, self.steps

@@ -51,6 +51,21 @@ pub fn available_memory() -> Option<u64> {
     Some(kib.saturating_mul(1024))
 }
 
+/// What a network of `hidden` recurrent neurons on `inputs` inputs needs to train on batches
+/// of `batch` sequences of `steps` steps, estimated from above: its weights, gradients and
+/// optimiser moments (16 bytes per synapse), plus e-prop's per-synapse traces and their
+/// filtered forms for every sample (16 bytes per synapse and sample; factorised traces take
+/// less) or BPTT's tape (32 bytes per neuron, sample and step).
+pub fn training_bytes(eprop: bool, hidden: usize, inputs: usize, batch: usize, steps: usize) -> f64 {
+    let synapses = hidden as f64 * (inputs + hidden) as f64;
+    let state = if eprop {
+        16.0 * batch as f64 * synapses
+    } else {
+        32.0 * (batch * steps * hidden) as f64
+    };
+    16.0 * synapses + state
+}
+
 /// A run that needs about `bytes` (`what` says for what, and which flags set it) fits in the
 /// memory available; refused with both figures otherwise.
 pub fn memory(bytes: f64, what: &str) -> Result<()> {
@@ -89,5 +104,8 @@ mod tests {
             assert!(memory(1e30, "this").unwrap_err().to_string().contains("GiB"));
         }
         assert!(memory(1.0, "this").is_ok());
+        // 10 × (10 + 10) synapses: 16 B each for the weights, 16 B per sample for e-prop.
+        assert_eq!(training_bytes(true, 10, 10, 2, 50), 16.0 * 200.0 * 3.0);
+        assert_eq!(training_bytes(false, 10, 10, 2, 50), 16.0 * 200.0 + 32.0 * 1000.0);
     }
 }
