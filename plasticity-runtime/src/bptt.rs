@@ -186,14 +186,13 @@ pub(crate) fn gradients<F: Float>(
             gemm_nt(beta, &mut flat, &z_all, &w.view());
         }
         // y^t = g ((κ/g) y^{t-1} + Σ W z^t + b), as `Network::readout_step` computes it.
-        let (kappa, gain) = (net.readout.kappa, net.readout.gain);
+        let (kappa, gain, carry) = (net.readout.kappa, net.readout.gain, net.readout.carry());
         let one = <F as Real>::one();
-        let leak = if gain == one { kappa } else { kappa / gain };
         for t in 0..t_len {
             let (before, mut now) = ys.view_mut().split_at(Axis(0), t);
             let mut now = now.index_axis_mut(Axis(0), 0);
             if t > 0 && kappa != zero {
-                now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = leak * prev + *y);
+                now.zip_mut_with(&before.index_axis(Axis(0), t - 1), |y, &prev| *y = carry * prev + *y);
             }
             if let Some(b) = &net.params.readout_b {
                 now += b;

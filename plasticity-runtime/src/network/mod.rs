@@ -51,6 +51,20 @@ pub struct Readout<F> {
     pub population: Option<usize>,
 }
 
+impl<F: Float> Readout<F> {
+    /// The factor `c` on the previous value when the step is written
+    /// `y^t = g (c y^{t-1} + Σ W z + b)`: `c = κ / g` (κ for a gain of 1). The network's step
+    /// and BPTT's forward pass both compute the readout this way, so that they agree to the
+    /// last bit.
+    pub(crate) fn carry(&self) -> F {
+        if self.gain == <F as Real>::one() {
+            self.kappa
+        } else {
+            self.kappa / self.gain
+        }
+    }
+}
+
 /// Input → populations → leaky readout, computing in `F`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network<F: Float> {
@@ -488,9 +502,8 @@ impl<F: Float> Network<F> {
         }
         // With a gain, `g ((κ/g) y + Σ W z + b)`: no scratch buffer needed.
         let one = <F as Real>::one();
-        let leak = if r.gain == one { r.kappa } else { r.kappa / r.gain };
         for (k, (&s, w)) in r.sources.iter().zip(&self.params.readout_w).enumerate() {
-            let beta = if k == 0 { leak } else { one };
+            let beta = if k == 0 { r.carry() } else { one };
             crate::linalg::gemm_nt(beta, &mut y.view_mut(), &bufs.pops[s].z.view(), &w.view());
         }
         if let Some(b) = &self.params.readout_b {
