@@ -298,7 +298,7 @@ fn main() -> Result<()> {
             let trainer = regression(w_in, w_rec, w_out, &b_fb)?;
             (
                 trainer,
-                Targets4::Series(y),
+                IterationTargets::Series(y),
                 (seed1 && batch == 1).then_some(REGRESSION_REFERENCE),
             )
         }
@@ -329,27 +329,26 @@ fn main() -> Result<()> {
             }
             let trainer = classification(w_in, w_rec, w_out, &b_fb)?;
             let reference = (seed1 && (batch == 1 || batch == 2)).then(|| CLASSIFICATION_REFERENCE[batch - 1]);
-            (trainer, Targets4::Classes(labels, batch), reference)
+            (trainer, IterationTargets::Classes(labels, batch), reference)
         }
     };
     let mut worst: f64 = 0.0;
     for it in 0..n_iter {
         // `[T, B, n]`, as the trainer takes sequences.
         let xi = x.index_axis(Axis(0), it).permuted_axes([1, 0, 2]).to_owned();
-        let stats = match &targets {
-            Targets4::Series(y) => {
+        let loss = match &targets {
+            IterationTargets::Series(y) => {
                 let yi = y.index_axis(Axis(0), it).permuted_axes([1, 0, 2]).to_owned();
                 let s = trainer.train_batch(xi.view(), Targets::Series(yi.view()))?;
                 // NEST's loss: ½ Σ_t (y − y*)², averaged over outputs and samples.
                 s.loss / n_out as f64
             }
-            Targets4::Classes(labels, b) => {
+            IterationTargets::Classes(labels, b) => {
                 // NEST's loss: the cross-entropy averaged over the window's steps and samples.
                 let l = &labels[it * b..(it + 1) * b];
                 trainer.train_batch(xi.view(), Targets::Classes(l))?.loss
             }
         };
-        let loss = stats;
         match reference {
             Some(r) => {
                 let rel = (loss - r[it]).abs() / r[it].abs();
@@ -377,7 +376,7 @@ fn main() -> Result<()> {
 }
 
 /// The targets of every iteration.
-enum Targets4 {
+enum IterationTargets {
     /// Regression targets `[n_iter, batch, T, n_out]`.
     Series(Array4<f64>),
     /// Class labels, `batch` per iteration.
