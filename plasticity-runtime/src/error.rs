@@ -64,6 +64,10 @@ pub enum Error {
         /// The value.
         value: f64,
     },
+    /// Communication between the ranks of a data-parallel job failed (see
+    /// [`crate::collective`]).
+    #[error("data-parallel training: {0}")]
+    Collective(String),
     /// A method was called in the wrong order.
     #[error("{0}")]
     State(String),

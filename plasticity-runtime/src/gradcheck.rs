@@ -103,6 +103,7 @@ pub fn gradcheck(
             loss_over(
                 &loss,
                 options.reduction,
+                batch,
                 ys,
                 &targets,
                 window,
@@ -132,6 +133,7 @@ pub fn gradcheck(
         let stats = loss_over(
             &loss,
             options.reduction,
+            batch,
             &out.readout.view(),
             &targets,
             window,

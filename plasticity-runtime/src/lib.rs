@@ -59,6 +59,7 @@ extern crate self as plasticity_runtime;
 
 mod bptt;
 pub mod checkpoint;
+pub mod collective;
 pub mod eprop;
 pub mod error;
 pub mod gradcheck;
@@ -75,6 +76,7 @@ pub mod real;
 pub mod surrogate;
 pub mod trainer;
 
+pub use collective::{Collective, Single, Threads};
 pub use eprop::{Feedback, RateForm, RateRegularization};
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};

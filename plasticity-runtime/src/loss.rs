@@ -133,6 +133,25 @@ impl<'a, F: Float> Targets<'a, F> {
             Targets::Series(y) => StepTargets::Values(y.index_axis_move(ndarray::Axis(0), t)),
         }
     }
+
+    /// The targets of the samples `samples` of the batch.
+    pub(crate) fn samples(&self, samples: std::ops::Range<usize>) -> Targets<'a, F> {
+        match *self {
+            Targets::Classes(c) => Targets::Classes(&c[samples]),
+            Targets::ClassSeries(c) => Targets::ClassSeries(c.slice_move(ndarray::s![.., samples])),
+            Targets::Series(y) => Targets::Series(y.slice_move(ndarray::s![.., samples, ..])),
+        }
+    }
+}
+
+impl<'a, F> StepTargets<'a, F> {
+    /// The targets of the samples `samples` of the batch.
+    pub(crate) fn samples(self, samples: std::ops::Range<usize>) -> StepTargets<'a, F> {
+        match self {
+            StepTargets::Classes(c) => StepTargets::Classes(c.slice_move(ndarray::s![samples])),
+            StepTargets::Values(v) => StepTargets::Values(v.slice_move(ndarray::s![samples, ..])),
+        }
+    }
 }
 
 fn check_classes(classes: impl Iterator<Item = usize>, n_out: usize) -> Result<()> {

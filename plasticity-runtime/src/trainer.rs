@@ -1,17 +1,20 @@
 //! Training: one network, e-prop or BPTT, an optimiser.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
 use crate::bptt;
+use crate::collective::{Collective, Sharding, Single, Summable, sum_shards};
 use crate::eprop::{Eprop, Feedback, RateForm, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, Reduction, StepTargets, Targets, softmax, step_error};
 use crate::network::{Network, SpikeMode};
 use crate::optim::{NonFinite, Optimizer, OptimizerState, Schedule};
-use crate::params::Gradients;
+use crate::params::{Gradients, Slot};
 use crate::real::{Float, Real};
 
 /// How gradients are computed.
@@ -47,6 +50,13 @@ pub struct TrainConfig {
     /// Clip every projection and readout weight into `[lo, hi]` after each update (NEST's
     /// `Wmin`/`Wmax`). Biases and learnable neuron parameters keep their own ranges.
     pub weight_range: Option<(f64, f64)>,
+    /// The global batch is cut into this many shards (at most one per sample), whose
+    /// gradients are summed in one fixed order ([`crate::collective`]). The result depends
+    /// on this number, never on how many ranks share the shards: the same value on 1, 2 or
+    /// 4 ranks gives bit-identical weights. 1 (the default) is the whole batch at once, the
+    /// fastest in one process; a data-parallel job needs at least as many shards as ranks
+    /// to keep every rank busy.
+    pub shards: usize,
 }
 
 impl TrainConfig {
@@ -63,11 +73,15 @@ impl TrainConfig {
             update_every: None,
             reduction: Reduction::MeanOverSteps,
             weight_range: None,
+            shards: 1,
         }
     }
 
     fn validate(&self) -> Result<()> {
         self.optimizer.validate()?;
+        if self.shards == 0 {
+            return Err(invalid("shards", 0, "at least 1"));
+        }
         self.schedule.validate()?;
         if let Some(c) = self.clip_norm
             && !(c.is_finite() && c > 0.0)
@@ -179,26 +193,172 @@ type Hook<F> = Box<dyn FnMut(&StepInfo<'_, F>) + Send>;
 struct Stream {
     t: usize,
     t_len: usize,
+    /// The global batch.
+    batch: usize,
     window: (usize, usize),
     scale: f64,
-    stats: BatchStats,
     since_update: usize,
+    grad_norm: f64,
+}
+
+/// Loss and counts of a shard, summed over shards like the gradients.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Tally {
+    loss: f64,
+    correct: usize,
+    predictions: usize,
+}
+
+impl Tally {
+    const BYTES: usize = 24;
+
+    fn of(stats: &BatchStats) -> Self {
+        Tally {
+            loss: stats.loss,
+            correct: stats.correct,
+            predictions: stats.predictions,
+        }
+    }
+
+    fn stats(&self, grad_norm: f64) -> BatchStats {
+        BatchStats {
+            loss: self.loss,
+            correct: self.correct,
+            predictions: self.predictions,
+            grad_norm,
+        }
+    }
+}
+
+impl Summable for Tally {
+    fn add(&mut self, other: &Self) {
+        self.loss += other.loss;
+        self.correct += other.correct;
+        self.predictions += other.predictions;
+    }
+    fn encoded_len(&self) -> usize {
+        Self::BYTES
+    }
+    fn encode(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.loss.to_le_bytes());
+        out[8..16].copy_from_slice(&(self.correct as u64).to_le_bytes());
+        out[16..24].copy_from_slice(&(self.predictions as u64).to_le_bytes());
+    }
+    fn decode(&mut self, bytes: &[u8]) {
+        let word = |i: usize| <[u8; 8]>::try_from(&bytes[8 * i..8 * i + 8]).expect("8 bytes");
+        self.loss = f64::from_le_bytes(word(0));
+        self.correct = u64::from_le_bytes(word(1)) as usize;
+        self.predictions = u64::from_le_bytes(word(2)) as usize;
+    }
+}
+
+/// A shard's (or a subtree's) gradients with its loss and counts.
+#[derive(Clone, Debug)]
+struct Partial<F> {
+    grads: Gradients<F>,
+    tally: Tally,
+}
+
+impl<F: Float> Summable for Partial<F> {
+    fn add(&mut self, other: &Self) {
+        for slot in other.grads.slots() {
+            self.grads
+                .get_mut(slot)
+                .iter_mut()
+                .zip(other.grads.get(slot))
+                .for_each(|(a, &b)| *a += b);
+        }
+        self.tally.add(&other.tally);
+    }
+    fn encoded_len(&self) -> usize {
+        Tally::BYTES + self.grads.len() * std::mem::size_of::<F>()
+    }
+    fn encode(&self, out: &mut [u8]) {
+        self.tally.encode(&mut out[..Tally::BYTES]);
+        let mut at = Tally::BYTES;
+        let width = std::mem::size_of::<F>();
+        self.grads.for_each(|_, values| {
+            for (&v, dst) in values.iter().zip(out[at..].chunks_exact_mut(width)) {
+                if width == 4 {
+                    dst.copy_from_slice(&(v.to_f64() as f32).to_le_bytes());
+                } else {
+                    dst.copy_from_slice(&v.to_f64().to_le_bytes());
+                }
+            }
+            at += std::mem::size_of_val(values);
+        });
+    }
+    fn decode(&mut self, bytes: &[u8]) {
+        self.tally.decode(&bytes[..Tally::BYTES]);
+        let mut at = Tally::BYTES;
+        let width = std::mem::size_of::<F>();
+        let slots: Vec<Slot> = self.grads.slots().collect();
+        for slot in slots {
+            let values = self.grads.get_mut(slot);
+            for (v, src) in values.iter_mut().zip(bytes[at..].chunks_exact(width)) {
+                *v = if width == 4 {
+                    F::from_f64(f64::from(f32::from_le_bytes(src.try_into().expect("4 bytes"))))
+                } else {
+                    F::from_f64(f64::from_le_bytes(src.try_into().expect("8 bytes")))
+                };
+            }
+            at += std::mem::size_of_val(values);
+        }
+    }
+}
+
+/// One shard of the global batch computed on this rank: its samples, its e-prop engine and
+/// its scratch.
+struct Shard<F: Float> {
+    samples: Range<usize>,
+    eprop: Option<Eprop<F>>,
+    rate_pass: Option<RatePass<F>>,
+    probs: Array2<F>,
+    err: Array2<F>,
+    ysum: Array2<F>,
+    stats: BatchStats,
+}
+
+impl<F: Float> Shard<F> {
+    fn new(samples: Range<usize>, n_out: usize) -> Self {
+        let b = samples.len();
+        Shard {
+            samples,
+            eprop: None,
+            rate_pass: None,
+            probs: Array2::zeros((b, n_out)),
+            err: Array2::zeros((b, n_out)),
+            ysum: Array2::zeros((b, n_out)),
+            stats: BatchStats::default(),
+        }
+    }
 }
 
 /// Trains a [`Network`].
+///
+/// The global batch is cut into [`TrainConfig::shards`] shards whose gradients are summed
+/// in a fixed order ([`crate::collective`]); with a [`Collective`] of several ranks
+/// ([`Trainer::with_collective`]) each rank computes its own shards and every rank applies
+/// the same update.
 pub struct Trainer<F: Float> {
     net: Network<F>,
     config: TrainConfig,
     opt: OptimizerState<F>,
-    grads: Gradients<F>,
-    eprop: Option<Eprop<F>>,
-    bptt: Option<bptt::Workspace<F>>,
-    probs: Array2<F>,
-    err: Array2<F>,
-    ysum: Array2<F>,
+    /// The summed gradients (and loss) of the last computation.
+    sum: Partial<F>,
+    scratch: Vec<Partial<F>>,
+    tally_scratch: Vec<Tally>,
+    buf: Vec<u8>,
+    comm: Arc<dyn Collective>,
+    /// The layout of the current global batch and this rank's shards of it.
+    layout: Sharding,
+    shards: Vec<Shard<F>>,
+    /// BPTT's workspaces, for the two shard sizes a layout can have.
+    bptt: [Option<bptt::Workspace<F>>; 2],
+    /// This rank's readout of the current step ([`Trainer::step`]).
+    readout: Array2<F>,
     hook: Option<Hook<F>>,
     stream: Option<Stream>,
-    rate_pass: Option<RatePass<F>>,
 }
 
 /// The per-sequence rate regulariser's state ([`RateForm::PerSequence`]): per sample, an
@@ -213,8 +373,17 @@ struct RatePass<F: Float> {
 }
 
 impl<F: Float> Trainer<F> {
-    /// A trainer for `net` with `config`.
+    /// A trainer for `net` with `config`, in one process.
     pub fn new(net: Network<F>, config: TrainConfig) -> Result<Self> {
+        Self::with_collective(net, config, Arc::new(Single))
+    }
+
+    /// A trainer that is one rank of a data-parallel job: every rank builds the same
+    /// network and configuration and passes every call the same global batch; each computes
+    /// the gradients of its own shards only ([`TrainConfig::shards`]), and all apply the same
+    /// summed update. The weights after any number of updates are bit-identical whatever
+    /// the number of ranks.
+    pub fn with_collective(net: Network<F>, config: TrainConfig, comm: Arc<dyn Collective>) -> Result<Self> {
         config.validate()?;
         net.validate()?;
         if let Algorithm::Eprop(Feedback::Matrices(given)) = &config.algorithm {
@@ -226,15 +395,20 @@ impl<F: Float> Trainer<F> {
             net,
             config,
             opt,
-            grads,
-            eprop: None,
-            bptt: None,
-            probs: Array2::zeros((0, 0)),
-            err: Array2::zeros((0, 0)),
-            ysum: Array2::zeros((0, 0)),
+            sum: Partial {
+                grads,
+                tally: Tally::default(),
+            },
+            scratch: Vec::new(),
+            tally_scratch: Vec::new(),
+            buf: Vec::new(),
+            comm,
+            layout: Sharding::new(0, 1, 1),
+            shards: Vec::new(),
+            bptt: [None, None],
+            readout: Array2::zeros((0, 0)),
             hook: None,
             stream: None,
-            rate_pass: None,
         })
     }
 
@@ -250,17 +424,23 @@ impl<F: Float> Trainer<F> {
     pub fn config(&self) -> &TrainConfig {
         &self.config
     }
+    /// The ranks this trainer shares its work with ([`Single`] unless built with
+    /// [`Trainer::with_collective`]).
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.comm
+    }
     /// Number of optimiser updates applied so far.
     pub fn updates(&self) -> usize {
         self.opt.steps()
     }
-    /// The gradients of the last computation.
+    /// The gradients of the last computation (summed over every shard, on every rank).
     pub fn gradients(&self) -> &Gradients<F> {
-        &self.grads
+        &self.sum.grads
     }
 
     /// Writes the network and the optimiser state (moments, update count) to `path`,
-    /// atomically, so that training can resume exactly where it stopped.
+    /// atomically, so that training can resume exactly where it stopped. In a
+    /// data-parallel job every rank holds the same state; let one rank (rank 0) write it.
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         self.save_checkpoint_with(path, &BTreeMap::new())
     }
@@ -290,7 +470,8 @@ impl<F: Float> Trainer<F> {
     /// [`Network::save`], keeping the current optimiser state) and returns the caller's
     /// entries saved with [`Trainer::save_checkpoint_with`] (empty for other files). The
     /// network must have the same model and sizes; nothing changes unless the whole file
-    /// matches.
+    /// matches. A checkpoint holds no trace of the rank count: a job may resume on any
+    /// number of ranks.
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<BTreeMap<String, String>> {
         let path = path.as_ref();
         let (metadata, mut tensors) = crate::checkpoint::read(path)?;
@@ -309,63 +490,102 @@ impl<F: Float> Trainer<F> {
         net.validate()?;
         self.net = net;
         self.opt = opt;
-        self.eprop = None;
-        self.rate_pass = None;
+        self.shards.clear();
+        self.stream = None;
         Ok(metadata
             .into_iter()
             .filter_map(|(k, v)| k.strip_prefix(USER).map(|k| (k.to_string(), v)))
             .collect())
     }
 
-    /// Calls `hook` after every step of every sequence (training and evaluation).
+    /// Calls `hook` after every step of every sequence (training and evaluation), once per
+    /// shard of this rank with that shard's readout (the whole batch's with one shard).
     pub fn set_step_hook(&mut self, hook: impl FnMut(&StepInfo<'_, F>) + Send + 'static) {
         self.hook = Some(Box::new(hook));
     }
 
-    /// Bytes of training state the algorithm keeps for batch size `batch` and sequence
-    /// length `t_len`: e-prop's traces, filtered traces and gradient accumulators (independent
-    /// of `t_len`), or BPTT's tape (linear in `t_len`) plus its gradients.
+    /// Bytes of training state the algorithm keeps on this rank for a global batch of
+    /// `batch` samples and sequence length `t_len`: e-prop's traces, filtered traces and
+    /// gradient accumulators for this rank's shards (independent of `t_len`), or BPTT's tape
+    /// of one shard (linear in `t_len`) plus its gradients; with several shards, one more
+    /// gradient-sized buffer per level of the summation tree.
     pub fn state_bytes(&mut self, batch: usize, t_len: usize) -> usize {
         let f = std::mem::size_of::<F>();
-        let grads = self.grads.len() * f;
+        let grads = self.sum.grads.len() * f;
+        let layout = Sharding::new(batch, self.config.shards, self.comm.size());
+        let tree = (usize::BITS - (layout.shards() - 1).leading_zeros()) as usize * grads;
         match &self.config.algorithm {
-            Algorithm::Eprop(fb) => {
-                let fb = fb.clone();
-                self.ensure_eprop(batch, &fb);
-                let pass = self.rate_pass.as_ref().map_or(0, |rp| {
-                    rp.engines.iter().map(|e| e.state_bytes()).sum::<usize>() + rp.sums.len() * f
-                });
-                self.eprop.as_ref().map_or(0, |e| e.state_bytes()) + pass
+            Algorithm::Eprop(_) => {
+                self.ensure_shards(batch);
+                self.ensure_engines();
+                let engines: usize = (self.shards.iter())
+                    .map(|s| {
+                        let pass = s.rate_pass.as_ref().map_or(0, |rp| {
+                            rp.engines.iter().map(|e| e.state_bytes()).sum::<usize>() + rp.sums.len() * f
+                        });
+                        s.eprop.as_ref().map_or(0, |e| e.state_bytes()) + pass
+                    })
+                    .sum();
+                engines + tree
             }
-            Algorithm::Bptt => bptt::tape_bytes(&self.net, batch, t_len) + grads,
+            Algorithm::Bptt => {
+                let largest = (0..layout.shards()).map(|k| layout.samples(k).len()).max().unwrap_or(0);
+                bptt::tape_bytes(&self.net, largest, t_len) + grads + tree
+            }
         }
     }
 
-    fn ensure_eprop(&mut self, batch: usize, feedback: &Feedback) {
-        if self.eprop.as_ref().is_none_or(|e| e.batch != batch) {
-            self.eprop = Some(Eprop::new(&self.net, batch, feedback));
+    /// Lays out a global batch of `batch` samples over the shards and ranks, keeping the
+    /// shards (and their engines) when the layout is unchanged.
+    fn ensure_shards(&mut self, batch: usize) {
+        let layout = Sharding::new(batch, self.config.shards, self.comm.size());
+        if layout == self.layout && !self.shards.is_empty() {
+            return;
         }
+        let n_out = self.net.n_out();
+        let mine = layout.owned(self.comm.rank());
+        let mut old: Vec<Shard<F>> = std::mem::take(&mut self.shards);
+        self.shards = mine
+            .map(|k| {
+                let samples = layout.samples(k);
+                // An engine of the same size is reused (its state is reset at every sequence).
+                match old.iter().position(|s| s.samples.len() == samples.len()) {
+                    Some(i) => {
+                        let mut s = old.swap_remove(i);
+                        s.samples = samples;
+                        s
+                    }
+                    None => Shard::new(samples, n_out),
+                }
+            })
+            .collect();
+        self.readout = Array2::zeros((layout.samples_of(self.comm.rank()).len(), n_out));
+        self.layout = layout;
+    }
+
+    /// Builds the e-prop engines of this rank's shards.
+    fn ensure_engines(&mut self) {
+        let Algorithm::Eprop(feedback) = &self.config.algorithm else {
+            return;
+        };
         let per_sequence = self
             .config
             .rate_regularization
             .is_some_and(|r| r.form == RateForm::PerSequence);
-        if per_sequence && self.rate_pass.as_ref().is_none_or(|r| r.engines.len() != batch) {
-            let sizes: Vec<usize> = self.net.populations.iter().map(|p| p.size).collect();
-            self.rate_pass = Some(RatePass {
-                engines: (0..batch).map(|_| Eprop::unit(&self.net, 1)).collect(),
-                counts: vec![sizes.iter().map(|&n| vec![0.0; n]).collect(); batch],
-                zero_err: Array2::zeros((1, self.net.n_out())),
-                sums: self.net.params.zeros_like(),
-            });
-        }
-    }
-
-    fn ensure_scratch(&mut self, batch: usize) {
-        let n_out = self.net.n_out();
-        if self.err.dim() != (batch, n_out) {
-            self.probs = Array2::zeros((batch, n_out));
-            self.err = Array2::zeros((batch, n_out));
-            self.ysum = Array2::zeros((batch, n_out));
+        let sizes: Vec<usize> = self.net.populations.iter().map(|p| p.size).collect();
+        for shard in &mut self.shards {
+            let b = shard.samples.len();
+            if shard.eprop.is_none() {
+                shard.eprop = Some(Eprop::new(&self.net, b, feedback));
+            }
+            if per_sequence && shard.rate_pass.is_none() {
+                shard.rate_pass = Some(RatePass {
+                    engines: (0..b).map(|_| Eprop::unit(&self.net, 1)).collect(),
+                    counts: vec![sizes.iter().map(|&n| vec![0.0; n]).collect(); b],
+                    zero_err: Array2::zeros((1, self.net.n_out())),
+                    sums: self.net.params.zeros_like(),
+                });
+            }
         }
     }
 
@@ -383,7 +603,7 @@ impl<F: Float> Trainer<F> {
         targets: Targets<'_, F>,
     ) -> Result<(&Gradients<F>, BatchStats)> {
         let stats = self.gradients_inner(inputs, targets, false)?;
-        Ok((&self.grads, stats))
+        Ok((&self.sum.grads, stats))
     }
 
     /// Computes the gradients on one batch and applies the optimiser (with e-prop and
@@ -406,7 +626,7 @@ impl<F: Float> Trainer<F> {
         targets: Targets<'_, F>,
     ) -> Result<(&Gradients<F>, BatchStats)> {
         let stats = self.events_inner(events, targets, false)?;
-        Ok((&self.grads, stats))
+        Ok((&self.sum.grads, stats))
     }
 
     fn events_inner(&mut self, events: &SpikeEvents, targets: Targets<'_, F>, update: bool) -> Result<BatchStats> {
@@ -424,8 +644,7 @@ impl<F: Float> Trainer<F> {
         }
         targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
         self.check_window(t_len)?;
-        self.ensure_scratch(batch);
-        self.begin_inner(batch, t_len, update)?;
+        self.begin_inner(batch, t_len)?;
         let mut x = Array2::<F>::zeros((batch, self.net.n_in));
         for t in 0..t_len {
             events.fill_step(t, &mut x);
@@ -434,34 +653,54 @@ impl<F: Float> Trainer<F> {
         self.end_inner(update, Some(&targets))
     }
 
-    /// Loss and accuracy of the network on one batch, without gradients.
+    /// Loss and accuracy of the network on one batch, without gradients. In a data-parallel
+    /// job each rank evaluates its own shards and every rank gets the totals.
     pub fn evaluate(&mut self, inputs: ArrayView3<F>, targets: Targets<'_, F>) -> Result<BatchStats> {
         let inputs = inputs.as_standard_layout();
         let (t_len, batch) = self.check_batch(&inputs.view(), &targets)?;
-        let out = self.net.run(inputs.view())?;
-        self.ensure_scratch(batch);
-        let (w0, w1) = self.config.loss.window().bounds(t_len);
-        let mut errs = Array3::zeros((t_len, batch, self.net.n_out()));
-        let stats = loss_over(
-            &self.config.loss,
-            self.config.reduction,
-            &out.readout.view(),
-            &targets,
-            (w0, w1),
-            &mut errs,
-            &mut self.probs,
-            &mut self.ysum,
-        );
-        if let Some(hook) = &mut self.hook {
-            for t in 0..t_len {
-                hook(&StepInfo {
-                    t,
-                    readout: out.readout.index_axis(Axis(0), t),
-                    loss: 0.0,
-                });
+        let layout = Sharding::new(batch, self.config.shards, self.comm.size());
+        let window = self.config.loss.window().bounds(t_len);
+        let n_out = self.net.n_out();
+        let mut total = Tally::default();
+        let Trainer {
+            net,
+            config,
+            comm,
+            hook,
+            tally_scratch,
+            buf,
+            ..
+        } = self;
+        sum_shards(&**comm, &layout, &mut total, tally_scratch, buf, &mut |k, out| {
+            let samples = layout.samples(k);
+            let b = samples.len();
+            let out_run = net.run(inputs.slice(s![.., samples.clone(), ..]))?;
+            let (mut probs, mut ysum) = (Array2::zeros((b, n_out)), Array2::zeros((b, n_out)));
+            let mut errs = Array3::zeros((t_len, b, n_out));
+            let stats = loss_over(
+                &config.loss,
+                config.reduction,
+                batch,
+                &out_run.readout.view(),
+                &targets.samples(samples),
+                window,
+                &mut errs,
+                &mut probs,
+                &mut ysum,
+            );
+            if let Some(hook) = hook {
+                for t in 0..t_len {
+                    hook(&StepInfo {
+                        t,
+                        readout: out_run.readout.index_axis(Axis(0), t),
+                        loss: 0.0,
+                    });
+                }
             }
-        }
-        Ok(stats)
+            *out = Tally::of(&stats);
+            Ok(())
+        })?;
+        Ok(total.stats(0.0))
     }
 
     /// The loss window must hold at least one of the `t_len` steps.
@@ -492,44 +731,86 @@ impl<F: Float> Trainer<F> {
         let inputs = inputs.as_standard_layout();
         let inputs = inputs.view();
         let (t_len, batch) = self.check_batch(&inputs, &targets)?;
-        self.ensure_scratch(batch);
         match &self.config.algorithm {
             Algorithm::Bptt => {
+                self.ensure_shards(batch);
                 let window = self.config.loss.window().bounds(t_len);
                 let reg = self.reg(batch, t_len);
-                let mut stats = BatchStats::default();
-                let (loss, probs, ysum, hook) = (&self.config.loss, &mut self.probs, &mut self.ysum, &mut self.hook);
-                let reduction = self.config.reduction;
-                let ws = &mut self.bptt;
-                bptt::gradients(
-                    &self.net,
-                    inputs,
-                    reg,
-                    &mut SpikeMode::Plain,
-                    &mut self.grads,
-                    ws,
-                    |ys, errs| {
-                        stats = loss_over(loss, reduction, ys, &targets, window, errs, probs, ysum);
-                        if let Some(hook) = hook {
-                            for t in 0..t_len {
-                                hook(&StepInfo {
-                                    t,
-                                    readout: ys.index_axis(Axis(0), t),
-                                    loss: 0.0,
-                                });
+                let smallest = self
+                    .layout
+                    .samples(self.layout.shards() - 1)
+                    .len()
+                    .min(self.layout.samples(0).len());
+                let Trainer {
+                    net,
+                    config,
+                    comm,
+                    hook,
+                    scratch,
+                    buf,
+                    sum,
+                    layout,
+                    shards,
+                    bptt: workspaces,
+                    ..
+                } = self;
+                let first = layout.owned(comm.rank()).start;
+                sum_shards(&**comm, layout, sum, scratch, buf, &mut |k, out| {
+                    let shard = &mut shards[k - first];
+                    let samples = shard.samples.clone();
+                    let x = inputs.slice(s![.., samples.clone(), ..]);
+                    let x = x.as_standard_layout();
+                    let shard_targets = targets.samples(samples.clone());
+                    let ws = &mut workspaces[samples.len() - smallest];
+                    let mut stats = BatchStats::default();
+                    bptt::gradients(
+                        net,
+                        x.view(),
+                        reg,
+                        &mut SpikeMode::Plain,
+                        &mut out.grads,
+                        ws,
+                        |ys, errs| {
+                            stats = loss_over(
+                                &config.loss,
+                                config.reduction,
+                                batch,
+                                ys,
+                                &shard_targets,
+                                window,
+                                errs,
+                                &mut shard.probs,
+                                &mut shard.ysum,
+                            );
+                            if let Some(hook) = hook {
+                                for t in 0..t_len {
+                                    hook(&StepInfo {
+                                        t,
+                                        readout: ys.index_axis(Axis(0), t),
+                                        loss: 0.0,
+                                    });
+                                }
                             }
-                        }
-                    },
-                );
-                stats.grad_norm = if update {
-                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, stats.loss)?
+                        },
+                    );
+                    out.tally = Tally::of(&stats);
+                    Ok(())
+                })?;
+                let grad_norm = if update {
+                    apply_update(
+                        &mut self.opt,
+                        &mut self.net,
+                        &self.sum.grads,
+                        &self.config,
+                        self.sum.tally.loss,
+                    )?
                 } else {
-                    self.grads.norm()
+                    self.sum.grads.norm()
                 };
-                Ok(stats)
+                Ok(self.sum.tally.stats(grad_norm))
             }
             Algorithm::Eprop(_) => {
-                self.begin_inner(batch, t_len, update)?;
+                self.begin_inner(batch, t_len)?;
                 for t in 0..t_len {
                     let step_targets = targets.at(t);
                     self.step_inner(inputs.index_axis(Axis(0), t), Some(step_targets), update)?;
@@ -558,19 +839,19 @@ impl<F: Float> Trainer<F> {
             ));
         }
         self.check_window(t_len)?;
-        self.ensure_scratch(batch);
-        self.begin_inner(batch, t_len, true)
+        self.begin_inner(batch, t_len)
     }
 
     /// One streamed step: inputs `[B, n_in]`, targets for this step (required inside the
     /// loss window). Applies an update every `update_every` steps if configured. Returns
-    /// this step's readout.
+    /// this step's readout of this rank's samples (`[B, n_out]` in one process; in a
+    /// data-parallel job the rows of this rank's shards, in order).
     pub fn step(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>) -> Result<ArrayView2<'_, F>> {
         let s = self
             .stream
             .as_ref()
             .ok_or_else(|| Error::State("Trainer::step before begin_sequence".into()))?;
-        let batch = self.err.nrows();
+        let batch = s.batch;
         if x.shape() != [batch, self.net.n_in] {
             return Err(Error::Shape {
                 what: "step inputs".into(),
@@ -632,7 +913,14 @@ impl<F: Float> Trainer<F> {
         }
         let x = x.as_standard_layout();
         self.step_inner(x.view(), targets, true)?;
-        Ok(self.eprop.as_ref().expect("begun").y.view())
+        let base = self.shards.first().map_or(0, |s| s.samples.start);
+        for shard in &self.shards {
+            let y = &shard.eprop.as_ref().expect("begun").y;
+            self.readout
+                .slice_mut(s![shard.samples.start - base..shard.samples.end - base, ..])
+                .assign(y);
+        }
+        Ok(self.readout.view())
     }
 
     /// Ends a streamed sequence: applies the update for the gradients accumulated since
@@ -644,82 +932,90 @@ impl<F: Float> Trainer<F> {
         self.end_inner(true, None)
     }
 
-    fn begin_inner(&mut self, batch: usize, t_len: usize, _update: bool) -> Result<()> {
-        let Algorithm::Eprop(fb) = &self.config.algorithm else {
+    fn begin_inner(&mut self, batch: usize, t_len: usize) -> Result<()> {
+        if !matches!(self.config.algorithm, Algorithm::Eprop(_)) {
             return Err(invalid("algorithm", "BPTT", "e-prop"));
-        };
-        let fb = fb.clone();
-        self.ensure_eprop(batch, &fb);
-        let e = self.eprop.as_mut().expect("built");
-        e.begin_sequence(&self.net);
-        e.zero_gradients();
-        if let Some(rp) = &mut self.rate_pass {
-            for e in &mut rp.engines {
-                e.begin_sequence(&self.net);
-                e.zero_gradients();
+        }
+        self.ensure_shards(batch);
+        self.ensure_engines();
+        for shard in &mut self.shards {
+            let e = shard.eprop.as_mut().expect("built");
+            e.begin_sequence(&self.net);
+            e.zero_gradients();
+            if let Some(rp) = &mut shard.rate_pass {
+                for e in &mut rp.engines {
+                    e.begin_sequence(&self.net);
+                    e.zero_gradients();
+                }
+                rp.counts.iter_mut().flatten().for_each(|c| c.fill(0.0));
             }
-            rp.counts.iter_mut().flatten().for_each(|c| c.fill(0.0));
+            shard.ysum.fill(<F as Real>::zero());
+            shard.stats = BatchStats::default();
         }
         let window = self.config.loss.window().bounds(t_len);
-        self.ysum.fill(<F as Real>::zero());
         self.stream = Some(Stream {
             t: 0,
             t_len,
+            batch,
             window,
             scale: self.config.reduction.scale(batch, window.1 - window.0),
-            stats: BatchStats::default(),
             since_update: 0,
+            grad_norm: 0.0,
         });
         Ok(())
     }
 
     fn step_inner(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>, update: bool) -> Result<()> {
-        let batch = self.err.nrows();
-        let reg = self.reg(batch, self.stream.as_ref().map_or(1, |s| s.t_len));
+        let (batch, t_len) = self.stream.as_ref().map_or((1, 1), |s| (s.batch, s.t_len));
+        let reg = self.reg(batch, t_len);
         let s = self.stream.as_mut().expect("begun");
-        let e = self.eprop.as_mut().expect("built");
-        let y = e.forward(&self.net, x);
         let in_window = (s.window.0..s.window.1).contains(&s.t);
-        let mut loss = 0.0;
-        match (in_window, targets) {
-            (true, Some(tg)) => {
-                let (l, correct) = step_error(
-                    &self.config.loss,
-                    &y,
-                    tg,
-                    F::from_f64(s.scale),
-                    &mut self.probs,
-                    &mut self.err,
-                );
-                loss = l;
-                s.stats.loss += l;
-                self.ysum += &y;
-                if let StepTargets::Classes(c) = tg {
-                    // Per-step accuracy; replaced by the per-sample one when the targets are
-                    // one class per sample.
-                    s.stats.correct += correct;
-                    s.stats.predictions += c.len();
+        for shard in &mut self.shards {
+            let xs = x.slice(s![shard.samples.clone(), ..]);
+            let e = shard.eprop.as_mut().expect("built");
+            let y = e.forward(&self.net, xs);
+            let mut loss = 0.0;
+            match (in_window, targets) {
+                (true, Some(tg)) => {
+                    let tg = tg.samples(shard.samples.clone());
+                    let (l, correct) = step_error(
+                        &self.config.loss,
+                        &y,
+                        tg,
+                        F::from_f64(s.scale),
+                        &mut shard.probs,
+                        &mut shard.err,
+                    );
+                    loss = l;
+                    shard.stats.loss += l;
+                    shard.ysum += &y;
+                    if let StepTargets::Classes(c) = tg {
+                        // Per-step accuracy; replaced by the per-sample one when the targets
+                        // are one class per sample.
+                        shard.stats.correct += correct;
+                        shard.stats.predictions += c.len();
+                    }
                 }
+                _ => shard.err.fill(<F as Real>::zero()),
             }
-            _ => self.err.fill(<F as Real>::zero()),
-        }
-        if let Some(hook) = &mut self.hook {
-            hook(&StepInfo {
-                t: s.t,
-                readout: y,
-                loss,
-            });
-        }
-        e.learn(&self.net, x, &self.err.view(), reg);
-        if let Some(rp) = &mut self.rate_pass {
-            for (b, (e, counts)) in rp.engines.iter_mut().zip(&mut rp.counts).enumerate() {
-                let xb = x.slice(ndarray::s![b..b + 1, ..]);
-                e.forward(&self.net, xb);
-                e.learn(&self.net, xb, &rp.zero_err.view(), None);
-                for (p, c) in counts.iter_mut().enumerate() {
-                    c.iter_mut()
-                        .zip(e.outputs(p).row(0))
-                        .for_each(|(c, z)| *c += z.to_f64());
+            if let Some(hook) = &mut self.hook {
+                hook(&StepInfo {
+                    t: s.t,
+                    readout: y,
+                    loss,
+                });
+            }
+            e.learn(&self.net, xs, &shard.err.view(), reg);
+            if let Some(rp) = &mut shard.rate_pass {
+                for (b, (e, counts)) in rp.engines.iter_mut().zip(&mut rp.counts).enumerate() {
+                    let xb = xs.slice(s![b..b + 1, ..]);
+                    e.forward(&self.net, xb);
+                    e.learn(&self.net, xb, &rp.zero_err.view(), None);
+                    for (p, c) in counts.iter_mut().enumerate() {
+                        c.iter_mut()
+                            .zip(e.outputs(p).row(0))
+                            .for_each(|(c, z)| *c += z.to_f64());
+                    }
                 }
             }
         }
@@ -729,50 +1025,118 @@ impl<F: Float> Trainer<F> {
             && let Some(k) = self.config.update_every
             && s.since_update >= k
         {
-            e.gradients(&self.net, &mut self.grads);
-            s.stats.grad_norm = apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, s.stats.loss)?;
-            e.zero_gradients();
-            e.refresh_weights(&self.net);
+            self.sum_gradients(None)?;
+            let grad_norm = apply_update(
+                &mut self.opt,
+                &mut self.net,
+                &self.sum.grads,
+                &self.config,
+                self.sum.tally.loss,
+            )?;
+            let s = self.stream.as_mut().expect("begun");
+            s.grad_norm = grad_norm;
             s.since_update = 0;
+            for shard in &mut self.shards {
+                let e = shard.eprop.as_mut().expect("built");
+                e.zero_gradients();
+                e.refresh_weights(&self.net);
+            }
         }
         Ok(())
     }
 
+    /// Sums this rank's shards' e-prop gradients, losses and counts with every other rank's
+    /// into `self.sum`; with `rate` (the sequence's length), the per-sequence rate
+    /// regulariser's terms too.
+    fn sum_gradients(&mut self, rate: Option<usize>) -> Result<()> {
+        let batch = self.stream.as_ref().map_or(1, |s| s.batch);
+        let Trainer {
+            net,
+            config,
+            comm,
+            scratch,
+            buf,
+            sum,
+            layout,
+            shards,
+            ..
+        } = self;
+        let first = layout.owned(comm.rank()).start;
+        sum_shards(&**comm, layout, sum, scratch, buf, &mut |k, out| {
+            let shard = &mut shards[k - first];
+            shard.eprop.as_mut().expect("built").gradients(net, &mut out.grads);
+            if let (Some(t_len), Some(rp), Some(reg)) = (rate, &mut shard.rate_pass, config.rate_regularization) {
+                add_rate_terms(net, rp, reg, t_len, batch, &mut out.grads);
+            }
+            out.tally = Tally::of(&shard.stats);
+            Ok(())
+        })
+    }
+
     fn end_inner(&mut self, update: bool, targets: Option<&Targets<'_, F>>) -> Result<BatchStats> {
-        let mut s = self.stream.take().expect("begun");
-        let e = self.eprop.as_mut().expect("built");
+        let (since_update, t_len, grad_norm) = {
+            let s = self.stream.as_ref().expect("begun");
+            (s.since_update, s.t_len, s.grad_norm)
+        };
         if let Some(Targets::Classes(c)) = targets {
-            s.stats.correct = count_correct(&self.ysum, c, &mut self.probs);
-            s.stats.predictions = c.len();
-        }
-        if s.since_update > 0 || !update {
-            e.gradients(&self.net, &mut self.grads);
-            if let (Some(rp), Some(reg)) = (&mut self.rate_pass, self.config.rate_regularization) {
-                add_rate_terms(&self.net, rp, reg, s.t_len, &mut self.grads);
-            }
-            if update {
-                s.stats.grad_norm =
-                    apply_update(&mut self.opt, &mut self.net, &self.grads, &self.config, s.stats.loss)?;
-                e.zero_gradients();
-            } else {
-                s.stats.grad_norm = self.grads.norm();
+            for shard in &mut self.shards {
+                shard.stats.correct = count_correct(&shard.ysum, &c[shard.samples.clone()], &mut shard.probs);
+                shard.stats.predictions = shard.samples.len();
             }
         }
-        Ok(s.stats)
+        let result = if since_update > 0 || !update {
+            self.sum_gradients(Some(t_len)).and_then(|()| {
+                if update {
+                    let norm = apply_update(
+                        &mut self.opt,
+                        &mut self.net,
+                        &self.sum.grads,
+                        &self.config,
+                        self.sum.tally.loss,
+                    )?;
+                    for shard in &mut self.shards {
+                        shard.eprop.as_mut().expect("built").zero_gradients();
+                    }
+                    Ok(norm)
+                } else {
+                    Ok(self.sum.grads.norm())
+                }
+            })
+        } else {
+            // Every step's gradient is applied already; only the loss and counts are summed.
+            let Trainer {
+                comm,
+                tally_scratch,
+                buf,
+                layout,
+                shards,
+                sum,
+                ..
+            } = self;
+            let first = layout.owned(comm.rank()).start;
+            sum_shards(&**comm, layout, &mut sum.tally, tally_scratch, buf, &mut |k, out| {
+                *out = Tally::of(&shards[k - first].stats);
+                Ok(())
+            })
+            .map(|()| grad_norm)
+        };
+        self.stream = None;
+        Ok(self.sum.tally.stats(result?))
     }
 }
 
-/// Adds the per-sequence rate regulariser's terms, averaged over the batch like the loss:
-/// `(1/B) Σ_b r_jb Σ_t e_jib^t` with `r_jb = c (n_jb / T − f*) / T`, to every projection's
-/// and bias's gradient.
+/// Adds the per-sequence rate regulariser's terms, averaged over the global batch of `batch`
+/// samples like the loss: `(1/B) Σ_b r_jb Σ_t e_jib^t` with `r_jb = c (n_jb / T − f*) / T`,
+/// to every projection's and bias's gradient.
 fn add_rate_terms<F: Float>(
     net: &Network<F>,
     rp: &mut RatePass<F>,
     reg: RateRegularization,
     t_len: usize,
+    batch: usize,
     grads: &mut Gradients<F>,
 ) {
-    let (t, batch) = (t_len.max(1) as f64, rp.engines.len().max(1) as f64);
+    let (t, batch) = (t_len.max(1) as f64, batch.max(1) as f64);
     for (e, counts) in rp.engines.iter_mut().zip(&rp.counts) {
         e.gradients(net, &mut rp.sums);
         for (p, c) in counts.iter().enumerate() {
@@ -832,11 +1196,13 @@ fn check_feedback<F: Float>(net: &Network<F>, given: &[(String, Array2<f64>)]) -
     Ok(())
 }
 
-/// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`.
+/// Loss, accuracy and `errs = ∂E/∂y` of a whole readout `[T, B, n_out]`, part of a global
+/// batch of `batch_total` samples (the loss is averaged over that batch).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn loss_over<F: Float>(
     loss_fn: &Loss,
     reduction: Reduction,
+    batch_total: usize,
     ys: &ArrayView3<F>,
     targets: &Targets<'_, F>,
     window: (usize, usize),
@@ -853,7 +1219,7 @@ pub(crate) fn loss_over<F: Float>(
             for t in w0..w1 {
                 sum += &ys.index_axis(Axis(0), t);
             }
-            let scale = F::from_f64(1.0 / batch as f64);
+            let scale = F::from_f64(1.0 / batch_total as f64);
             let mut err = Array2::zeros(sum.raw_dim());
             let classes = match targets {
                 Targets::Classes(c) => StepTargets::Classes(ndarray::ArrayView1::from(*c)),
@@ -868,7 +1234,7 @@ pub(crate) fn loss_over<F: Float>(
             }
         }
         _ => {
-            let scale = F::from_f64(reduction.scale(batch, w1 - w0));
+            let scale = F::from_f64(reduction.scale(batch_total, w1 - w0));
             ysum.fill(<F as Real>::zero());
             for t in w0..w1 {
                 let y = ys.index_axis(Axis(0), t);
