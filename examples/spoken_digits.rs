@@ -16,6 +16,7 @@
 //! cargo run --release --features hdf5 --example spoken_digits -- --data shd_train.h5 --test-data shd_test.h5
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
@@ -24,6 +25,7 @@ use ndarray::{Array3, Axis};
 use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::{flags, plots};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{
@@ -113,6 +115,10 @@ struct Args {
     /// from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
+    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// The default pooling: about 70 inputs whatever the file's channel count.
@@ -134,6 +140,7 @@ impl Args {
         flags::optional("--pool", self.pool, 1..=100_000)?;
         flags::optional("--limit", self.limit, 1..=usize::MAX)?;
         flags::optional("--stop-after", self.stop_after, 1..=100_000)?;
+        flags::optional("--shards", self.shards, 1..=65_536)?;
         flags::positive("--duration", self.duration, 3600.0)?;
         flags::positive("--lr", self.lr, 10.0)?;
         flags::positive("--readout-tau", self.readout_tau, 1e9)?;
@@ -197,10 +204,14 @@ fn augment(x: &Array3<f32>, max_t: usize, max_c: usize, rng: &mut Rng) -> Array3
     out
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    job::run(train)
+}
+
+fn train(job: &Job) -> Result<()> {
     let args = Args::parse();
     args.validate()?;
-    let data = load_splits(&args.data, args.test_data.as_deref(), args.channels)?;
+    let data = job.agree(load_splits(&args.data, args.test_data.as_deref(), args.channels))?;
     let mut train: Vec<&SpikeSample> = data.samples.iter().filter(|s| !s.test).collect();
     let mut test: Vec<&SpikeSample> = data.samples.iter().filter(|s| s.test).collect();
     if let Some(n) = args.limit {
@@ -273,7 +284,8 @@ fn main() -> Result<()> {
         min_factor: 0.05,
     };
     config.clip_norm = Some(1.0);
-    let mut trainer = Trainer::new(net, config)?;
+    config.shards = args.shards.unwrap_or(job.size());
+    let mut trainer = Trainer::with_collective(net, config, job.comm())?;
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "spoken_digits", &[]);
     let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;

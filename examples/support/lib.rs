@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod flags;
+pub mod job;
 pub mod plots;
 pub mod resume;
 pub mod run_log;

@@ -1,6 +1,8 @@
 //! PNG plots for the examples: line charts of training curves, spike rasters and membrane
 //! potentials.
 //!
+//! Only rank 0 of a data-parallel job draws ([`crate::job`]); the others return at once.
+//!
 //! Text is drawn with a bundled font (a subset of DejaVu Sans, `support/fonts/`), so plotting
 //! needs no system font libraries.
 
@@ -70,6 +72,9 @@ fn frame<'a, 'b>(
 
 /// A line chart of one or more named series of `(x, y)` points.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    if !crate::job::is_root() {
+        return Ok(());
+    }
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in series.iter().flat_map(|(_, s)| s.iter()) {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -105,6 +110,9 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<
 
 /// A spike raster: `(time, neuron)` dots over `neurons` rows and `duration` time units.
 pub fn raster(path: &Path, title: &str, spikes: &[(f64, usize)], neurons: usize, duration: f64) -> Result<()> {
+    if !crate::job::is_root() {
+        return Ok(());
+    }
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     let mut chart = frame(
         &root,
@@ -133,6 +141,9 @@ pub fn membrane<F: Float>(
     populations: &[(&str, &[usize])],
     dt: f64,
 ) -> Result<()> {
+    if !crate::job::is_root() {
+        return Ok(());
+    }
     let mut probes = Vec::new();
     let mut labels = Vec::new();
     for &(name, neurons) in populations {

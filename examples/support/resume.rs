@@ -67,13 +67,15 @@ pub const LAST: &str = "last.safetensors";
 impl Resume {
     /// The checkpoint in `output`, for a run configured by `args` (the parsed flags); `free`
     /// lists the flags (by field name) that may change between the runs, such as the number
-    /// of epochs and the output folder.
+    /// of epochs and the output folder. `--shards` is always free: it changes the order in
+    /// which gradients are summed, not what is trained (the same value keeps a resumed run
+    /// bit-identical, on any number of ranks).
     pub fn new(output: &Path, args: &impl Serialize, free: &[&str]) -> Result<Self> {
         let mut flags = match serde_json::to_value(args)? {
             serde_json::Value::Object(m) => m,
             other => bail!("flags serialise to {other}, expected an object"),
         };
-        for key in free.iter().chain(&["resume", "output"]) {
+        for key in free.iter().chain(&["resume", "output", "shards"]) {
             flags.remove(*key);
         }
         Ok(Resume {
@@ -85,6 +87,9 @@ impl Resume {
     /// Writes the trainer's checkpoint with `progress`, atomically (the previous file stays
     /// whole until the new one is complete).
     pub fn save<F: Float>(&self, trainer: &Trainer<F>, progress: &Progress) -> Result<()> {
+        if !crate::job::is_root() {
+            return Ok(());
+        }
         let order = progress
             .order
             .iter()
@@ -122,7 +127,9 @@ impl Resume {
             return Ok(fresh);
         }
         let progress = self.load(trainer)?;
-        remove_stale_temporaries(self.path.parent().unwrap_or(Path::new(".")));
+        if crate::job::is_root() {
+            remove_stale_temporaries(self.path.parent().unwrap_or(Path::new(".")));
+        }
         if progress.carry.len() != fresh.carry.len() {
             bail!(
                 "--resume: {} carries {} values, this program {}",

@@ -122,6 +122,9 @@ impl RunLog {
             self.extra.len()
         );
         let seconds = self.seconds();
+        if !crate::job::is_root() {
+            return Ok(());
+        }
         write!(
             self.csv,
             "{epoch},{},{},{},{},{seconds:.3}",
@@ -140,6 +143,9 @@ impl RunLog {
     /// Writes `summary.json`: the program, the versions, the configuration (`config`, e.g.
     /// the parsed flags), the final `results`, and the run's duration.
     pub fn summary(&self, config: &impl Serialize, results: serde_json::Value) -> Result<()> {
+        if !crate::job::is_root() {
+            return Ok(());
+        }
         let summary = json!({
             "program": self.program,
             "plasticity_version": env!("CARGO_PKG_VERSION"),
@@ -147,6 +153,7 @@ impl RunLog {
             "results": results,
             "seconds": self.seconds(),
             "threads": rayon::current_num_threads(),
+            "ranks": crate::job::ranks(),
         });
         write_atomic(
             &self.output.join("summary.json"),
