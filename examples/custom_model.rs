@@ -14,11 +14,13 @@
 //! cargo run --release --example custom_model -- --epochs 30
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
 use ndarray::Array3;
 use plasticity_examples::flags;
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_runtime::{
@@ -129,6 +131,10 @@ struct Args {
     /// from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
+    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 const N_IN: usize = 20;
@@ -148,11 +154,16 @@ fn batch(rng: &mut Rng, size: usize) -> (Array3<f32>, Vec<usize>) {
     (x, classes)
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    job::run(train)
+}
+
+fn train(job: &Job) -> Result<()> {
     let args = Args::parse();
     flags::count("--hidden", args.hidden, 1..=MAX_HIDDEN)?;
     flags::count("--epochs", args.epochs, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
+    flags::optional("--shards", args.shards, 1..=65_536)?;
     println!("{}", MyNeuron::describe());
     println!("{}", TwoCompartment::describe());
     let net = NetworkBuilder::<f32>::new(N_IN)
@@ -174,7 +185,11 @@ fn main() -> Result<()> {
         Loss::CrossEntropy(Window::Last(10)),
         Optimizer::adam(5e-3),
     );
-    let mut trainer = Trainer::new(net, config)?;
+    let config = TrainConfig {
+        shards: args.shards.unwrap_or(job.size()),
+        ..config
+    };
+    let mut trainer = Trainer::with_collective(net, config, job.comm())?;
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "custom_model", &[]);
     let resume = Resume::new(&args.output, &args, &["epochs", "stop_after"])?;

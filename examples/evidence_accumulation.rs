@@ -18,12 +18,14 @@
 //! cargo run --release --example evidence_accumulation
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use plasticity_examples::flags;
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::plots;
 use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
@@ -82,6 +84,10 @@ struct Args {
     /// to continue from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
+    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 const GROUP: usize = 10;
@@ -127,7 +133,11 @@ fn batch(rng: &mut Rng, size: usize, cues: usize) -> (Array3<f32>, Vec<usize>) {
     (x, labels)
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    job::run(train)
+}
+
+fn train(job: &Job) -> Result<()> {
     let args = Args::parse();
     let min_hidden = if args.network == Kind::Lsnn { 2 } else { 1 };
     flags::count("--batches", args.batches, 1..=10_000_000)?;
@@ -136,6 +146,7 @@ fn main() -> Result<()> {
     flags::count("--cues", args.cues, 1..=1_000)?;
     flags::count("--test", args.test, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
+    flags::optional("--shards", args.shards, 1..=65_536)?;
     flags::positive("--lr", args.lr, 10.0)?;
     // LIF neurons' traces factorise, ALIF neurons' do not: counted as ALIF.
     flags::memory(
@@ -197,7 +208,11 @@ fn main() -> Result<()> {
     };
     config.rate_regularization = Some(RateRegularization::running(1.0, 0.01));
     config.clip_norm = Some(1.0);
-    let mut trainer = Trainer::new(net, config)?;
+    let config = TrainConfig {
+        shards: args.shards.unwrap_or(job.size()),
+        ..config
+    };
+    let mut trainer = Trainer::with_collective(net, config, job.comm())?;
     let described: Vec<String> = pops
         .iter()
         .map(|(name, size)| format!("{size} {}", name.to_uppercase()))

@@ -13,12 +13,14 @@
 //! cargo run --release --example pattern_generation
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
 use plasticity_examples::flags;
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::plots;
 use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
@@ -89,17 +91,26 @@ struct Args {
     /// continue from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
+    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 const N_IN: usize = 100;
 const N_OUT: usize = 3;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    job::run(train)
+}
+
+fn train(job: &Job) -> Result<()> {
     let args = Args::parse();
     flags::count("--iterations", args.iterations, 1..=10_000_000)?;
     flags::count("--hidden", args.hidden, 1..=65_536)?;
     flags::count("--steps", args.steps, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=10_000_000)?;
+    flags::optional("--shards", args.shards, 1..=65_536)?;
     flags::positive("--lr", args.lr, 10.0)?;
     flags::memory(
         flags::training_bytes(!args.bptt, args.hidden, N_IN, 1, args.steps),
@@ -163,7 +174,11 @@ fn main() -> Result<()> {
         Algorithm::Eprop(Feedback::Symmetric)
     };
     let config = TrainConfig::new(algorithm, Loss::MeanSquared(Window::All), Optimizer::adam(args.lr));
-    let mut trainer = Trainer::new(net, config)?;
+    let config = TrainConfig {
+        shards: args.shards.unwrap_or(job.size()),
+        ..config
+    };
+    let mut trainer = Trainer::with_collective(net, config, job.comm())?;
     println!(
         "pattern generation: {} LIF neurons, {} steps, {N_OUT} outputs, {}, {} iterations",
         args.hidden,

@@ -9,19 +9,26 @@
 //!
 //! cargo run --release --example scaling -- --model alif --algorithm eprop --hidden 1024 --inputs 700 --batch 16 --steps 100
 //! cargo run --release --example scaling -- --sweep out/scaling.csv
+//!
+//! Built with `--features mpi` it also runs as a data-parallel job, `mpirun -n 2
+//! target/release/examples/scaling ...`, and reports the bytes rank 0 exchanged per update.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use ndarray::{Array1, Array2, Array3};
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::{flags, plots, write_atomic};
 use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
-    Algorithm, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer, PopulationSpec,
-    ProjectionSpec, ReadoutSpec, StepTargets, Targets, TrainConfig, Trainer, Window,
+    Algorithm, Collective, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer,
+    PopulationSpec, ProjectionSpec, ReadoutSpec, StepTargets, Targets, TrainConfig, Trainer, Window,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -82,6 +89,9 @@ struct Args {
     /// algorithms and write a CSV here (each point runs in a fresh process).
     #[arg(long)]
     sweep: Option<PathBuf>,
+    /// Shards of each batch (default: one per MPI rank; see `TrainConfig::shards`).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 const CLASSES: usize = 20;
@@ -95,6 +105,7 @@ impl Args {
         flags::count("--steps", self.steps, 1..=1_000_000)?;
         flags::count("--iters", self.iters, 1..=1_000_000)?;
         flags::optional("--threads", self.threads, 1..=4096)?;
+        flags::optional("--shards", self.shards, 1..=65_536)?;
         flags::non_negative("--kappa", self.kappa, 1.0)?;
         if self.kappa >= 1.0 {
             anyhow::bail!("--kappa {}: expected a leak in [0, 1)", self.kappa);
@@ -114,19 +125,31 @@ impl Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    job::run(run)
+}
+
+fn run(job: &Job) -> Result<()> {
     let args = Args::parse();
     args.validate()?;
     if let Some(path) = &args.sweep {
+        if job.size() > 1 {
+            anyhow::bail!("--sweep runs its points in child processes: start it without mpirun");
+        }
         return sweep(&args, path);
     }
+    let comm = Arc::new(Counting {
+        inner: job.comm(),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    });
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let m = pool.install(|| match args.model {
-        Model::Lif => measure(BellecLif::default(), &args),
-        Model::Alif => measure(BellecAlif::default(), &args),
+        Model::Lif => measure(BellecLif::default(), &args, comm.clone()),
+        Model::Alif => measure(BellecAlif::default(), &args, comm.clone()),
     })?;
     // Peak RSS is read before the bandwidth probe allocates its large arrays.
     let peak = peak_rss_bytes();
@@ -153,7 +176,11 @@ fn main() -> Result<()> {
         "kappa": args.kappa,
         "connectivity": args.connectivity.unwrap_or(1.0),
         "threads": threads,
+        "ranks": job.size(),
+        "shards": args.shards.unwrap_or(job.size()),
         "ms_per_step": m.ms_per_step,
+        "rank0_bytes_sent_per_update": m.sent_per_update,
+        "rank0_bytes_received_per_update": m.received_per_update,
         "sequence_ms": m.sequence_ms,
         "state_bytes": m.state_bytes,
         "peak_rss_bytes": peak,
@@ -165,7 +192,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
+fn measure<M: NeuronModel>(model: M, args: &Args, comm: Arc<Counting>) -> Result<Measurement> {
     let builder = NetworkBuilder::<f32>::new(args.inputs);
     let builder = match args.connectivity {
         None => builder.layer(LayerSpec::new(model, args.hidden).recurrent(args.recurrent)),
@@ -186,8 +213,9 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
         Algo::Eprop => Algorithm::Eprop(Feedback::Symmetric),
         Algo::Bptt => Algorithm::Bptt,
     };
-    let config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3));
-    let mut trainer = Trainer::new(net, config)?;
+    let mut config = TrainConfig::new(algorithm, Loss::CrossEntropy(Window::All), Optimizer::adam(1e-3));
+    config.shards = args.shards.unwrap_or(comm.size());
+    let mut trainer = Trainer::with_collective(net, config, comm.clone())?;
     let (batch, steps) = (args.batch, args.steps);
     // A small, fast generator: the input stream is part of the timed loop.
     let mut rng = SmallRng::seed_from_u64(2);
@@ -205,6 +233,10 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
     // end_sequence: resetting traces, copying gradients, the optimiser step).
     let mut outside = Vec::new();
     for iter in 0..=args.iters {
+        if iter == 1 {
+            comm.sent.store(0, Ordering::Relaxed);
+            comm.received.store(0, Ordering::Relaxed);
+        }
         let start = Instant::now();
         match args.algorithm {
             Algo::Eprop => {
@@ -243,9 +275,12 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
         Algo::Eprop => (2 * per_synapse_rows * synapses * batch * std::mem::size_of::<f32>()) as f64,
         Algo::Bptt => 0.0,
     };
+    let updates = (trainer.updates() - 1).max(1) as f64;
     Ok(Measurement {
         ms_per_step,
         sequence_ms,
+        sent_per_update: comm.sent.load(Ordering::Relaxed) as f64 / updates,
+        received_per_update: comm.received.load(Ordering::Relaxed) as f64 / updates,
         state_bytes,
         trace_traffic_bytes,
     })
@@ -254,10 +289,51 @@ fn measure<M: NeuronModel>(model: M, args: &Args) -> Result<Measurement> {
 /// What one configuration measured.
 struct Measurement {
     ms_per_step: f64,
+    /// Bytes this rank sent and received per optimiser update (a broadcast counts once).
+    sent_per_update: f64,
+    received_per_update: f64,
     /// e-prop: median ms per sequence in begin_sequence and end_sequence (0 for BPTT).
     sequence_ms: f64,
     state_bytes: usize,
     trace_traffic_bytes: f64,
+}
+
+/// A communicator that counts the bytes this rank sends and receives.
+struct Counting {
+    inner: Arc<dyn Collective>,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Collective for Counting {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn send(&self, to: usize, bytes: &[u8]) -> plasticity_runtime::Result<()> {
+        self.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.inner.send(to, bytes)
+    }
+    fn receive(&self, from: usize, bytes: &mut [u8]) -> plasticity_runtime::Result<()> {
+        self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.inner.receive(from, bytes)
+    }
+    fn broadcast(&self, root: usize, bytes: &mut [u8]) -> plasticity_runtime::Result<()> {
+        let counter = if self.rank() == root {
+            &self.sent
+        } else {
+            &self.received
+        };
+        if self.size() > 1 {
+            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        self.inner.broadcast(root, bytes)
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.inner.abort(code)
+    }
 }
 
 /// STREAM-style triad `a = b + s·c` over arrays far larger than cache, in parallel over

@@ -22,10 +22,10 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Axis};
+use plasticity_examples::job::{self, Job};
 use plasticity_examples::resume::{Progress, Resume, Rng, stop_at};
 use plasticity_examples::run_log::RunLog;
 use plasticity_examples::spike_data::{SpikeSample, bin, load_splits};
-use plasticity_examples::job::{self, Job};
 use plasticity_examples::{flags, plots};
 use plasticity_runtime::models::BellecAlif;
 use plasticity_runtime::{

@@ -225,3 +225,37 @@ fn each_rank_keeps_state_for_its_shards_only() {
     assert_eq!(halves[0], halves[1]);
     assert_eq!(2 * (halves[0] - tree), whole - tree);
 }
+
+/// A diverging update is found after the sum, so every rank reports the same error at the
+/// same update and none is left waiting for another.
+#[test]
+fn divergence_is_reported_by_every_rank() {
+    let mut c = TrainConfig::new(
+        Algorithm::Eprop(Feedback::Symmetric),
+        Loss::CrossEntropy(Window::All),
+        Optimizer::sgd(1e38, 0.0),
+    );
+    c.shards = 2;
+    let group = Threads::group(2);
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .into_iter()
+            .map(|comm| {
+                let c = c.clone();
+                s.spawn(move || {
+                    let mut t = Trainer::with_collective(network::<f32>(), c, Arc::new(comm)).unwrap();
+                    (0..5)
+                        .find_map(|k| {
+                            let (x, y) = batch::<f32>(k);
+                            t.train_batch(x.view(), Targets::Classes(&y)).err()
+                        })
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(errors[0].contains("training diverged"), "{errors:?}");
+    assert_eq!(errors[0], errors[1]);
+}

@@ -194,7 +194,10 @@ fn silence_stdout() -> Result<()> {
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     // SAFETY: dup2 on two valid descriptors; `null` stays open until after the call.
     if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
-        return Err(anyhow!("redirecting standard output: {}", std::io::Error::last_os_error()));
+        return Err(anyhow!(
+            "redirecting standard output: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

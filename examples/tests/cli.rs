@@ -5,49 +5,15 @@
 //!
 //! The binaries are the ones `cargo test` builds next to this test (`target/<profile>/examples`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{binary, bundled_data, scratch, tensors};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use safetensors::SafeTensors;
-
-/// The example binary `name`, built by cargo with this test.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let path = profile_dir.join("examples").join(name);
-    // `cargo test -p plasticity-examples` (and `--workspace`) builds the examples first;
-    // `--test cli` alone does not, and would run stale binaries.
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest_source = std::fs::read_dir(source.join("support"))
-        .expect("support folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .chain([source.join(format!("{name}.rs"))])
-        .filter_map(|p| modified(&p))
-        .max();
-    assert!(
-        modified(&path).is_some_and(|built| newest_source.is_none_or(|s| built >= s)),
-        "{} is missing or older than its sources: run `cargo test -p plasticity-examples`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
-/// A fresh folder for one run.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("plasticity-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
-}
-
-fn bundled_data() -> String {
-    format!("{}/data/spoken_digits.bin", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// How a run ended.
 enum Outcome {
@@ -154,6 +120,7 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
                 "--shift-steps",
                 "--shift-channels",
                 "--stop-after",
+                "--shards",
             ],
         ),
         (
@@ -182,6 +149,7 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
                 "--seed",
                 "--test",
                 "--stop-after",
+                "--shards",
             ],
         ),
         (
@@ -190,7 +158,15 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
                 .into_iter()
                 .chain(["--output".into(), o("pg")])
                 .collect(),
-            vec!["--iterations", "--hidden", "--steps", "--lr", "--seed", "--stop-after"],
+            vec![
+                "--iterations",
+                "--hidden",
+                "--steps",
+                "--lr",
+                "--seed",
+                "--stop-after",
+                "--shards",
+            ],
         ),
         (
             "custom_model",
@@ -198,7 +174,7 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
                 .into_iter()
                 .chain(["--output".into(), o("cm")])
                 .collect(),
-            vec!["--epochs", "--hidden", "--seed", "--stop-after"],
+            vec!["--epochs", "--hidden", "--seed", "--stop-after", "--shards"],
         ),
         (
             "exact_gradients",
@@ -229,6 +205,7 @@ fn examples(out: &Path) -> Vec<(&'static str, Vec<String>, Vec<&'static str>)> {
                 "--connectivity",
                 "--threads",
                 "--iters",
+                "--shards",
             ],
         ),
         (
@@ -305,16 +282,6 @@ fn refusals_name_the_flag() {
             other => panic!("{name} {flag} {value}: {}", other.describe()),
         }
     }
-}
-
-/// The tensors of a checkpoint by name (raw little-endian bytes).
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).expect("checkpoint");
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect()
 }
 
 /// `args` run straight through against the same run stopped half-way (`--stop-after`) and
@@ -509,4 +476,20 @@ fn nest_reference_reproduces_nest() {
         Outcome::Exit(1, stderr) => assert!(stderr.contains("broken.safetensors"), "{stderr}"),
         other => panic!("{}", other.describe()),
     }
+}
+
+/// A binary built without the `mpi` feature, started by `mpirun` as one of several ranks,
+/// refuses to run: each copy would train alone and write the same files.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_several_ranks() {
+    let out = Command::new(binary("custom_model"))
+        .args(["--epochs", "1", "--hidden", "4", "--output"])
+        .arg(scratch("no-mpi"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .expect("run custom_model");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--features mpi"), "{stderr}");
 }

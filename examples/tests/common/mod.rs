@@ -1,0 +1,55 @@
+//! What the examples' integration tests share: the built binaries, scratch folders, the
+//! bundled data and checkpoint tensors.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+
+/// The example binary `name`, built by cargo with this test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    // `cargo test -p plasticity-examples` (and `--workspace`) builds the examples first;
+    // `--test cli` alone does not, and would run stale binaries.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = std::fs::read_dir(source.join("support"))
+        .expect("support folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .chain([source.join(format!("{name}.rs"))])
+        .filter_map(|p| modified(&p))
+        .max();
+    assert!(
+        modified(&path).is_some_and(|built| newest_source.is_none_or(|s| built >= s)),
+        "{} is missing or older than its sources: run `cargo test -p plasticity-examples`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A fresh folder for one run.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("plasticity-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// The bundled spoken-digits set.
+pub fn bundled_data() -> String {
+    format!("{}/data/spoken_digits.bin", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tensors of a checkpoint by name (raw little-endian bytes).
+pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("checkpoint");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
