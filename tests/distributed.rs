@@ -6,86 +6,11 @@
 
 use std::sync::Arc;
 
-use ndarray::Array3;
-use plasticity_runtime::models::{BellecAlif, BellecLif};
 use plasticity_runtime::{
-    Algorithm, BatchStats, Collective, Connectivity, Feedback, Float, Init, Loss, Network, NetworkBuilder, Optimizer,
-    PopulationSpec, ProjectionSpec, RateRegularization, ReadoutSpec, Schedule, Single, StepTargets, Targets, Threads,
-    TrainConfig, Trainer, Window,
+    Algorithm, BatchStats, Collective, Feedback, Float, Loss, Optimizer, RateRegularization, Single, StepTargets,
+    Targets, Threads, TrainConfig, Trainer, Window,
 };
-
-const BATCH: usize = 7;
-const STEPS: usize = 24;
-
-/// LIF and ALIF populations, recurrent within and between them, the ALIF input sparse.
-fn network<F: Float>() -> Network<F> {
-    NetworkBuilder::new(5)
-        .population(PopulationSpec::new("lif", BellecLif::default(), 6).bias(true))
-        .population(PopulationSpec::new("alif", BellecAlif::default(), 5))
-        .projection(ProjectionSpec::input("lif").init(Init::Gaussian { gain: 2.0 }))
-        .projection(
-            ProjectionSpec::input("alif")
-                .init(Init::Gaussian { gain: 3.0 })
-                .connectivity(Connectivity::Probability { p: 0.5, seed: 3 }),
-        )
-        .projection(ProjectionSpec::new("lif", "lif").init(Init::Gaussian { gain: 0.8 }))
-        .projection(ProjectionSpec::new("lif", "alif").delayed(true))
-        .projection(ProjectionSpec::new("alif", "lif").init(Init::Gaussian { gain: 0.5 }))
-        .readout(ReadoutSpec::new(3, 0.6).from(["lif", "alif"]))
-        .seed(4)
-        .build()
-        .unwrap()
-}
-
-fn batch<F: Float>(k: usize) -> (Array3<F>, Vec<usize>) {
-    let x = Array3::from_shape_fn((STEPS, BATCH, 5), |(t, b, i)| {
-        if (t * 7 + b * 3 + i * 5 + k).is_multiple_of(3) {
-            F::from_f64(1.0)
-        } else {
-            F::from_f64(0.0)
-        }
-    });
-    (x, (0..BATCH).map(|b| (b + k) % 3).collect())
-}
-
-fn config(algorithm: Algorithm, shards: usize) -> TrainConfig {
-    let mut c = TrainConfig::new(
-        algorithm,
-        Loss::CrossEntropy(Window::Last(16)),
-        Optimizer::adamw(2e-2, 1e-2),
-    );
-    c.schedule = Schedule::Cosine {
-        warmup: 1,
-        total: 3,
-        min_factor: 0.2,
-    };
-    c.clip_norm = Some(2.0);
-    c.rate_regularization = Some(RateRegularization::running(0.1, 0.05));
-    c.shards = shards;
-    c
-}
-
-/// Weights as bits, in the one walk order.
-fn bits<F: Float>(net: &Network<F>) -> Vec<u64> {
-    let p = &net.params;
-    p.slots()
-        .flat_map(|s| p.get(s).iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>())
-        .collect()
-}
-
-/// Three training batches and an evaluation on `comm`: the final weights and every
-/// batch's statistics.
-fn train<F: Float>(config: &TrainConfig, comm: Arc<dyn Collective>) -> (Vec<u64>, Vec<BatchStats>) {
-    let mut trainer = Trainer::with_collective(network::<F>(), config.clone(), comm).unwrap();
-    let mut stats = Vec::new();
-    for k in 0..3 {
-        let (x, y) = batch::<F>(k);
-        stats.push(trainer.train_batch(x.view(), Targets::Classes(&y)).unwrap());
-    }
-    let (x, y) = batch::<F>(3);
-    stats.push(trainer.evaluate(x.view(), Targets::Classes(&y)).unwrap());
-    (bits(trainer.network()), stats)
-}
+use plasticity_tests::data_parallel::{BATCH, STEPS, batch, bits, cases, config, network, train};
 
 /// `train` on every rank of an in-process job of `ranks`; every rank's result.
 fn on_ranks<F: Float>(config: &TrainConfig, ranks: usize) -> Vec<(Vec<u64>, Vec<BatchStats>)> {
@@ -113,29 +38,11 @@ fn same_on_any_rank_count<F: Float>(config: TrainConfig, what: &str) {
 }
 
 #[test]
-fn eprop_is_bit_identical_on_any_rank_count() {
-    same_on_any_rank_count::<f64>(config(Algorithm::Eprop(Feedback::Symmetric), 4), "e-prop f64");
-    same_on_any_rank_count::<f32>(config(Algorithm::Eprop(Feedback::Random { seed: 2 }), 4), "e-prop f32");
-}
-
-#[test]
-fn online_updates_are_bit_identical_on_any_rank_count() {
-    let mut c = config(Algorithm::Eprop(Feedback::Symmetric), 4);
-    c.update_every = Some(5);
-    same_on_any_rank_count::<f64>(c, "update_every");
-}
-
-#[test]
-fn per_sequence_rate_terms_are_bit_identical_on_any_rank_count() {
-    let mut c = config(Algorithm::Eprop(Feedback::Symmetric), 3);
-    c.rate_regularization = Some(RateRegularization::per_sequence(0.5, 0.05));
-    same_on_any_rank_count::<f64>(c, "per-sequence rate");
-}
-
-#[test]
-fn bptt_is_bit_identical_on_any_rank_count() {
-    same_on_any_rank_count::<f64>(config(Algorithm::Bptt, 4), "BPTT f64");
-    same_on_any_rank_count::<f32>(config(Algorithm::Bptt, 7), "BPTT f32, one sample a shard");
+fn training_is_bit_identical_on_any_rank_count() {
+    for (name, config) in cases() {
+        same_on_any_rank_count::<f64>(config.clone(), &format!("{name}, f64"));
+        same_on_any_rank_count::<f32>(config, &format!("{name}, f32"));
+    }
 }
 
 /// More shards than samples: every sample its own shard.
