@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use plasticity_runtime::{
-    Algorithm, BatchStats, Collective, Feedback, Float, Loss, Optimizer, RateRegularization, Single, StepTargets,
-    Targets, Threads, TrainConfig, Trainer, Window,
+    Algorithm, BatchStats, Collective, Feedback, Float, Loss, Optimizer, Single, StepTargets, Targets, Threads,
+    TrainConfig, Trainer, Window,
 };
 use plasticity_tests::data_parallel::{BATCH, STEPS, batch, bits, cases, config, network, train};
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, bundled_data, scratch, tensors};
+use common::{assert_same_run, binary, bundled_data, scratch};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -305,31 +305,7 @@ fn resumes_exactly(name: &str, args: &[&str], stop_after: &str) {
         .concat(),
     );
     ok(name, &[base, out(&split).to_vec(), strings(&["--resume"])].concat());
-    let (a, b) = (
-        tensors(&straight.join("last.safetensors")),
-        tensors(&split.join("last.safetensors")),
-    );
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "{name} {args:?}"
-    );
-    for (k, v) in &a {
-        assert!(*v == b[k], "{name} {args:?}: tensor {k} differs after resume");
-    }
-    // The metrics agree too, all but the wall-clock seconds.
-    let rows = |dir: &Path| -> Vec<String> {
-        std::fs::read_to_string(dir.join("metrics.csv"))
-            .expect("metrics.csv")
-            .lines()
-            .map(|l| {
-                let mut cells: Vec<&str> = l.split(',').collect();
-                cells.remove(5);
-                cells.join(",")
-            })
-            .collect()
-    };
-    assert_eq!(rows(&straight), rows(&split), "{name} {args:?}");
+    assert_same_run(&straight, &split, &format!("{name} {args:?}: straight against resumed"));
 }
 
 #[test]

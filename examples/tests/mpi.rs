@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, bundled_data, scratch, tensors};
+use common::{assert_same_run, binary, bundled_data, scratch};
 
 /// `mpirun -n ranks` (or the binary alone for 0 ranks) of example `name` with `args`; one
 /// worker thread per rank so that four ranks share two cores without thrashing.
@@ -44,35 +44,6 @@ fn run(ranks: usize, name: &str, args: &[String]) -> Output {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_string()).collect()
-}
-
-/// metrics.csv without the wall-clock column.
-fn metrics(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.csv"))
-        .expect("metrics.csv")
-        .lines()
-        .map(|l| {
-            let mut cells: Vec<&str> = l.split(',').collect();
-            cells.remove(5);
-            cells.join(",")
-        })
-        .collect()
-}
-
-fn same_run(name: &str, a: &Path, b: &Path, what: &str) {
-    let (ta, tb) = (
-        tensors(&a.join("last.safetensors")),
-        tensors(&b.join("last.safetensors")),
-    );
-    assert_eq!(
-        ta.keys().collect::<Vec<_>>(),
-        tb.keys().collect::<Vec<_>>(),
-        "{name}: {what}"
-    );
-    for (k, v) in &ta {
-        assert!(*v == tb[k], "{name}: tensor {k} differs ({what})");
-    }
-    assert_eq!(metrics(a), metrics(b), "{name}: metrics ({what})");
 }
 
 /// Each training example with quick flags and `--shards 4`.
@@ -136,7 +107,7 @@ fn every_example_is_bit_identical_on_1_2_and_4_ranks() {
         for ranks in [1, 2, 4] {
             let dir = out(&format!("{ranks}"));
             let job = run(ranks, name, &flags(&dir));
-            same_run(name, &alone, &dir, &format!("1 process against {ranks} ranks"));
+            assert_same_run(&alone, &dir, &format!("{name}: 1 process against {ranks} ranks"));
             // Rank 0 alone prints: the same lines as the single process (timings aside).
             let lines = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().count();
             assert_eq!(
@@ -165,7 +136,7 @@ fn a_run_resumes_on_another_rank_count() {
         &[args.clone(), out(&split), strings(&["--stop-after", "1", "--resume"])].concat(),
     );
     run(0, "custom_model", &[args, out(&split), strings(&["--resume"])].concat());
-    same_run("custom_model", &straight, &split, "2 ranks, then 4, then 1 process");
+    assert_same_run(&straight, &split, "custom_model: 2 ranks, then 4, then 1 process");
 }
 
 /// Runs `cmd` to its end or the deadline; (exit status, stderr, seconds).

@@ -1025,24 +1025,34 @@ impl<F: Float> Trainer<F> {
             && let Some(k) = self.config.update_every
             && s.since_update >= k
         {
-            self.sum_gradients(None)?;
-            let grad_norm = apply_update(
-                &mut self.opt,
-                &mut self.net,
-                &self.sum.grads,
-                &self.config,
-                self.sum.tally.loss,
-            )?;
+            let grad_norm = self.sum_and_update(None)?;
             let s = self.stream.as_mut().expect("begun");
             s.grad_norm = grad_norm;
             s.since_update = 0;
-            for shard in &mut self.shards {
-                let e = shard.eprop.as_mut().expect("built");
-                e.zero_gradients();
+        }
+        Ok(())
+    }
+
+    /// Sums every shard's gradients ([`Trainer::sum_gradients`]), applies the update and
+    /// restarts the engines' accumulators; within a sequence (`rate` is `None`) the engines
+    /// also take the new weights. Returns the gradient norm.
+    fn sum_and_update(&mut self, rate: Option<usize>) -> Result<f64> {
+        self.sum_gradients(rate)?;
+        let norm = apply_update(
+            &mut self.opt,
+            &mut self.net,
+            &self.sum.grads,
+            &self.config,
+            self.sum.tally.loss,
+        )?;
+        for shard in &mut self.shards {
+            let e = shard.eprop.as_mut().expect("built");
+            e.zero_gradients();
+            if rate.is_none() {
                 e.refresh_weights(&self.net);
             }
         }
-        Ok(())
+        Ok(norm)
     }
 
     /// Sums this rank's shards' e-prop gradients, losses and counts with every other rank's
@@ -1084,24 +1094,10 @@ impl<F: Float> Trainer<F> {
                 shard.stats.predictions = shard.samples.len();
             }
         }
-        let result = if since_update > 0 || !update {
-            self.sum_gradients(Some(t_len)).and_then(|()| {
-                if update {
-                    let norm = apply_update(
-                        &mut self.opt,
-                        &mut self.net,
-                        &self.sum.grads,
-                        &self.config,
-                        self.sum.tally.loss,
-                    )?;
-                    for shard in &mut self.shards {
-                        shard.eprop.as_mut().expect("built").zero_gradients();
-                    }
-                    Ok(norm)
-                } else {
-                    Ok(self.sum.grads.norm())
-                }
-            })
+        let result = if since_update > 0 && update {
+            self.sum_and_update(Some(t_len))
+        } else if !update {
+            self.sum_gradients(Some(t_len)).map(|()| self.sum.grads.norm())
         } else {
             // Every step's gradient is applied already; only the loss and counts are summed.
             let Trainer {

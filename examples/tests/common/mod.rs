@@ -53,3 +53,30 @@ pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
         .map(|(name, view)| (name, view.data().to_vec()))
         .collect()
 }
+
+/// `metrics.csv` of a run without its wall-clock column.
+pub fn metrics(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .expect("metrics.csv")
+        .lines()
+        .map(|l| {
+            let mut cells: Vec<&str> = l.split(',').collect();
+            cells.remove(5);
+            cells.join(",")
+        })
+        .collect()
+}
+
+/// The runs in folders `a` and `b` ended with bit-identical checkpoint tensors and the same
+/// metrics (all but the wall-clock seconds).
+pub fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (ta, tb) = (
+        tensors(&a.join("last.safetensors")),
+        tensors(&b.join("last.safetensors")),
+    );
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{what}");
+    for (k, v) in &ta {
+        assert!(*v == tb[k], "{what}: tensor {k} differs");
+    }
+    assert_eq!(metrics(a), metrics(b), "{what}: metrics");
+}
