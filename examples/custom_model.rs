@@ -131,10 +131,11 @@ struct Args {
     /// from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
-    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
-    #[arg(long)]
-    shards: Option<usize>,
+    /// Shards of each batch, computed in parallel and spread over the MPI ranks. Their
+    /// gradients are summed in one fixed order, so a run gives bit-identical results on 1, 2,
+    /// 4 or 8 processes (at most this many ranks have work).
+    #[arg(long, default_value_t = 8)]
+    shards: usize,
 }
 
 const N_IN: usize = 20;
@@ -163,7 +164,7 @@ fn train(job: &Job) -> Result<()> {
     flags::count("--hidden", args.hidden, 1..=MAX_HIDDEN)?;
     flags::count("--epochs", args.epochs, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
-    flags::optional("--shards", args.shards, 1..=65_536)?;
+    flags::count("--shards", args.shards, 1..=65_536)?;
     println!("{}", MyNeuron::describe());
     println!("{}", TwoCompartment::describe());
     let net = NetworkBuilder::<f32>::new(N_IN)
@@ -186,7 +187,7 @@ fn train(job: &Job) -> Result<()> {
         Optimizer::adam(5e-3),
     );
     let config = TrainConfig {
-        shards: args.shards.unwrap_or(job.size()),
+        shards: args.shards,
         ..config
     };
     let mut trainer = Trainer::with_collective(net, config, job.comm())?;

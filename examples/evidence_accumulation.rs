@@ -84,10 +84,11 @@ struct Args {
     /// to continue from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
-    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
-    #[arg(long)]
-    shards: Option<usize>,
+    /// Shards of each batch, computed in parallel and spread over the MPI ranks. Their
+    /// gradients are summed in one fixed order, so a run gives bit-identical results on 1, 2,
+    /// 4 or 8 processes (at most this many ranks have work).
+    #[arg(long, default_value_t = 8)]
+    shards: usize,
 }
 
 const GROUP: usize = 10;
@@ -146,7 +147,7 @@ fn train(job: &Job) -> Result<()> {
     flags::count("--cues", args.cues, 1..=1_000)?;
     flags::count("--test", args.test, 1..=1_000_000)?;
     flags::optional("--stop-after", args.stop_after, 1..=1_000_000)?;
-    flags::optional("--shards", args.shards, 1..=65_536)?;
+    flags::count("--shards", args.shards, 1..=65_536)?;
     flags::positive("--lr", args.lr, 10.0)?;
     // LIF neurons' traces factorise, ALIF neurons' do not: counted as ALIF.
     flags::memory(
@@ -209,7 +210,7 @@ fn train(job: &Job) -> Result<()> {
     config.rate_regularization = Some(RateRegularization::running(1.0, 0.01));
     config.clip_norm = Some(1.0);
     let config = TrainConfig {
-        shards: args.shards.unwrap_or(job.size()),
+        shards: args.shards,
         ..config
     };
     let mut trainer = Trainer::with_collective(net, config, job.comm())?;

@@ -115,10 +115,11 @@ struct Args {
     /// from with `--resume` (for time-limited jobs).
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Shards of each batch (default: one per MPI rank). Their gradients are summed in one
-    /// fixed order, so the same value gives bit-identical runs on any number of ranks.
-    #[arg(long)]
-    shards: Option<usize>,
+    /// Shards of each batch, computed in parallel and spread over the MPI ranks. Their
+    /// gradients are summed in one fixed order, so a run gives bit-identical results on 1, 2,
+    /// 4 or 8 processes (at most this many ranks have work).
+    #[arg(long, default_value_t = 8)]
+    shards: usize,
 }
 
 /// The default pooling: about 70 inputs whatever the file's channel count.
@@ -140,7 +141,7 @@ impl Args {
         flags::optional("--pool", self.pool, 1..=100_000)?;
         flags::optional("--limit", self.limit, 1..=usize::MAX)?;
         flags::optional("--stop-after", self.stop_after, 1..=100_000)?;
-        flags::optional("--shards", self.shards, 1..=65_536)?;
+        flags::count("--shards", self.shards, 1..=65_536)?;
         flags::positive("--duration", self.duration, 3600.0)?;
         flags::positive("--lr", self.lr, 10.0)?;
         flags::positive("--readout-tau", self.readout_tau, 1e9)?;
@@ -284,7 +285,7 @@ fn train(job: &Job) -> Result<()> {
         min_factor: 0.05,
     };
     config.clip_norm = Some(1.0);
-    config.shards = args.shards.unwrap_or(job.size());
+    config.shards = args.shards;
     let mut trainer = Trainer::with_collective(net, config, job.comm())?;
     std::fs::create_dir_all(&args.output)?;
     let mut log = RunLog::new(&args.output, "spoken_digits", &[]);

@@ -166,3 +166,33 @@ fn divergence_is_reported_by_every_rank() {
     assert!(errors[0].contains("training diverged"), "{errors:?}");
     assert_eq!(errors[0], errors[1]);
 }
+
+/// A rank's shards run in parallel, or in order when a step hook is set (the hook sees each
+/// shard's readout): the same bits either way, for e-prop, BPTT and evaluation.
+#[test]
+fn shards_in_parallel_equal_shards_in_order() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
+        let c = config(algorithm.clone(), 3);
+        let parallel = train::<f64>(&c, Arc::new(Single));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let rows = Arc::new(AtomicUsize::new(0));
+        let mut t = Trainer::new(network::<f64>(), c).unwrap();
+        let (calls_in, rows_in) = (calls.clone(), rows.clone());
+        t.set_step_hook(move |info| {
+            calls_in.fetch_add(1, Ordering::Relaxed);
+            rows_in.fetch_add(info.readout.nrows(), Ordering::Relaxed);
+        });
+        let mut stats = Vec::new();
+        for k in 0..3 {
+            let (x, y) = batch::<f64>(k);
+            stats.push(t.train_batch(x.view(), Targets::Classes(&y)).unwrap());
+        }
+        let (x, y) = batch::<f64>(3);
+        stats.push(t.evaluate(x.view(), Targets::Classes(&y)).unwrap());
+        assert_eq!((bits(t.network()), stats), parallel, "{algorithm:?}");
+        // 4 sequences of STEPS steps, 3 shards each, BATCH rows per step in all.
+        assert_eq!(calls.load(Ordering::Relaxed), 4 * STEPS * 3, "{algorithm:?}");
+        assert_eq!(rows.load(Ordering::Relaxed), 4 * STEPS * BATCH, "{algorithm:?}");
+    }
+}

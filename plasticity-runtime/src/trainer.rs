@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
+use rayon::prelude::*;
 
 use crate::bptt;
 use crate::collective::{Collective, Sharding, Single, Summable, sum_shards};
@@ -53,9 +54,10 @@ pub struct TrainConfig {
     /// The global batch is cut into this many shards (at most one per sample), whose
     /// gradients are summed in one fixed order ([`crate::collective`]). The result depends
     /// on this number, never on how many ranks share the shards: the same value on 1, 2 or
-    /// 4 ranks gives bit-identical weights. 1 (the default) is the whole batch at once, the
-    /// fastest in one process; a data-parallel job needs at least as many shards as ranks
-    /// to keep every rank busy.
+    /// 4 ranks gives bit-identical weights. A process runs its shards in parallel (in order
+    /// when a step hook is set), which for small networks is faster than one whole batch;
+    /// 1 (the default) keeps the batch in one piece. A data-parallel job needs at least as
+    /// many shards as ranks to keep every rank busy.
     pub shards: usize,
 }
 
@@ -313,10 +315,16 @@ struct Shard<F: Float> {
     samples: Range<usize>,
     eprop: Option<Eprop<F>>,
     rate_pass: Option<RatePass<F>>,
+    bptt: Option<bptt::Workspace<F>>,
+    /// The shard's BPTT gradients, when this rank has several shards (they are all computed
+    /// before the sum, in parallel).
+    partial: Option<Partial<F>>,
     probs: Array2<F>,
     err: Array2<F>,
     ysum: Array2<F>,
     stats: BatchStats,
+    /// The loss of the current step (for the step hook).
+    step_loss: f64,
 }
 
 impl<F: Float> Shard<F> {
@@ -326,12 +334,117 @@ impl<F: Float> Shard<F> {
             samples,
             eprop: None,
             rate_pass: None,
+            bptt: None,
+            partial: None,
             probs: Array2::zeros((b, n_out)),
             err: Array2::zeros((b, n_out)),
             ysum: Array2::zeros((b, n_out)),
             stats: BatchStats::default(),
+            step_loss: 0.0,
         }
     }
+
+    /// One e-prop step of this shard's samples (`x` and `targets` are the global batch's):
+    /// forward, error, traces and gradients, and the per-sequence rate pass.
+    fn eprop_step(&mut self, net: &Network<F>, step: &EpropStep<'_, '_, F>) {
+        let xs = step.x.slice(s![self.samples.clone(), ..]);
+        let e = self.eprop.as_mut().expect("built");
+        let y = e.forward(net, xs);
+        self.step_loss = 0.0;
+        match (step.in_window, step.targets) {
+            (true, Some(tg)) => {
+                let tg = tg.samples(self.samples.clone());
+                let (l, correct) = step_error(step.loss, &y, tg, step.scale, &mut self.probs, &mut self.err);
+                self.step_loss = l;
+                self.stats.loss += l;
+                self.ysum += &y;
+                if let StepTargets::Classes(c) = tg {
+                    // Per-step accuracy; replaced by the per-sample one when the targets are
+                    // one class per sample.
+                    self.stats.correct += correct;
+                    self.stats.predictions += c.len();
+                }
+            }
+            _ => self.err.fill(<F as Real>::zero()),
+        }
+        e.learn(net, xs, &self.err.view(), step.reg);
+        if let Some(rp) = &mut self.rate_pass {
+            for (b, (e, counts)) in rp.engines.iter_mut().zip(&mut rp.counts).enumerate() {
+                let xb = xs.slice(s![b..b + 1, ..]);
+                e.forward(net, xb);
+                e.learn(net, xb, &rp.zero_err.view(), None);
+                for (p, c) in counts.iter_mut().enumerate() {
+                    c.iter_mut()
+                        .zip(e.outputs(p).row(0))
+                        .for_each(|(c, z)| *c += z.to_f64());
+                }
+            }
+        }
+    }
+
+    /// BPTT on this shard's samples, gradients and loss into `out`; the step hook, if given,
+    /// sees the shard's readout.
+    fn bptt(&mut self, net: &Network<F>, pass: &BpttPass<'_, '_, F>, out: &mut Partial<F>, hook: Option<&mut Hook<F>>) {
+        let x = pass.inputs.slice(s![.., self.samples.clone(), ..]);
+        let x = x.as_standard_layout();
+        let targets = pass.targets.samples(self.samples.clone());
+        let t_len = x.shape()[0];
+        let mut stats = BatchStats::default();
+        let (probs, ysum) = (&mut self.probs, &mut self.ysum);
+        bptt::gradients(
+            net,
+            x.view(),
+            pass.reg,
+            &mut SpikeMode::Plain,
+            &mut out.grads,
+            &mut self.bptt,
+            |ys, errs| {
+                stats = loss_over(
+                    pass.loss,
+                    pass.reduction,
+                    pass.batch,
+                    ys,
+                    &targets,
+                    pass.window,
+                    errs,
+                    probs,
+                    ysum,
+                );
+                if let Some(hook) = hook {
+                    for t in 0..t_len {
+                        hook(&StepInfo {
+                            t,
+                            readout: ys.index_axis(Axis(0), t),
+                            loss: 0.0,
+                        });
+                    }
+                }
+            },
+        );
+        out.tally = Tally::of(&stats);
+    }
+}
+
+/// What every shard's e-prop step shares.
+struct EpropStep<'a, 't, F> {
+    x: ArrayView2<'a, F>,
+    targets: Option<StepTargets<'t, F>>,
+    in_window: bool,
+    loss: &'a Loss,
+    scale: F,
+    reg: Option<(RateRegularization, F)>,
+}
+
+/// What every shard's BPTT pass shares.
+struct BpttPass<'a, 't, F> {
+    inputs: ArrayView3<'a, F>,
+    targets: &'a Targets<'t, F>,
+    loss: &'a Loss,
+    reduction: Reduction,
+    /// The global batch.
+    batch: usize,
+    window: (usize, usize),
+    reg: Option<(RateRegularization, F)>,
 }
 
 /// Trains a [`Network`].
@@ -353,8 +466,6 @@ pub struct Trainer<F: Float> {
     /// The layout of the current global batch and this rank's shards of it.
     layout: Sharding,
     shards: Vec<Shard<F>>,
-    /// BPTT's workspaces, for the two shard sizes a layout can have.
-    bptt: [Option<bptt::Workspace<F>>; 2],
     /// This rank's readout of the current step ([`Trainer::step`]).
     readout: Array2<F>,
     hook: Option<Hook<F>>,
@@ -405,7 +516,6 @@ impl<F: Float> Trainer<F> {
             comm,
             layout: Sharding::new(0, 1, 1),
             shards: Vec::new(),
-            bptt: [None, None],
             readout: Array2::zeros((0, 0)),
             hook: None,
             stream: None,
@@ -506,9 +616,10 @@ impl<F: Float> Trainer<F> {
 
     /// Bytes of training state the algorithm keeps on this rank for a global batch of
     /// `batch` samples and sequence length `t_len`: e-prop's traces, filtered traces and
-    /// gradient accumulators for this rank's shards (independent of `t_len`), or BPTT's tape
-    /// of one shard (linear in `t_len`) plus its gradients; with several shards, one more
-    /// gradient-sized buffer per level of the summation tree.
+    /// gradient accumulators for this rank's shards (independent of `t_len`), or BPTT's tapes
+    /// of this rank's shards (linear in `t_len`) plus the gradients, one more per shard when
+    /// the rank has several; with several shards in all, one more gradient-sized buffer per
+    /// level of the summation tree.
     pub fn state_bytes(&mut self, batch: usize, t_len: usize) -> usize {
         let f = std::mem::size_of::<F>();
         let grads = self.sum.grads.len() * f;
@@ -529,8 +640,12 @@ impl<F: Float> Trainer<F> {
                 engines + tree
             }
             Algorithm::Bptt => {
-                let largest = (0..layout.shards()).map(|k| layout.samples(k).len()).max().unwrap_or(0);
-                bptt::tape_bytes(&self.net, largest, t_len) + grads + tree
+                let mine = layout.owned(self.comm.rank());
+                let partials = if mine.len() > 1 { mine.len() * grads } else { 0 };
+                let tapes: usize = mine
+                    .map(|k| bptt::tape_bytes(&self.net, layout.samples(k).len(), t_len))
+                    .sum();
+                tapes + grads + partials + tree
             }
         }
     }
@@ -671,7 +786,7 @@ impl<F: Float> Trainer<F> {
             buf,
             ..
         } = self;
-        sum_shards(&**comm, &layout, &mut total, tally_scratch, buf, &mut |k, out| {
+        let evaluate_shard = |k: usize, hook: Option<&mut Hook<F>>| -> Result<Tally> {
             let samples = layout.samples(k);
             let b = samples.len();
             let out_run = net.run(inputs.slice(s![.., samples.clone(), ..]))?;
@@ -697,7 +812,23 @@ impl<F: Float> Trainer<F> {
                     });
                 }
             }
-            *out = Tally::of(&stats);
+            Ok(Tally::of(&stats))
+        };
+        // This rank's shards in parallel unless a step hook (called in order) is set.
+        let mine = layout.owned(comm.rank());
+        let tallies: Vec<Tally> = match hook {
+            None if mine.len() > 1 => mine
+                .clone()
+                .into_par_iter()
+                .map(|k| evaluate_shard(k, None))
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
+        };
+        sum_shards(&**comm, &layout, &mut total, tally_scratch, buf, &mut |k, out| {
+            *out = match tallies.get(k - mine.start) {
+                Some(t) => *t,
+                None => evaluate_shard(k, hook.as_mut())?,
+            };
             Ok(())
         })?;
         Ok(total.stats(0.0))
@@ -734,16 +865,17 @@ impl<F: Float> Trainer<F> {
         match &self.config.algorithm {
             Algorithm::Bptt => {
                 self.ensure_shards(batch);
-                let window = self.config.loss.window().bounds(t_len);
-                let reg = self.reg(batch, t_len);
-                let smallest = self
-                    .layout
-                    .samples(self.layout.shards() - 1)
-                    .len()
-                    .min(self.layout.samples(0).len());
+                let pass = BpttPass {
+                    inputs,
+                    targets: &targets,
+                    loss: &self.config.loss,
+                    reduction: self.config.reduction,
+                    batch,
+                    window: self.config.loss.window().bounds(t_len),
+                    reg: self.reg(batch, t_len),
+                };
                 let Trainer {
                     net,
-                    config,
                     comm,
                     hook,
                     scratch,
@@ -751,49 +883,29 @@ impl<F: Float> Trainer<F> {
                     sum,
                     layout,
                     shards,
-                    bptt: workspaces,
                     ..
                 } = self;
+                let several = shards.len() > 1;
+                if several {
+                    // Every shard of this rank first, each into its own buffer: in parallel
+                    // unless a step hook (called in order) is set.
+                    let run = |shard: &mut Shard<F>, hook: Option<&mut Hook<F>>| {
+                        let mut out = shard.partial.take().unwrap_or_else(|| sum.clone());
+                        shard.bptt(net, &pass, &mut out, hook);
+                        shard.partial = Some(out);
+                    };
+                    match hook {
+                        None => shards.par_iter_mut().for_each(|shard| run(shard, None)),
+                        Some(h) => shards.iter_mut().for_each(|shard| run(shard, Some(&mut *h))),
+                    }
+                }
                 let first = layout.owned(comm.rank()).start;
                 sum_shards(&**comm, layout, sum, scratch, buf, &mut |k, out| {
                     let shard = &mut shards[k - first];
-                    let samples = shard.samples.clone();
-                    let x = inputs.slice(s![.., samples.clone(), ..]);
-                    let x = x.as_standard_layout();
-                    let shard_targets = targets.samples(samples.clone());
-                    let ws = &mut workspaces[samples.len() - smallest];
-                    let mut stats = BatchStats::default();
-                    bptt::gradients(
-                        net,
-                        x.view(),
-                        reg,
-                        &mut SpikeMode::Plain,
-                        &mut out.grads,
-                        ws,
-                        |ys, errs| {
-                            stats = loss_over(
-                                &config.loss,
-                                config.reduction,
-                                batch,
-                                ys,
-                                &shard_targets,
-                                window,
-                                errs,
-                                &mut shard.probs,
-                                &mut shard.ysum,
-                            );
-                            if let Some(hook) = hook {
-                                for t in 0..t_len {
-                                    hook(&StepInfo {
-                                        t,
-                                        readout: ys.index_axis(Axis(0), t),
-                                        loss: 0.0,
-                                    });
-                                }
-                            }
-                        },
-                    );
-                    out.tally = Tally::of(&stats);
+                    match &shard.partial {
+                        Some(p) if several => out.clone_from(p),
+                        _ => shard.bptt(net, &pass, out, hook.as_mut()),
+                    }
                     Ok(())
                 })?;
                 let grad_norm = if update {
@@ -969,52 +1081,28 @@ impl<F: Float> Trainer<F> {
         let (batch, t_len) = self.stream.as_ref().map_or((1, 1), |s| (s.batch, s.t_len));
         let reg = self.reg(batch, t_len);
         let s = self.stream.as_mut().expect("begun");
-        let in_window = (s.window.0..s.window.1).contains(&s.t);
-        for shard in &mut self.shards {
-            let xs = x.slice(s![shard.samples.clone(), ..]);
-            let e = shard.eprop.as_mut().expect("built");
-            let y = e.forward(&self.net, xs);
-            let mut loss = 0.0;
-            match (in_window, targets) {
-                (true, Some(tg)) => {
-                    let tg = tg.samples(shard.samples.clone());
-                    let (l, correct) = step_error(
-                        &self.config.loss,
-                        &y,
-                        tg,
-                        F::from_f64(s.scale),
-                        &mut shard.probs,
-                        &mut shard.err,
-                    );
-                    loss = l;
-                    shard.stats.loss += l;
-                    shard.ysum += &y;
-                    if let StepTargets::Classes(c) = tg {
-                        // Per-step accuracy; replaced by the per-sample one when the targets
-                        // are one class per sample.
-                        shard.stats.correct += correct;
-                        shard.stats.predictions += c.len();
-                    }
-                }
-                _ => shard.err.fill(<F as Real>::zero()),
-            }
-            if let Some(hook) = &mut self.hook {
-                hook(&StepInfo {
-                    t: s.t,
-                    readout: y,
-                    loss,
-                });
-            }
-            e.learn(&self.net, xs, &shard.err.view(), reg);
-            if let Some(rp) = &mut shard.rate_pass {
-                for (b, (e, counts)) in rp.engines.iter_mut().zip(&mut rp.counts).enumerate() {
-                    let xb = xs.slice(s![b..b + 1, ..]);
-                    e.forward(&self.net, xb);
-                    e.learn(&self.net, xb, &rp.zero_err.view(), None);
-                    for (p, c) in counts.iter_mut().enumerate() {
-                        c.iter_mut()
-                            .zip(e.outputs(p).row(0))
-                            .for_each(|(c, z)| *c += z.to_f64());
+        let step = EpropStep {
+            x,
+            targets,
+            in_window: (s.window.0..s.window.1).contains(&s.t),
+            loss: &self.config.loss,
+            scale: F::from_f64(s.scale),
+            reg,
+        };
+        let net = &self.net;
+        // Shards are independent: in parallel, each with its own engine, unless a step hook
+        // (called in shard order) is set.
+        match &mut self.hook {
+            None if self.shards.len() > 1 => self.shards.par_iter_mut().for_each(|sh| sh.eprop_step(net, &step)),
+            hook => {
+                for shard in &mut self.shards {
+                    shard.eprop_step(net, &step);
+                    if let Some(hook) = hook {
+                        hook(&StepInfo {
+                            t: s.t,
+                            readout: shard.eprop.as_ref().expect("built").y.view(),
+                            loss: shard.step_loss,
+                        });
                     }
                 }
             }
