@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_run, binary, bundled_data, scratch};
+use common::{assert_same_run, binary, bundled_data, scratch, wait};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -38,32 +38,19 @@ impl Outcome {
 
 /// Runs `name` with `args`, waiting at most `limit`.
 fn run(name: &str, args: &[String], limit: Duration) -> Outcome {
-    let mut child = Command::new(binary(name))
+    let child = Command::new(binary(name))
         .args(args)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn example");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut stderr);
-            }
-            return match status.code() {
-                Some(code) => Outcome::Exit(code, stderr),
-                None => Outcome::Signal(stderr),
-            };
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Outcome::Hang;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    match wait(child, limit) {
+        Some((status, stderr)) => match status.code() {
+            Some(code) => Outcome::Exit(code, stderr),
+            None => Outcome::Signal(stderr),
+        },
+        None => Outcome::Hang,
     }
 }
 

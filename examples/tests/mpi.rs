@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_run, binary, bundled_data, scratch};
+use common::{assert_same_run, binary, bundled_data, scratch, wait};
 
 /// `mpirun -n ranks` (or the binary alone for 0 ranks) of example `name` with `args`; one
 /// worker thread per rank so that four ranks share two cores without thrashing.
@@ -139,29 +139,16 @@ fn a_run_resumes_on_another_rank_count() {
     assert_same_run(&straight, &split, "custom_model: 2 ranks, then 4, then 1 process");
 }
 
-/// Runs `cmd` to its end or the deadline; (exit status, stderr, seconds).
-fn finish(mut cmd: Command, limit: Duration) -> (Option<i32>, String, f64) {
-    let mut child = cmd
+/// Runs `cmd` to its end, which must come before `limit`; its exit code and error output.
+fn finish(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start mpirun");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut stderr);
-            }
-            return (status.code(), stderr, start.elapsed().as_secs_f64());
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the job still runs after {limit:?}: a rank is left waiting"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (status, stderr) =
+        wait(child, limit).unwrap_or_else(|| panic!("the job still ran after {limit:?}: a rank was left waiting"));
+    (status.code(), stderr)
 }
 
 /// Rank 1 reads a file rank 0 does not (mpirun's MPMD form gives each rank its own flags):
@@ -184,7 +171,7 @@ fn a_rank_that_cannot_read_its_data_ends_the_job() {
         .arg(dir.join("out"))
         .args(["--data", &bad.display().to_string()])
         .env("RAYON_NUM_THREADS", "1");
-    let (code, stderr, _) = finish(cmd, Duration::from_secs(120));
+    let (code, stderr) = finish(cmd, Duration::from_secs(120));
     assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("rank 1:") && stderr.contains("broken.bin"),

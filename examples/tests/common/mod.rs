@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 use safetensors::SafeTensors;
 
@@ -79,4 +81,26 @@ pub fn assert_same_run(a: &Path, b: &Path, what: &str) {
         assert!(*v == tb[k], "{what}: tensor {k} differs");
     }
     assert_eq!(metrics(a), metrics(b), "{what}: metrics");
+}
+
+/// Waits for `child` (its standard error piped) at most `limit`: its exit status and error
+/// output, or `None` when it was still running at the deadline (it is then killed).
+pub fn wait(mut child: Child, limit: Duration) -> Option<(ExitStatus, String)> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            return Some((status, stderr));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
