@@ -50,15 +50,34 @@ fn format_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
+/// Writes `v` little-endian into `dst`: as an f32 when `dst` has 4 bytes, as an f64 when 8
+/// (the two float types of checkpoints and of gradient messages between ranks).
+pub(crate) fn put_le(v: f64, dst: &mut [u8]) {
+    if dst.len() == 4 {
+        dst.copy_from_slice(&(v as f32).to_le_bytes());
+    } else {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Reads a value written by [`put_le`] (4 bytes: f32, 8: f64).
+pub(crate) fn get_le(src: &[u8]) -> f64 {
+    match src.len() {
+        4 => f64::from(f32::from_le_bytes(src.try_into().expect("4 bytes"))),
+        _ => f64::from_le_bytes(src.try_into().expect("8 bytes")),
+    }
+}
+
 /// Serialises `tensors` with `metadata`, each tensor as `dtype` (`F32` or `F64`).
 pub(crate) fn encode(metadata: Metadata, tensors: &Tensors, dtype: Dtype) -> Result<Vec<u8>> {
     let data: Vec<(&String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let bytes = match dtype {
-                Dtype::F32 => t.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
-                _ => t.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-            };
+            let width = if dtype == Dtype::F32 { 4 } else { 8 };
+            let mut bytes = vec![0u8; t.len() * width];
+            for (&v, dst) in t.iter().zip(bytes.chunks_exact_mut(width)) {
+                put_le(v, dst);
+            }
             (name, t.shape().to_vec(), bytes)
         })
         .collect();
@@ -112,14 +131,7 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Metadata, Tensors)> {
                 ));
             }
         };
-        let values: Vec<f64> = view
-            .data()
-            .chunks_exact(width)
-            .map(|c| match width {
-                4 => f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))),
-                _ => f64::from_le_bytes(c.try_into().expect("8 bytes")),
-            })
-            .collect();
+        let values: Vec<f64> = view.data().chunks_exact(width).map(get_le).collect();
         let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
             .map_err(|e| format_error(path, format!("tensor {name}: {e}")))?;
         tensors.insert(name, array);

@@ -325,6 +325,12 @@ impl Sharding {
         self.shards
     }
 
+    /// Levels of the summation tree below its root, `⌈log₂ S⌉`: the scratch values
+    /// [`sum_shards`] needs.
+    pub fn depth(&self) -> usize {
+        (usize::BITS - (self.shards - 1).leading_zeros()) as usize
+    }
+
     /// The samples of shard `k`.
     pub fn samples(&self, k: usize) -> Range<usize> {
         k * self.batch / self.shards..(k + 1) * self.batch / self.shards
@@ -380,8 +386,7 @@ pub(crate) fn sum_shards<V: Summable + Clone>(
     buf: &mut Vec<u8>,
     leaf: &mut dyn FnMut(usize, &mut V) -> Result<()>,
 ) -> Result<()> {
-    let depth = usize::BITS - (layout.shards() - 1).leading_zeros();
-    while scratch.len() < depth as usize {
+    while scratch.len() < layout.depth() {
         scratch.push(out.clone());
     }
     let mut tree = Tree {

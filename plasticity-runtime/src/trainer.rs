@@ -8,6 +8,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 use rayon::prelude::*;
 
 use crate::bptt;
+use crate::checkpoint::{get_le, put_le};
 use crate::collective::{Collective, Sharding, Single, Summable, sum_shards};
 use crate::eprop::{Eprop, Feedback, RateForm, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
@@ -281,11 +282,7 @@ impl<F: Float> Summable for Partial<F> {
         let width = std::mem::size_of::<F>();
         self.grads.for_each(|_, values| {
             for (&v, dst) in values.iter().zip(out[at..].chunks_exact_mut(width)) {
-                if width == 4 {
-                    dst.copy_from_slice(&(v.to_f64() as f32).to_le_bytes());
-                } else {
-                    dst.copy_from_slice(&v.to_f64().to_le_bytes());
-                }
+                put_le(v.to_f64(), dst);
             }
             at += std::mem::size_of_val(values);
         });
@@ -298,11 +295,7 @@ impl<F: Float> Summable for Partial<F> {
         for slot in slots {
             let values = self.grads.get_mut(slot);
             for (v, src) in values.iter_mut().zip(bytes[at..].chunks_exact(width)) {
-                *v = if width == 4 {
-                    F::from_f64(f64::from(f32::from_le_bytes(src.try_into().expect("4 bytes"))))
-                } else {
-                    F::from_f64(f64::from_le_bytes(src.try_into().expect("8 bytes")))
-                };
+                *v = F::from_f64(get_le(src));
             }
             at += std::mem::size_of_val(values);
         }
@@ -624,7 +617,7 @@ impl<F: Float> Trainer<F> {
         let f = std::mem::size_of::<F>();
         let grads = self.sum.grads.len() * f;
         let layout = Sharding::new(batch, self.config.shards, self.comm.size());
-        let tree = (usize::BITS - (layout.shards() - 1).leading_zeros()) as usize * grads;
+        let tree = layout.depth() * grads;
         match &self.config.algorithm {
             Algorithm::Eprop(_) => {
                 self.ensure_shards(batch);
