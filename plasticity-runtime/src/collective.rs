@@ -325,8 +325,8 @@ impl Sharding {
         self.shards
     }
 
-    /// Levels of the summation tree below its root, `⌈log₂ S⌉`: the scratch values
-    /// [`sum_shards`] needs.
+    /// Levels of the summation tree below its root, `⌈log₂ S⌉`: the gradient-sized
+    /// scratch values the sum needs.
     pub fn depth(&self) -> usize {
         (usize::BITS - (self.shards - 1).leading_zeros()) as usize
     }
