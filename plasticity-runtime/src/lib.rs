@@ -77,7 +77,7 @@ pub mod surrogate;
 pub mod trainer;
 
 pub use collective::{Collective, Single, Threads};
-pub use eprop::{Feedback, RateForm, RateRegularization};
+pub use eprop::{Chunking, Feedback, RateForm, RateRegularization};
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use init::Init;

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::bptt;
 use crate::checkpoint::{get_le, put_le};
 use crate::collective::{Collective, Sharding, Single, Summable, sum_shards};
-use crate::eprop::{Eprop, Feedback, RateForm, RateRegularization};
+use crate::eprop::{Chunking, Eprop, Feedback, RateForm, RateRegularization};
 use crate::error::{Error, Result, check_finite, invalid};
 use crate::input::SpikeEvents;
 use crate::loss::{Loss, Reduction, StepTargets, Targets, softmax, step_error};
@@ -60,6 +60,11 @@ pub struct TrainConfig {
     /// 1 (the default) keeps the batch in one piece. A data-parallel job needs at least as
     /// many shards as ranks to keep every rank busy.
     pub shards: usize,
+    /// e-prop only: steps per chunk of the per-synapse update (`docs/how-it-works.md`). The
+    /// gradients equal step-by-step e-prop's up to summation order; a chunk ends at every
+    /// weight update and at the end of a sequence. [`Chunking::Auto`] (the default) picks
+    /// K from the cache size; `Chunking::Steps(1)` is step-by-step e-prop.
+    pub chunk: Chunking,
 }
 
 impl TrainConfig {
@@ -77,6 +82,7 @@ impl TrainConfig {
             reduction: Reduction::MeanOverSteps,
             weight_range: None,
             shards: 1,
+            chunk: Chunking::Auto,
         }
     }
 
@@ -684,11 +690,11 @@ impl<F: Float> Trainer<F> {
         for shard in &mut self.shards {
             let b = shard.samples.len();
             if shard.eprop.is_none() {
-                shard.eprop = Some(Eprop::new(&self.net, b, feedback));
+                shard.eprop = Some(Eprop::new(&self.net, b, feedback, self.config.chunk));
             }
             if per_sequence && shard.rate_pass.is_none() {
                 shard.rate_pass = Some(RatePass {
-                    engines: (0..b).map(|_| Eprop::unit(&self.net, 1)).collect(),
+                    engines: (0..b).map(|_| Eprop::unit(&self.net, 1, self.config.chunk)).collect(),
                     counts: vec![sizes.iter().map(|&n| vec![0.0; n]).collect(); b],
                     zero_err: Array2::zeros((1, self.net.n_out())),
                     sums: self.net.params.zeros_like(),

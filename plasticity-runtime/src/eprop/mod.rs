@@ -15,6 +15,10 @@
 
 use std::sync::Arc;
 
+mod chunk;
+pub use chunk::Chunking;
+use chunk::Chunk;
+
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -116,6 +120,11 @@ struct SourceTraces<F> {
     windowed: bool,
     /// Transposed weight gradient `[n_pre, n]` of a windowed source (empty otherwise).
     grad_t: Vec<F>,
+    /// The per-synapse update runs in chunks of K steps ([`chunk`]), not step by step.
+    chunked: bool,
+    /// A chunked source's presynaptic rows of the open chunk, `[B][K][F + 1][n_pre]`: per step,
+    /// its factorised traces before the step, then its activity (empty otherwise).
+    rows: Vec<F>,
 }
 
 impl<F> SourceTraces<F> {
@@ -223,11 +232,23 @@ struct PopTraces<F> {
     /// Steps a window holds, and steps it holds now.
     window_steps: usize,
     window_len: usize,
+    /// The open chunk, when some sources are chunked.
+    chunk: Option<Chunk<F>>,
+    /// Whether the step-by-step trace pass has work: sources that are neither windowed nor
+    /// chunked, or learnable parameters.
+    stepwise: bool,
 }
 
 impl<F: Float> PopTraces<F> {
     fn neurons(&self) -> usize {
         self.signal.ncols()
+    }
+
+    /// Closes the open chunk: its gradient is added and its traces reach the current step.
+    fn close_chunk(&mut self) {
+        if let Some(chunk) = &mut self.chunk {
+            chunk.flush(&mut self.sources, &mut self.arena, &self.starts);
+        }
     }
 
     /// Adds the pending window into the gradients and empties it.
@@ -544,6 +565,9 @@ pub(crate) fn trace_pass<M: NeuronModel, F: Float>(pass: TracePass<'_, '_, F>) {
                     let m = s.synapses(j);
                     let (src, tail) = rest.split_at_mut(s.region(j, batch, filtered));
                     rest = tail;
+                    if s.chunked {
+                        continue;
+                    }
                     let syn_len = s.per_synapse * m;
                     let (syn_all, src) = src.split_at_mut(batch * syn_len);
                     let ebar_len = if filtered { m } else { 0 };
@@ -624,17 +648,17 @@ pub(crate) struct Eprop<F> {
 }
 
 impl<F: Float> Eprop<F> {
-    pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback) -> Self {
-        Self::build(net, batch, feedback, false)
+    pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback, chunking: Chunking) -> Self {
+        Self::build(net, batch, feedback, false, chunking)
     }
 
     /// An engine whose learning signal is 1 and whose traces are not filtered: its gradients
     /// are `Σ_t e^t` over the batch (the per-sequence rate regulariser's sums).
-    pub fn unit(net: &Network<F>, batch: usize) -> Self {
-        Self::build(net, batch, &Feedback::Symmetric, true)
+    pub fn unit(net: &Network<F>, batch: usize, chunking: Chunking) -> Self {
+        Self::build(net, batch, &Feedback::Symmetric, true, chunking)
     }
 
-    fn build(net: &Network<F>, batch: usize, feedback: &Feedback, unit: bool) -> Self {
+    fn build(net: &Network<F>, batch: usize, feedback: &Feedback, unit: bool, chunking: Chunking) -> Self {
         let filtered = !unit && net.readout.kappa != <F as Real>::zero();
         let n_out = net.n_out();
         let pops = net
@@ -666,6 +690,8 @@ impl<F: Float> Eprop<F> {
                             } else {
                                 Vec::new()
                             },
+                            chunked: false,
+                            rows: Vec::new(),
                         });
                     };
                     for (i, proj) in net.incoming(p).filter(|(_, pr)| pr.port == port) {
@@ -713,6 +739,21 @@ impl<F: Float> Eprop<F> {
                     let len: usize = sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>() + params;
                     starts.push(starts[j] + len);
                 }
+                // Every source with per-synapse state (or a per-synapse gradient loop) runs in
+                // chunks of K steps when K > 1.
+                let pre_rows = (sources.iter().filter(|s| !s.windowed))
+                    .map(|s| (s.factorised + 1) * s.n_pre)
+                    .sum::<usize>();
+                let steps = chunking.resolve(batch, pre_rows, std::mem::size_of::<F>());
+                let chunk = (steps > 1 && pre_rows > 0).then(|| {
+                    for s in sources.iter_mut().filter(|s| !s.windowed) {
+                        s.chunked = true;
+                        s.rows = vec![<F as Real>::zero(); batch * steps * (s.factorised + 1) * s.n_pre];
+                    }
+                    let dstride = (n * pop.kernels.num_dynamic()).max(1);
+                    Chunk::new(pattern, &pop.consts, &sources, &starts, (steps, batch, n, dstride), net.readout.kappa, filtered)
+                });
+                let stepwise = q > 0 || sources.iter().any(|s| !s.windowed && !s.chunked);
                 let readout = net.readout.sources.iter().position(|&s| s == p);
                 let into_output: Vec<usize> = match net.readout.population {
                     Some(o) => (net.projections.iter().enumerate())
@@ -756,6 +797,8 @@ impl<F: Float> Eprop<F> {
                     windows,
                     window_steps,
                     window_len: 0,
+                    chunk,
+                    stepwise,
                 }
             })
             .collect();
@@ -787,6 +830,8 @@ impl<F: Float> Eprop<F> {
         net.refresh_weights(&mut self.bufs);
         let (batch, filtered) = (self.batch, self.filtered);
         for ((pt, pop), learn) in self.pops.iter_mut().zip(&net.populations).zip(&net.params.learnable) {
+            // The last chunk of the previous sequence still owes its gradient.
+            pt.close_chunk();
             for s in &mut pt.sources {
                 s.fact.fill(<F as Real>::zero());
             }
@@ -811,6 +856,8 @@ impl<F: Float> Eprop<F> {
     pub fn zero_gradients(&mut self) {
         let (batch, filtered) = (self.batch, self.filtered);
         for pt in &mut self.pops {
+            // The open chunk's steps advance the traces; their gradient is dropped below.
+            pt.close_chunk();
             pt.clear(false, batch, filtered);
             pt.discard_window();
         }
@@ -922,7 +969,12 @@ impl<F: Float> Eprop<F> {
             if !pt.windows.is_empty() && pt.signal.iter().any(|&v| v != <F as Real>::zero()) {
                 pt.push_window(consts, dynv, &pre);
             }
-            pop.kernels.trace_pass(TracePass {
+            if let Some(chunk) = &mut pt.chunk {
+                let signal = pt.signal.as_slice().expect("row-major signal");
+                chunk.push(consts, dynv, signal, &mut pt.sources, &pre);
+            }
+            if pt.stepwise {
+                pop.kernels.trace_pass(TracePass {
                 consts,
                 dynv,
                 signal: &pt.signal,
@@ -934,6 +986,10 @@ impl<F: Float> Eprop<F> {
                 filtered: self.filtered,
                 kappa,
             });
+            }
+            if pt.chunk.as_ref().is_some_and(|c| c.len == c.steps) {
+                pt.close_chunk();
+            }
             // Factorised traces read the values before the step above; advance them now.
             for s in &mut pt.sources {
                 if s.factorised == 0 {
@@ -964,6 +1020,7 @@ impl<F: Float> Eprop<F> {
         let (batch, filtered) = (self.batch, self.filtered);
         for pt in &mut self.pops {
             pt.flush();
+            pt.close_chunk();
         }
         for (p, pt) in self.pops.iter().enumerate() {
             let n = pt.neurons();
@@ -1033,9 +1090,10 @@ impl<F: Float> Eprop<F> {
             w.coef.len() * f + sources.sum::<usize>()
         };
         let pop_bytes = |pt: &PopTraces<F>| {
-            let sources = pt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
+            let sources = pt.sources.iter().map(|s| s.fact.len() + s.grad_t.len() + s.rows.len());
             (pt.arena.len() + sources.sum::<usize>() + pt.signal.len()) * f
                 + pt.windows.iter().map(window_bytes).sum::<usize>()
+                + pt.chunk.as_ref().map_or(0, Chunk::bytes)
         };
         self.pops.iter().map(pop_bytes).sum::<usize>()
             + (self.zbar.iter().map(|z| z.len()).sum::<usize>()
@@ -1094,7 +1152,7 @@ mod tests {
             }
         }
     }
-    use two_port::TwoPortLif;
+    pub(super) use two_port::TwoPortLif;
 
     /// The gradient window only reorders the sums of the per-step update: an engine whose
     /// window is one step long gives the same gradients (to rounding), read in the middle of a window, after
@@ -1123,7 +1181,7 @@ mod tests {
             _ => 0.0,
         });
         let errs = Array3::from_shape_fn((steps, batch, 3), |_| rng.random_range(-1.0..1.0));
-        let mut windowed = Eprop::new(&net, batch, &Feedback::Symmetric);
+        let mut windowed = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(1));
         assert!((windowed.pops.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
         let mut single = windowed.clone();
         for lt in &mut single.pops {
@@ -1170,5 +1228,142 @@ mod tests {
                 .all(|p| p.per_synapse == 0 && p.factorised == 2)
         );
         window_matches_single_steps(TwoPortLif::default());
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use crate::models::*;
+    use crate::{Connectivity, NetworkBuilder, PopulationSpec, ProjectionSpec, ReadoutSpec};
+    use ndarray::Array3;
+    use rand::RngExt;
+
+    /// Two populations of `M`: "a" with a bias, dense input on every port and dense
+    /// recurrence; "b" with input and a projection from "a" on the last port (sparse or
+    /// dense) and dense recurrence on the first. Both feed the readout.
+    fn network<M: NeuronModel>(model: M, kappa: f64, sparse_b: bool) -> Network<f64> {
+        let (first, last) = (M::PATTERN.inputs[0], M::PATTERN.inputs[M::NUM_INPUTS - 1]);
+        let mut builder = NetworkBuilder::new(29)
+            .population(PopulationSpec::new("a", model.clone(), 23).bias(true))
+            .population(PopulationSpec::new("b", model, 11));
+        for &port in M::PATTERN.inputs {
+            builder = builder
+                .projection(ProjectionSpec::input("a").port(port).init(Init::Gaussian { gain: 3.0 }))
+                .projection(ProjectionSpec::new("a", "a").port(port).init(Init::Gaussian { gain: 1.0 }));
+        }
+        let connectivity = |seed| match sparse_b {
+            true => Connectivity::Probability { p: 0.4, seed },
+            false => Connectivity::Dense,
+        };
+        builder
+            .projection(
+                ProjectionSpec::input("b")
+                    .port(last)
+                    .connectivity(connectivity(3))
+                    .init(Init::Gaussian { gain: 3.0 }),
+            )
+            .projection(
+                ProjectionSpec::new("a", "b")
+                    .port(last)
+                    .connectivity(connectivity(4))
+                    .init(Init::Gaussian { gain: 2.0 }),
+            )
+            // Dense among sparse: "b"'s regions differ in length, so its dense recurrence
+            // takes the per-synapse products too.
+            .projection(ProjectionSpec::new("b", "b").port(first).init(Init::Gaussian { gain: 1.0 }))
+            .readout(ReadoutSpec::new(3, kappa).from(["a", "b"]))
+            .seed(5)
+            .build()
+            .unwrap()
+    }
+
+    /// The largest difference between two gradients, per tensor relative to the tensor's
+    /// largest magnitude.
+    fn scaled_diff(a: &Gradients<f64>, b: &Gradients<f64>) -> f64 {
+        a.slots()
+            .map(|slot| {
+                let (x, y) = (a.get(slot), b.get(slot));
+                let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+                x.iter().zip(y).fold(0.0f64, |m, (p, q)| m.max((p - q).abs() / scale))
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Chunked e-prop gives step-by-step e-prop's gradients (to rounding) for chunks of
+    /// several lengths: read inside a chunk, after gradients were zeroed inside a chunk,
+    /// across two sequences whose length is no multiple of K, and with the chunk the
+    /// step-by-step engine never has.
+    fn chunks_match_single_steps<M: NeuronModel>(model: M) {
+        let (batch, steps) = (3, 37);
+        for kappa in [0.0, 0.9] {
+            for sparse in [false, true] {
+                let net = network(model.clone(), kappa, sparse);
+                let mut rng = StdRng::seed_from_u64(11);
+                let x = Array3::from_shape_fn((2 * steps, batch, net.n_in), |_| match rng.random_range(0..10) {
+                    0..3 => 1.0,
+                    3 => 0.5,
+                    _ => 0.0,
+                });
+                let errs = Array3::from_shape_fn((2 * steps, batch, 3), |_| rng.random_range(-1.0..1.0));
+                let mut reference = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(1));
+                let (mut ga, mut gb) = (net.params.zeros_like(), net.params.zeros_like());
+                for k in [2, 5, 16, 64] {
+                    let mut chunked = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(k));
+                    // Sources without per-synapse state or filtering keep their gradient window.
+                    let traced = |p: &PopTraces<f64>| p.sources.iter().any(|s| !s.windowed);
+                    assert!(chunked.pops.iter().all(|p| p.chunk.is_some() == traced(p)));
+                    assert!(chunked.pops.iter().any(traced) || (kappa == 0.0 && !sparse));
+                    for t in 0..2 * steps {
+                        for e in [&mut reference, &mut chunked] {
+                            if t % steps == 0 {
+                                e.begin_sequence(&net);
+                            }
+                            if t == 0 || t == 9 {
+                                e.zero_gradients();
+                            }
+                            let xt = x.index_axis(Axis(0), t);
+                            e.forward(&net, xt);
+                            e.learn(&net, xt, &errs.index_axis(Axis(0), t), None);
+                        }
+                        if [6, 20, steps - 1, steps + 3, 2 * steps - 1].contains(&t) {
+                            reference.gradients(&net, &mut ga);
+                            chunked.gradients(&net, &mut gb);
+                            assert!(ga.projections[0].iter().any(|&g| g != 0.0));
+                            let diff = scaled_diff(&ga, &gb);
+                            assert!(
+                                diff <= 1e-12,
+                                "{} κ={kappa} sparse={sparse} K={k} step {t}: {diff:e}",
+                                M::PATTERN.model
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_equal_single_steps_bellec() {
+        chunks_match_single_steps(BellecLif::default());
+        chunks_match_single_steps(BellecAlif::default());
+        chunks_match_single_steps(BellecLifDiffReset::default());
+        chunks_match_single_steps(BellecAlifDiffReset::default());
+    }
+
+    #[test]
+    fn chunks_equal_single_steps_paper() {
+        chunks_match_single_steps(PaperLif::default());
+        chunks_match_single_steps(PaperAlif::default());
+        chunks_match_single_steps(SigmaDelta::default());
+    }
+
+    #[test]
+    fn chunks_equal_single_steps_classic() {
+        chunks_match_single_steps(CubaLif::default());
+        chunks_match_single_steps(Izhikevich::default());
+        chunks_match_single_steps(AdEx::default());
+        chunks_match_single_steps(LeakyIntegrator::default());
+        chunks_match_single_steps(super::tests::TwoPortLif::default());
     }
 }
