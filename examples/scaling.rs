@@ -30,7 +30,7 @@ use plasticity_examples::job::{self, Job};
 use plasticity_examples::{flags, plots, write_atomic};
 use plasticity_runtime::models::{BellecAlif, BellecLif, PaperAlif, PaperLif, SigmaDelta};
 use plasticity_runtime::{
-    Algorithm, Collective, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer,
+    Algorithm, Chunking, Collective, Connectivity, Feedback, LayerSpec, Loss, NetworkBuilder, NeuronModel, Optimizer,
     PopulationSpec, ProjectionSpec, ReadoutSpec, StepTargets, Targets, TrainConfig, Trainer, Window,
 };
 use rand::rngs::SmallRng;
@@ -116,6 +116,10 @@ struct Args {
     /// Shards of each batch (default: one per MPI rank; see `TrainConfig::shards`).
     #[arg(long)]
     shards: Option<usize>,
+    /// e-prop: steps per chunk of the per-synapse update (default: chosen by the runtime;
+    /// 1 is step-by-step e-prop; see `TrainConfig::chunk`).
+    #[arg(long)]
+    chunk: Option<usize>,
 }
 
 const CLASSES: usize = 20;
@@ -130,6 +134,7 @@ impl Args {
         flags::count("--iters", self.iters, 1..=1_000_000)?;
         flags::optional("--threads", self.threads, 1..=4096)?;
         flags::optional("--shards", self.shards, 1..=65_536)?;
+        flags::optional("--chunk", self.chunk, 1..=4096)?;
         flags::non_negative("--kappa", self.kappa, 1.0)?;
         if self.kappa >= 1.0 {
             anyhow::bail!("--kappa {}: expected a leak in [0, 1)", self.kappa);
@@ -202,6 +207,7 @@ fn run(job: &Job) -> Result<()> {
         "threads": threads,
         "ranks": job.size(),
         "shards": args.shards.unwrap_or(job.size()),
+        "chunk": args.chunk,
         "ms_per_step": m.ms_per_step,
         "rank0_bytes_sent_per_update": m.sent_per_update,
         "rank0_bytes_received_per_update": m.received_per_update,
@@ -250,6 +256,7 @@ fn measure<M: NeuronModel>(model: M, args: &Args, comm: Arc<Counting>) -> Result
         config.clip_norm = Some(1.0);
     }
     config.shards = args.shards.unwrap_or(comm.size());
+    config.chunk = args.chunk.map_or(Chunking::Auto, Chunking::Steps);
     let mut trainer = Trainer::with_collective(net, config, comm.clone())?;
     let (batch, steps) = (args.batch, args.steps);
     // A small, fast generator: the input stream is part of the timed loop.

@@ -1,106 +1,103 @@
 //! e-prop in chunks of K steps (`docs/how-it-works.md`, "e-prop in chunks").
 //!
 //! Equations (1)–(3) are linear in the per-synapse state with coefficients that belong to the
-//! postsynaptic neuron, so K steps of them collapse into
+//! postsynaptic neuron, and the factorised traces are linear in the presynaptic activity with
+//! constant coefficients, so K steps collapse into
 //!
 //! ```text
-//! G     += a_G ē⁰ + q_G · ε⁰ + Σ_s c_G^s · u^s
-//! ē^K    = κ^K ē⁰ + q_E · ε⁰ + Σ_s c_E^s · u^s
-//! ε^K    = Φ ε⁰   +           Σ_s D^s   · u^s
+//! G     += a_G ē⁰ + q_G · ε⁰ + Σ_x c_G,x · u_x
+//! ē^K    = a_E ē⁰ + q_E · ε⁰ + Σ_x c_E,x · u_x
+//! ε^K    = Φ ε⁰   +           Σ_x D_x   · u_x
 //! ```
 //!
-//! where `u^s` is what a synapse sees from its presynaptic neuron at step `s` (its factorised
-//! traces before the step, then its activity) and every coefficient is per postsynaptic neuron
-//! and sample, found by one backward sweep over the chunk in neuron space. The per-synapse
-//! arrays are then read and written once per chunk instead of once per step (`advance`), and
-//! the sums over `s` are matrix products with the chunk's presynaptic rows: the `gemm` crate
-//! where a source's rows sit at one stride in the arena, a per-synapse loop otherwise (sparse
-//! projections, populations with one).
+//! over `K + F` presynaptic rows `u`: the activity at each step of the chunk, then the `F`
+//! factorised traces at its start. Every coefficient is per postsynaptic neuron and sample and
+//! comes from one backward sweep over the chunk in neuron space, vectorised over neurons. The
+//! per-synapse arrays are then read and written once per chunk instead of once per step,
+//! and the sums over `x` are register-blocked products of [`MR`] neurons by [`NR`]
+//! presynaptic neurons, fused with that one pass (a per-synapse loop for sparse rows and for
+//! the last neurons of a population whose size is no multiple of [`MR`]).
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{Presynaptic, SPARSE_CHUNK, SourceTraces, for_neuron_blocks};
+use crate::linalg::{MR, NR};
 use crate::model::{EntryKind, Matrix, Pattern, RowLayout};
-use crate::network::MAX_STATES;
 use crate::real::{Float, Real};
 
-/// Steps per chunk when the configuration leaves the choice to the engine.
+/// Steps per chunk of the per-synapse e-prop update ([`crate::TrainConfig::chunk`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Chunking {
-    /// Chosen from the batch size and the cache size ([`Chunking::resolve`]).
+    /// Chosen by the engine from the batch and the presynaptic sizes
+    /// ([`Chunking::resolve`]).
     #[default]
     Auto,
     /// This many steps per chunk; 1 is step-by-step e-prop.
     Steps(usize),
 }
 
-/// Bytes of last-level cache assumed when the system does not say.
-const DEFAULT_CACHE: usize = 8 << 20;
-
-/// Longest chunk the automatic choice makes: beyond it the products gain little and the
-/// chunk's buffers leave the cache.
+/// Longest chunk the automatic choice makes.
 const MAX_AUTO_STEPS: usize = 32;
+/// Shortest chunk the automatic choice makes.
+const MIN_AUTO_STEPS: usize = 8;
+/// Bytes one sample's presynaptic rows of a chunk may take under the automatic choice: they
+/// are read once per block of [`MR`] neurons and should stay in the L2 cache.
+const ROWS_BUDGET: usize = 256 << 10;
 
 impl Chunking {
-    /// The number of steps per chunk for an engine of batch `batch` whose chunked sources
-    /// have `pre_rows` presynaptic values per sample and step in all (`Σ W · n_pre`). `Auto`
-    /// takes the longest power of two up to 32 whose presynaptic rows of one sample
-    /// (`K · pre_rows` values of `float_bytes`) fit in an eighth of the last-level cache, and
-    /// at least 8 rows per product (`K · B ≥ 8`) beyond that when the batch is 1.
-    pub fn resolve(self, batch: usize, pre_rows: usize, float_bytes: usize) -> usize {
+    /// Steps per chunk for an engine whose chunked sources have `pre` presynaptic neurons in
+    /// all, with floats of `float_bytes`. `Auto` takes the longest power of two from 8 to 32
+    /// whose presynaptic rows of one sample (`K · pre` values) fit in 256 KiB.
+    pub fn resolve(self, pre: usize, float_bytes: usize) -> usize {
         match self {
             Chunking::Steps(k) => k.max(1),
             Chunking::Auto => {
-                let budget = last_level_cache() / 8;
                 let mut k = MAX_AUTO_STEPS;
-                while k > 8 && k * pre_rows * float_bytes > budget {
+                while k > MIN_AUTO_STEPS && k * pre * float_bytes > ROWS_BUDGET {
                     k /= 2;
                 }
-                let _ = batch;
                 k
             }
         }
     }
 }
 
-/// The size of the largest CPU cache the system reports (Linux sysfs), or 8 MiB.
-fn last_level_cache() -> usize {
-    let read = |index: usize| -> Option<usize> {
-        let path = format!("/sys/devices/system/cpu/cpu0/cache/index{index}/size");
-        let text = std::fs::read_to_string(path).ok()?;
-        let text = text.trim();
-        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-        let value: usize = digits.parse().ok()?;
-        Some(match unit {
-            "K" => value << 10,
-            "M" => value << 20,
-            "G" => value << 30,
-            _ => value,
-        })
-    };
-    (0..8).filter_map(read).max().unwrap_or(DEFAULT_CACHE)
-}
+/// Neurons per task when a chunk is closed. The task first streams its neurons' traces
+/// through [`advance`] (they then sit in the L2 cache), then runs the products panel by
+/// panel of presynaptic neurons, so each panel of presynaptic rows is read once per task.
+const CLOSE_BLOCK: usize = 8;
+const _: () = assert!(CLOSE_BLOCK.is_multiple_of(MR));
+
+/// Neurons per task of the backward sweep, one vector lane each.
+const NB: usize = 16;
+const _: () = assert!(NB.is_multiple_of(MR));
+
+/// One value per neuron of a sweep block.
+type Lanes<F> = [F; NB];
 
 /// Where a partial's value comes from: a constant, a dynamic slot, or structurally zero.
 type Slot = Option<EntryKind>;
 
-/// The partials a port's chunk sweep reads, resolved from the pattern once. `S` per-synapse
-/// rows; `W = F + 1` presynaptic rows (`F` factorised traces, then the activity).
+/// The partials a port's chunk sweep reads, resolved from the pattern once: `S` per-synapse
+/// rows and `F` factorised rows of the port's eligibility.
 #[derive(Clone, Debug)]
 struct PortPartials {
     s: usize,
-    w: usize,
+    f: usize,
     /// `J` among the per-synapse rows, `[S·S]`.
     jpp: Vec<Slot>,
-    /// What feeds the per-synapse rows from the presynaptic rows: `J` from the factorised
-    /// rows, then `B` of the port, `[S·W]`.
+    /// What feeds the per-synapse rows at a step: `J` from each factorised row (its value
+    /// before the step), then `B` of the port (the activity), `[S·(F+1)]`.
     bext: Vec<Slot>,
     /// `Jz` of the per-synapse rows, `[S]`.
     jz: Vec<Slot>,
-    /// What the spike takes from the presynaptic rows: `Jz` of the factorised rows, then `Bz`
-    /// of the port, `[W]`.
+    /// What the spike takes directly: `Jz` of each factorised row, then `Bz` of the port,
+    /// `[F+1]`.
     bz: Vec<Slot>,
+    /// The factorised rows' own recursion `f^t = A f^{t-1} + b p^t` (constant by the
+    /// definition of a factorised row): `A`, `[F·F]`, and `b`, `[F]`.
+    a_ff: Vec<Slot>,
+    b_f: Vec<Slot>,
 }
 
 impl PortPartials {
@@ -115,20 +112,30 @@ impl PortPartials {
             }
         }
         let kind = |m: Matrix, r: usize, c: usize| pattern.entry(m, r, c).map(|e| e.kind);
-        let (s, w) = (per.len(), fact.len() + 1);
-        // The presynaptic rows' column in `m`: the factorised state, or the port.
-        let pre_col = |m: Matrix, r: usize, f: usize| match fact.get(f) {
-            Some(&c) => kind(m, r, c),
+        let (s, f) = (per.len(), fact.len());
+        let w = f + 1;
+        // Column `c` of the presynaptic rows in `m` (`J` or `Jz`): a factorised state, or the
+        // port (`B` or `Bz`).
+        let pre_col = |m: Matrix, r: usize, c: usize| match fact.get(c) {
+            Some(&state) => kind(m, r, state),
             None => kind(if m == Matrix::J { Matrix::B } else { Matrix::Bz }, r, port),
         };
         PortPartials {
             s,
-            w,
+            f,
             jpp: (0..s * s).map(|x| kind(Matrix::J, per[x / s], per[x % s])).collect(),
             bext: (0..s * w).map(|x| pre_col(Matrix::J, per[x / w], x % w)).collect(),
             jz: per.iter().map(|&r| kind(Matrix::Jz, 0, r)).collect(),
-            bz: (0..w).map(|f| pre_col(Matrix::Jz, 0, f)).collect(),
+            bz: (0..w).map(|c| pre_col(Matrix::Jz, 0, c)).collect(),
+            a_ff: (0..f * f).map(|x| kind(Matrix::J, fact[x / f], fact[x % f])).collect(),
+            b_f: fact.iter().map(|&r| kind(Matrix::B, r, port)).collect(),
         }
+    }
+
+    /// Lanes of sweep scratch one block needs.
+    fn scratch(&self) -> usize {
+        let (s, w) = (self.s, self.f + 1);
+        2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * self.f
     }
 }
 
@@ -136,18 +143,17 @@ impl PortPartials {
 #[derive(Clone, Debug)]
 struct PortChunk<F> {
     partials: PortPartials,
-    /// Per neuron, `[R][B·K·W]` with `R = S + (1 if filtered) + 1`: the rows of `D^s`, then
-    /// `c_E^s`, then `c_G^s`; column `(b·K + s)·W + f`.
+    /// Coefficient rows, `R = S + (1 if filtered) + 1` of them (`D` of each per-synapse row,
+    /// then ē's, then the gradient's), each over the `B·P` presynaptic rows (`P = K + F`),
+    /// packed for the register kernel: `[n/MR groups][R][B·P][MR]`, zero past the last neuron.
     coef: Vec<F>,
-    /// Per neuron and sample, `[2 + 2S + S²]`: `a_G = κ Λ^{t0+1}`, `a_E = κ^len`, `q_G`,
-    /// `q_E`, `Φ` (row-major).
+    /// Per neuron and sample, `[n][B][2 + 2S + S²]`: `a_G`, `a_E`, `q_G`, `q_E`, `Φ`.
     scal: Vec<F>,
-}
-
-impl<F> PortChunk<F> {
-    fn rows(&self, filtered: bool) -> usize {
-        self.partials.s + usize::from(filtered) + 1
-    }
+    /// Sweep scratch, `[blocks of NB neurons][PortPartials::scratch]`.
+    scratch: Vec<Lanes<F>>,
+    /// The values of [`PortPartials::a_ff`] and [`PortPartials::b_f`] during the chunk.
+    a_ff: Vec<F>,
+    b_f: Vec<F>,
 }
 
 /// Length of one neuron's and sample's [`PortChunk::scal`] entry.
@@ -155,8 +161,8 @@ fn scal_len(s: usize) -> usize {
     2 + 2 * s + s * s
 }
 
-/// The open chunk of one population: K steps of per-neuron partials, learning signals and
-/// (in each chunked source, [`SourceTraces::rows`]) presynaptic rows.
+/// The open chunk of one population: K steps of per-neuron partials and learning signals, and,
+/// in each chunked source ([`SourceTraces::rows`]), its presynaptic rows.
 #[derive(Clone, Debug)]
 pub(super) struct Chunk<F> {
     /// Steps a chunk holds (K).
@@ -176,19 +182,25 @@ pub(super) struct Chunk<F> {
     signal: Vec<F>,
     /// Per port, its coefficients when it has chunked sources.
     ports: Vec<Option<PortChunk<F>>>,
-    /// The stride between neurons' regions of the arena when it is the same for every neuron
-    /// (dense sources only): the products then run through `gemm`.
-    stride: Option<usize>,
+}
+
+/// Presynaptic rows per sample of a chunk of `steps` steps for `f` factorised rows.
+pub(super) fn rows_per_sample(steps: usize, f: usize) -> usize {
+    steps + f
+}
+
+/// Length of a chunked source's packed presynaptic rows: `[n_pre/NR panels][B·P][NR]`.
+pub(super) fn rows_len(n_pre: usize, batch: usize, steps: usize, f: usize) -> usize {
+    n_pre.div_ceil(NR) * batch * rows_per_sample(steps, f) * NR
 }
 
 impl<F: Float> Chunk<F> {
-    /// A chunk of `steps` steps for a population of `n` neurons whose sources (already
-    /// marked chunked, with their row buffers) are `sources`.
+    /// A chunk of `steps` steps for a population of `n` neurons with the given constants,
+    /// whose sources are already marked chunked with their row buffers.
     pub(super) fn new(
         pattern: &Pattern,
         consts: &[F],
         sources: &[SourceTraces<F>],
-        starts: &[usize],
         (steps, batch, n, dstride): (usize, usize, usize, usize),
         kappa: F,
         filtered: bool,
@@ -199,16 +211,18 @@ impl<F: Float> Chunk<F> {
                 sources.iter().any(|s| s.chunked && s.port == port).then(|| {
                     let partials = PortPartials::new(pattern, port);
                     let rows = partials.s + usize::from(filtered) + 1;
+                    let p = rows_per_sample(steps, partials.f);
                     PortChunk {
-                        coef: zeros(n * rows * batch * steps * partials.w),
+                        coef: zeros(n.div_ceil(MR) * MR * rows * batch * p),
                         scal: zeros(n * batch * scal_len(partials.s)),
+                        scratch: vec![[<F as Real>::zero(); NB]; n.div_ceil(NB) * partials.scratch()],
+                        a_ff: zeros(partials.f * partials.f),
+                        b_f: zeros(partials.f),
                         partials,
                     }
                 })
             })
             .collect();
-        let first = starts.get(1).map_or(0, |s| s - starts[0]);
-        let uniform = starts.windows(2).all(|w| w[1] - w[0] == first);
         Chunk {
             steps,
             len: 0,
@@ -221,13 +235,12 @@ impl<F: Float> Chunk<F> {
             dstride,
             signal: zeros(steps * batch * n),
             ports,
-            stride: (uniform && sources.iter().all(|s| s.csr.is_none() || !s.chunked)).then_some(first),
         }
     }
 
-    /// Appends one step: the constants (at a chunk's first step), the dynamic partials, the
-    /// learning signal, and each chunked source's factorised traces (before the step advances
-    /// them) and activity.
+    /// Appends one step: the constants and each chunked source's factorised traces (at a
+    /// chunk's first step, before the step advances them), the dynamic partials, the learning
+    /// signal, and each chunked source's activity.
     pub(super) fn push(
         &mut self,
         consts: &[F],
@@ -245,11 +258,23 @@ impl<F: Float> Chunk<F> {
         let step = batch * self.n;
         self.signal[slot * step..(slot + 1) * step].copy_from_slice(&signal[..step]);
         for s in sources.iter_mut().filter(|s| s.chunked) {
-            let (m, w, f_rows) = (s.n_pre, s.factorised + 1, s.factorised);
+            let (m, f_rows) = (s.n_pre, s.factorised);
+            let p = rows_per_sample(k, f_rows);
+            let span = batch * p * NR;
+            let (rows, fact) = (&mut s.rows, &s.fact);
             for b in 0..batch {
-                let dst = &mut s.rows[((b * k + slot) * w) * m..][..w * m];
-                dst[..f_rows * m].copy_from_slice(&s.fact[b * f_rows * m..(b + 1) * f_rows * m]);
-                dst[f_rows * m..].copy_from_slice(pre.row(s.source, b));
+                let x = pre.row(s.source, b);
+                for (panel, xs) in rows.chunks_exact_mut(span).zip(x.chunks(NR)) {
+                    panel[(b * p + slot) * NR..][..xs.len()].copy_from_slice(xs);
+                }
+                if slot == 0 {
+                    for f in 0..f_rows {
+                        let trace = &fact[(b * f_rows + f) * m..][..m];
+                        for (panel, xs) in rows.chunks_exact_mut(span).zip(trace.chunks(NR)) {
+                            panel[(b * p + k + f) * NR..][..xs.len()].copy_from_slice(xs);
+                        }
+                    }
+                }
             }
         }
         self.len += 1;
@@ -264,212 +289,427 @@ impl<F: Float> Chunk<F> {
         }
         self.len = 0;
         let (batch, k, filtered) = (self.batch, self.steps, self.filtered);
-        // Slots past a short chunk's end must contribute nothing to the full-depth gradient
-        // product: zero their presynaptic rows (their coefficients are zeroed by the sweep).
+        // The rows of steps past a short chunk's end must add nothing to the gradient's
+        // product over every sample: zero them (their coefficients are zeroed by the sweep).
         if len < k {
             for s in sources.iter_mut().filter(|s| s.chunked) {
-                let row = (s.factorised + 1) * s.n_pre;
-                for b in 0..batch {
-                    s.rows[(b * k + len) * row..(b + 1) * k * row].fill(<F as Real>::zero());
+                let p = rows_per_sample(k, s.factorised);
+                for panel in s.rows.chunks_exact_mut(batch * p * NR) {
+                    for b in 0..batch {
+                        panel[(b * p + len) * NR..(b * p + k) * NR].fill(<F as Real>::zero());
+                    }
                 }
             }
         }
         let mut ports = std::mem::take(&mut self.ports);
         let this = &*self;
         for pc in ports.iter_mut().flatten() {
-            let (rows, sl) = (pc.rows(filtered), scal_len(pc.partials.s));
-            let bkw = batch * k * pc.partials.w;
-            let partials = &pc.partials;
+            let constant = |slot: &Slot| match *slot {
+                Some(EntryKind::Constant(i)) => this.consts[i],
+                // Factorised rows have constant partials by construction.
+                _ => <F as Real>::zero(),
+            };
+            for (v, slot) in pc.a_ff.iter_mut().zip(&pc.partials.a_ff) {
+                *v = constant(slot);
+            }
+            for (v, slot) in pc.b_f.iter_mut().zip(&pc.partials.b_f) {
+                *v = constant(slot);
+            }
+            let (partials, a_ff, b_f) = (&pc.partials, &pc.a_ff[..], &pc.b_f[..]);
+            let rows = partials.s + usize::from(filtered) + 1;
+            let (sl, lanes) = (scal_len(partials.s), partials.scratch());
+            let bp = batch * rows_per_sample(k, partials.f);
             pc.coef
-                .par_chunks_mut(rows * bkw)
-                .zip(pc.scal.par_chunks_mut(batch * sl))
+                .par_chunks_mut(NB * rows * bp)
+                .zip(pc.scal.par_chunks_mut(NB * batch * sl))
+                .zip(pc.scratch.par_chunks_mut(lanes))
                 .enumerate()
-                .with_min_len(16)
-                .for_each(|(j, (coef, scal))| {
+                .for_each(|(blk, ((coef, scal), scratch))| {
                     for b in 0..batch {
-                        this.sweep(partials, len, j, b, coef, &mut scal[b * sl..(b + 1) * sl]);
+                        this.sweep(partials, (a_ff, b_f), len, blk * NB, b, coef, scal, scratch);
                     }
                 });
         }
         let (coefs, sources) = (&ports, &*sources);
-        let gemm = this.stride.is_some();
-        for_neuron_blocks(arena, starts, (0, self.n), &|j0, j1, block| {
-            let mut rest_all = block;
-            for j in j0..j1 {
-                let (region, tail) = rest_all.split_at_mut(starts[j + 1] - starts[j]);
-                rest_all = tail;
-                let mut rest = region;
-                for s in sources.iter().filter(|s| !s.windowed) {
-                    let (src, tail) = rest.split_at_mut(s.region(j, batch, filtered));
-                    rest = tail;
-                    if !s.chunked {
-                        continue;
-                    }
-                    let pc = coefs[s.port].as_ref().expect("a chunked port");
-                    this.advance_neuron(pc, s, j, src, len, !gemm);
-                }
-            }
+        for_neuron_blocks(arena, starts, CLOSE_BLOCK, (0, this.n), &|j0, j1, block| {
+            this.close_block(coefs, sources, starts, (j0, j1), block);
         });
-        if let Some(stride) = this.stride {
-            let mut off = 0;
-            for s in sources.iter().filter(|s| !s.windowed) {
-                if s.chunked {
-                    let pc = coefs[s.port].as_ref().expect("a chunked port");
-                    this.products(pc, s, &mut arena[off..], stride, len);
-                }
-                off += s.region(0, batch, filtered);
-            }
-        }
         self.ports = ports;
     }
 
-    /// The backward sweep of neuron `j`, sample `b`, over the chunk's `len` steps: writes the
-    /// sample's columns of `coef` (zero past `len`) and its `scal` entry.
-    fn sweep(&self, p: &PortPartials, len: usize, j: usize, b: usize, coef: &mut [F], scal: &mut [F]) {
+    /// The backward sweep over the chunk's `len` steps for sample `b` and the block of
+    /// neurons from `j0` (vectorised over them): writes their coefficients (`coef`, the
+    /// block's groups) and their `scal` entries.
+    fn sweep(
+        &self,
+        p: &PortPartials,
+        (a_ff, b_f): (&[F], &[F]),
+        len: usize,
+        j0: usize,
+        b: usize,
+        coef: &mut [F],
+        scal: &mut [F],
+        scratch: &mut [Lanes<F>],
+    ) {
         let zero = <F as Real>::zero();
-        let (s_n, w, k, n, kappa) = (p.s, p.w, self.steps, self.n, self.kappa);
-        let bkw = self.batch * k * w;
+        let (s_n, f_n, k, n, kappa) = (p.s, p.f, self.steps, self.n, self.kappa);
+        let w = f_n + 1;
+        let width = NB.min(n - j0);
         let rows = s_n + usize::from(self.filtered) + 1;
-        let (g_row, e_row) = (rows - 1, s_n);
-        let mut lam = zero;
-        let mut lam_e = zero;
-        let mut qg = [zero; MAX_STATES];
-        let mut qe = [zero; MAX_STATES];
-        let mut phi = [zero; MAX_STATES * MAX_STATES];
+        let pp = rows_per_sample(k, f_n);
+        let bp = self.batch * pp;
+        // Scratch layout (lanes): λ, λ_E, q_G[S], q_E[S], Φ[S²], tmp[S²], J[S²], B̃[S·W],
+        // Jz[S], B̃z[W], ρ_G[F], ρ_E[F], ρ_D[S·F], c_G[W], c_E[W], D[S·W], next ρ[F].
+        let (lam, rest) = scratch.split_at_mut(1);
+        let (lam_e, rest) = rest.split_at_mut(1);
+        let (qg, rest) = rest.split_at_mut(s_n);
+        let (qe, rest) = rest.split_at_mut(s_n);
+        let (phi, rest) = rest.split_at_mut(s_n * s_n);
+        let (tmp, rest) = rest.split_at_mut(s_n * s_n);
+        let (jpp, rest) = rest.split_at_mut(s_n * s_n);
+        let (bext, rest) = rest.split_at_mut(s_n * w);
+        let (jz, rest) = rest.split_at_mut(s_n);
+        let (bz, rest) = rest.split_at_mut(w);
+        let (rho_g, rest) = rest.split_at_mut(f_n);
+        let (rho_e, rest) = rest.split_at_mut(f_n);
+        let (rho_d, rest) = rest.split_at_mut(s_n * f_n);
+        let (cg, rest) = rest.split_at_mut(w);
+        let (ce, rest) = rest.split_at_mut(w);
+        let (dd, rest) = rest.split_at_mut(s_n * w);
+        let (next, _) = rest.split_at_mut(f_n);
+        let (lam, lam_e) = (&mut lam[0], &mut lam_e[0]);
+        for v in [
+            &mut *qg, &mut *qe, &mut *phi, &mut *rho_g, &mut *rho_e, &mut *rho_d,
+        ] {
+            v.fill([zero; NB]);
+        }
+        *lam = [zero; NB];
+        *lam_e = [zero; NB];
         for a in 0..s_n {
-            phi[a * s_n + a] = <F as Real>::one();
+            phi[a * s_n + a] = [<F as Real>::one(); NB];
         }
-        let mut jpp = [zero; MAX_STATES * MAX_STATES];
-        let mut bext = [zero; MAX_STATES * (MAX_STATES + 1)];
-        let mut jz = [zero; MAX_STATES];
-        let mut bz = [zero; MAX_STATES + 1];
-        let mut tmp = [zero; MAX_STATES * MAX_STATES];
-        for r in 0..rows {
-            coef[r * bkw + (b * k + len) * w..r * bkw + (b + 1) * k * w].fill(zero);
+        // Coefficient (row, x) of lane l: in the block's groups of MR neurons.
+        let at = |row: usize, x: usize, l: usize| (((l / MR) * rows + row) * bp + b * pp + x) * MR + l % MR;
+        // Lanes with a place in the block's groups (a partial last block has fewer).
+        let placed = coef.len() / (rows * bp);
+        let put = |coef: &mut [F], row: usize, x: usize, v: &Lanes<F>| {
+            for g in 0..placed / MR {
+                let dst: &mut [F; MR] = (&mut coef[at(row, x, g * MR)..][..MR]).try_into().expect("MR lanes");
+                if width == NB {
+                    *dst = v[g * MR..(g + 1) * MR].try_into().expect("MR lanes");
+                } else {
+                    for (u, d) in dst.iter_mut().enumerate() {
+                        *d = if g * MR + u < width { v[g * MR + u] } else { zero };
+                    }
+                }
+            }
+        };
+        let lanes_of = |values: &[F]| -> Lanes<F> {
+            if width == NB {
+                return values[..NB].try_into().expect("NB values");
+            }
+            let mut out = [zero; NB];
+            for (o, &v) in out.iter_mut().zip(&values[..width]) {
+                *o = v;
+            }
+            out
+        };
+        // Steps past a short chunk's end contribute nothing.
+        let zero_lanes = [zero; NB];
+        for x in len..k {
+            for row in 0..rows {
+                put(coef, row, x, &zero_lanes);
+            }
         }
+        let (g_row, e_row) = (rows - 1, s_n);
         for s in (0..len).rev() {
             let dv = &self.dynv[(s * self.batch + b) * self.dstride..];
-            let value = |slot: &Slot| match *slot {
-                None => zero,
-                Some(EntryKind::Constant(i)) => self.consts[i],
-                Some(EntryKind::Dynamic(i)) => dv[i * n + j],
+            let load = |slot: &Slot| -> Lanes<F> {
+                match *slot {
+                    None => [zero; NB],
+                    Some(EntryKind::Constant(i)) => [self.consts[i]; NB],
+                    Some(EntryKind::Dynamic(i)) => lanes_of(&dv[i * n + j0..]),
+                }
             };
             for (d, e) in jpp.iter_mut().zip(&p.jpp) {
-                *d = value(e);
+                *d = load(e);
             }
             for (d, e) in bext.iter_mut().zip(&p.bext) {
-                *d = value(e);
+                *d = load(e);
             }
             for (d, e) in jz.iter_mut().zip(&p.jz) {
-                *d = value(e);
+                *d = load(e);
             }
             for (d, e) in bz.iter_mut().zip(&p.bz) {
-                *d = value(e);
+                *d = load(e);
             }
-            // Λ^s = L^s + κ Λ^{s+1}; the ē row's signal is a unit at the chunk's last step.
-            lam = self.signal[(s * self.batch + b) * n + j] + kappa * lam;
-            lam_e = if s + 1 == len { <F as Real>::one() } else { zero } + kappa * lam_e;
-            let col = (b * k + s) * w;
-            for f in 0..w {
-                // c^s = Λ^s Bz^s + q^s B^s (per presynaptic row), D^s = Φ(t0+len, s) B^s.
-                let mut cg = lam * bz[f];
-                let mut ce = lam_e * bz[f];
-                for a in 0..s_n {
-                    cg += qg[a] * bext[a * w + f];
-                    ce += qe[a] * bext[a * w + f];
+            // Λ^s = L^s + κ Λ^{s+1}; ē's signal is a unit at the chunk's last step.
+            let signal = lanes_of(&self.signal[(s * self.batch + b) * n + j0..]);
+            let unit = if s + 1 == len { <F as Real>::one() } else { zero };
+            for l in 0..NB {
+                lam[l] = signal[l] + kappa * lam[l];
+                lam_e[l] = unit + kappa * lam_e[l];
+            }
+            // Per presynaptic row c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise,
+            // D = Φ(t0+len, s) B̃.
+            for c in 0..w {
+                let (mut g, mut e) = ([zero; NB], [zero; NB]);
+                for l in 0..NB {
+                    g[l] = lam[l] * bz[c][l];
+                    e[l] = lam_e[l] * bz[c][l];
                 }
-                coef[g_row * bkw + col + f] = cg;
-                if self.filtered {
-                    coef[e_row * bkw + col + f] = ce;
-                }
                 for a in 0..s_n {
-                    let mut d = zero;
+                    let (bx, qa, qea) = (&bext[a * w + c], &qg[a], &qe[a]);
+                    for l in 0..NB {
+                        g[l] += qa[l] * bx[l];
+                        e[l] += qea[l] * bx[l];
+                    }
+                }
+                cg[c] = g;
+                ce[c] = e;
+                for a in 0..s_n {
+                    let mut d = [zero; NB];
                     for a2 in 0..s_n {
-                        d += phi[a * s_n + a2] * bext[a2 * w + f];
+                        let (ph, bx) = (&phi[a * s_n + a2], &bext[a2 * w + c]);
+                        for l in 0..NB {
+                            d[l] += ph[l] * bx[l];
+                        }
                     }
-                    coef[a * bkw + col + f] = d;
+                    dd[a * w + c] = d;
                 }
             }
-            // q^{s-1} = Λ^s Jz^s + q^s J^s;  Φ(t0+len, s-1) = Φ(t0+len, s) J^s.
-            for (q, l) in [(&mut qg, lam), (&mut qe, lam_e)] {
-                let mut next = [zero; MAX_STATES];
-                for a2 in 0..s_n {
-                    let mut v = l * jz[a2];
-                    for a in 0..s_n {
-                        v += q[a] * jpp[a * s_n + a2];
+            // Fold the factorised rows into the activity: a row's coefficient of p^s is its
+            // own plus ρ·b, and ρ ← c_F + ρ A carries the rest back to the chunk's start.
+            let fold = |c: &[Lanes<F>], rho: &mut [Lanes<F>], next: &mut [Lanes<F>], row: usize, coef: &mut [F]| {
+                let mut v = c[f_n];
+                for f in 0..f_n {
+                    let bf = b_f[f];
+                    for l in 0..NB {
+                        v[l] += rho[f][l] * bf;
                     }
-                    next[a2] = v;
                 }
-                q[..s_n].copy_from_slice(&next[..s_n]);
+                put(coef, row, s, &v);
+                for f2 in 0..f_n {
+                    let mut acc = c[f2];
+                    for f in 0..f_n {
+                        let a = a_ff[f * f_n + f2];
+                        for l in 0..NB {
+                            acc[l] += rho[f][l] * a;
+                        }
+                    }
+                    next[f2] = acc;
+                }
+                for (r, x) in rho.iter_mut().zip(next.iter()) {
+                    *r = *x;
+                }
+            };
+            fold(cg, rho_g, next, g_row, coef);
+            if self.filtered {
+                fold(ce, rho_e, next, e_row, coef);
+            }
+            for a in 0..s_n {
+                fold(&dd[a * w..(a + 1) * w], &mut rho_d[a * f_n..(a + 1) * f_n], next, a, coef);
+            }
+            // q^{s-1} = Λ^s Jz^s + q^s J^s; Φ(t0+len, s-1) = Φ(t0+len, s) J^s.
+            let filtered_q = if self.filtered { Some((&mut *qe, &*lam_e)) } else { None };
+            for (q, lm) in std::iter::once((&mut *qg, &*lam)).chain(filtered_q) {
+                for a2 in 0..s_n {
+                    let mut v = [zero; NB];
+                    for l in 0..NB {
+                        v[l] = lm[l] * jz[a2][l];
+                    }
+                    for a in 0..s_n {
+                        let (qa, jx) = (&q[a], &jpp[a * s_n + a2]);
+                        for l in 0..NB {
+                            v[l] += qa[l] * jx[l];
+                        }
+                    }
+                    tmp[a2] = v;
+                }
+                for (x, t) in q.iter_mut().zip(tmp.iter()) {
+                    *x = *t;
+                }
             }
             for a in 0..s_n {
                 for a2 in 0..s_n {
-                    let mut v = zero;
+                    let mut v = [zero; NB];
                     for c in 0..s_n {
-                        v += phi[a * s_n + c] * jpp[c * s_n + a2];
+                        let (ph, jx) = (&phi[a * s_n + c], &jpp[c * s_n + a2]);
+                        for l in 0..NB {
+                            v[l] += ph[l] * jx[l];
+                        }
                     }
                     tmp[a * s_n + a2] = v;
                 }
             }
-            phi[..s_n * s_n].copy_from_slice(&tmp[..s_n * s_n]);
+            for (x, t) in phi.iter_mut().zip(tmp.iter()) {
+                *x = *t;
+            }
         }
-        scal[0] = kappa * lam;
-        scal[1] = kappa * lam_e;
-        scal[2..2 + s_n].copy_from_slice(&qg[..s_n]);
-        scal[2 + s_n..2 + 2 * s_n].copy_from_slice(&qe[..s_n]);
-        scal[2 + 2 * s_n..].copy_from_slice(&phi[..s_n * s_n]);
+        // The factorised rows at the chunk's start.
+        for f in 0..f_n {
+            put(coef, g_row, k + f, &rho_g[f]);
+            if self.filtered {
+                put(coef, e_row, k + f, &rho_e[f]);
+            }
+            for a in 0..s_n {
+                put(coef, a, k + f, &rho_d[a * f_n + f]);
+            }
+        }
+        let sl = scal_len(s_n);
+        for l in 0..width {
+            let e = &mut scal[(l * self.batch + b) * sl..][..sl];
+            e[0] = kappa * lam[l];
+            e[1] = kappa * lam_e[l];
+            for a in 0..s_n {
+                e[2 + a] = qg[a][l];
+                e[2 + s_n + a] = qe[a][l];
+            }
+            for x in 0..s_n * s_n {
+                e[2 + 2 * s_n + x] = phi[x][l];
+            }
+        }
     }
 
-    /// Neuron `j`'s part of closing the chunk for source `s` (its region `src`): the
-    /// per-synapse terms of every sample (`G += a_G ē + q_G·ε`, `ē ← a_E ē + q_E·ε`,
-    /// `ε ← Φ ε`), then, with `products`, the sums over the chunk's presynaptic rows.
-    fn advance_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F], len: usize, products: bool) {
+    /// Closes the chunk for neurons `j0..j1` (`block` holds their regions): per chunked
+    /// source, strip by strip of presynaptic neurons for whole groups of [`MR`] neurons of a
+    /// dense source ([`Chunk::close_strip`]), synapse by synapse for the others.
+    fn close_block(
+        &self,
+        coefs: &[Option<PortChunk<F>>],
+        sources: &[SourceTraces<F>],
+        starts: &[usize],
+        (j0, j1): (usize, usize),
+        block: &mut [F],
+    ) {
         let (batch, filtered) = (self.batch, self.filtered);
-        let (s_n, w, k) = (pc.partials.s, pc.partials.w, self.steps);
+        let base = starts[j0];
+        // Offset of each non-windowed source inside neuron j's region.
+        let offset = |j: usize, si: usize| {
+            starts[j] - base
+                + sources[..si]
+                    .iter()
+                    .filter(|s| !s.windowed)
+                    .map(|s| s.region(j, batch, filtered))
+                    .sum::<usize>()
+        };
+        for (si, s) in sources.iter().enumerate() {
+            if !s.chunked {
+                continue;
+            }
+            let pc = coefs[s.port].as_ref().expect("a chunked port");
+            // Whole groups of a dense source, then the rest one neuron at a time.
+            let grouped = if s.csr.is_none() { (j1 - j0) / MR * MR } else { 0 };
+            let mut end = 0;
+            let ranges: [(usize, usize); CLOSE_BLOCK] = std::array::from_fn(|l| {
+                if l < grouped {
+                    let j = j0 + l;
+                    let range = (offset(j, si), s.region(j, batch, filtered));
+                    end = range.0 + range.1;
+                    range
+                } else {
+                    (end, 0)
+                }
+            });
+            let mut regions = disjoint_mut(block, ranges);
+            self.close_groups(pc, s, j0, &mut regions[..grouped]);
+            for j in j0 + grouped..j1 {
+                let at = offset(j, si);
+                let src = &mut block[at..at + s.region(j, batch, filtered)];
+                self.close_neuron(pc, s, j, src);
+            }
+        }
+    }
+
+    /// Whole groups of [`MR`] neurons from `j0` of dense source `s`, `regions` their parts of
+    /// the arena: [`advance`] for every neuron and sample, then, panel by panel of
+    /// presynaptic neurons, the products for each sample's per-synapse rows and ē, and the
+    /// gradient's product over every sample at once.
+    fn close_groups(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j0: usize, regions: &mut [&mut [F]]) {
+        let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
+        let (s_n, m) = (pc.partials.s, s.n_pre);
+        let pp = rows_per_sample(k, pc.partials.f);
+        let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
+        let span = bp * NR;
+        let ebar_at = batch * s_n * m;
+        let grad_at = ebar_at + if filtered { batch * m } else { 0 };
+        for (l, region) in regions.iter_mut().enumerate() {
+            let (syn_all, rest) = region.split_at_mut(ebar_at);
+            let (ebar_all, grad) = rest.split_at_mut(grad_at - ebar_at);
+            for b in 0..batch {
+                let sc = &pc.scal[((j0 + l) * batch + b) * sl..][..sl];
+                let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
+                let ebar: &mut [F] = if filtered { &mut ebar_all[b * m..(b + 1) * m] } else { &mut [] };
+                advance_rows(s_n, sc, (syn, m, 0), ebar, &mut grad[..m]);
+            }
+        }
+        for c in (0..m).step_by(NR) {
+            let width = NR.min(m - c);
+            let panel = &s.rows[(c / NR) * span..][..span];
+            for (g, group) in regions.chunks_exact_mut(MR).enumerate() {
+                let group: &mut [&mut [F]; MR] = group.try_into().expect("MR neurons");
+                let coef = &pc.coef[((j0 / MR + g) * rows) * bp * MR..][..rows * bp * MR];
+                let coef_row = |row: usize| &coef[row * bp * MR..][..bp * MR];
+                for b in 0..batch {
+                    let u = &panel[b * pp * NR..][..pp * NR];
+                    let mut product = |row: usize, at: usize| {
+                        let a = &coef_row(row)[b * pp * MR..][..pp * MR];
+                        with_rows(group, at + c, width, |block| F::register_block(a, u, block));
+                    };
+                    for a in 0..s_n {
+                        product(a, b * s_n * m + a * m);
+                    }
+                    if filtered {
+                        product(s_n, ebar_at + b * m);
+                    }
+                }
+                let a = coef_row(rows - 1);
+                with_rows(group, grad_at + c, width, |block| F::register_block(a, panel, block));
+            }
+        }
+    }
+
+    /// One neuron `j` of source `s` (its region `src`), synapse by synapse: per sample,
+    /// [`advance`] then every row's sum over the presynaptic rows.
+    fn close_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F]) {
+        let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
+        let s_n = pc.partials.s;
         let m = s.synapses(j);
-        let (sl, rows, bkw) = (scal_len(s_n), pc.rows(filtered), batch * k * w);
-        let scal = &pc.scal[j * batch * sl..(j + 1) * batch * sl];
-        let coef = &pc.coef[j * rows * bkw..(j + 1) * rows * bkw];
+        let pp = rows_per_sample(k, pc.partials.f);
+        let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
+        let group = &pc.coef[(j / MR) * rows * bp * MR..][..rows * bp * MR];
+        let lane = j % MR;
         let (syn_all, rest) = src.split_at_mut(batch * s_n * m);
         let (ebar_all, grad) = rest.split_at_mut(if filtered { batch * m } else { 0 });
         let grad = &mut grad[..m];
         // Dense rows are one segment `[S, m]`; sparse rows are stored in segments of
         // SPARSE_CHUNK synapses, each `[S, len]`.
         let seg = if s.csr.is_some() { SPARSE_CHUNK } else { m.max(1) };
+        let span = bp * NR;
         for b in 0..batch {
             let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
             let ebar: &mut [F] = if filtered { &mut ebar_all[b * m..(b + 1) * m] } else { &mut [] };
-            let sc = &scal[b * sl..(b + 1) * sl];
+            let sc = &pc.scal[(j * batch + b) * sl..][..sl];
             for c0 in (0..m).step_by(seg) {
-                let sl_len = seg.min(m - c0);
-                let syn_seg = &mut syn[s_n * c0..s_n * (c0 + sl_len)];
-                let ebar_seg: &mut [F] = if filtered { &mut ebar[c0..c0 + sl_len] } else { &mut [] };
-                let grad_seg = &mut grad[c0..c0 + sl_len];
-                match s_n {
-                    0 => advance::<F, 0>(sc, syn_seg, ebar_seg, grad_seg),
-                    1 => advance::<F, 1>(sc, syn_seg, ebar_seg, grad_seg),
-                    2 => advance::<F, 2>(sc, syn_seg, ebar_seg, grad_seg),
-                    3 => advance::<F, 3>(sc, syn_seg, ebar_seg, grad_seg),
-                    _ => advance_any(s_n, sc, syn_seg, ebar_seg, grad_seg),
-                }
-                if !products {
-                    continue;
-                }
-                // Σ_s coefficient^s · u_i^s for every row, synapse by synapse.
-                let u = &s.rows[b * k * w * s.n_pre..(b + 1) * k * w * s.n_pre];
-                let cols = s.csr.as_ref().map(|c| &c.col[c.row_ptr[j] + c0..c.row_ptr[j] + c0 + sl_len]);
-                for v in 0..sl_len {
+                let seg_len = seg.min(m - c0);
+                let syn_seg = &mut syn[s_n * c0..s_n * (c0 + seg_len)];
+                let ebar_seg: &mut [F] = if filtered { &mut ebar[c0..c0 + seg_len] } else { &mut [] };
+                let grad_seg = &mut grad[c0..c0 + seg_len];
+                advance_rows(s_n, sc, (&mut *syn_seg, seg_len, 0), ebar_seg, grad_seg);
+                let cols = s.csr.as_ref().map(|c| &c.col[c.row_ptr[j] + c0..c.row_ptr[j] + c0 + seg_len]);
+                for v in 0..seg_len {
                     let i = cols.map_or(c0 + v, |c| c[v] as usize);
-                    let dot = |r: usize| {
-                        let cr = &coef[r * bkw + b * k * w..][..len * w];
+                    let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
+                    let dot = |row: usize| {
+                        let cr = &group[(row * bp + b * pp) * MR + lane..];
                         let mut acc = <F as Real>::zero();
-                        for (x, &c) in cr.iter().enumerate() {
-                            acc += c * u[x * s.n_pre + i];
+                        for x in 0..pp {
+                            acc += cr[x * MR] * u[x * NR];
                         }
                         acc
                     };
                     for a in 0..s_n {
-                        syn_seg[a * sl_len + v] += dot(a);
+                        syn_seg[a * seg_len + v] += dot(a);
                     }
                     if filtered {
                         ebar_seg[v] += dot(s_n);
@@ -480,39 +720,68 @@ impl<F: Float> Chunk<F> {
         }
     }
 
-    /// The sums over the chunk's presynaptic rows of dense source `s` as matrix products
-    /// (every neuron's region `stride` apart, the source's part starting at `arena[0]`).
-    fn products(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, arena: &mut [F], stride: usize, len: usize) {
-        let (batch, filtered, k, n) = (self.batch, self.filtered, self.steps, self.n);
-        let (s_n, w, m) = (pc.partials.s, pc.partials.w, s.n_pre);
-        let (rows, bkw) = (pc.rows(filtered), batch * k * w);
-        let lhs_rs = rows * bkw;
-        for b in 0..batch {
-            let u = &s.rows[b * k * w * m..];
-            for a in 0..s_n {
-                let dst = &mut arena[b * s_n * m + a * m..];
-                gemm_acc((n, m, len * w), dst, stride, &pc.coef[a * bkw + b * k * w..], lhs_rs, u, m);
-            }
-            if filtered {
-                let dst = &mut arena[batch * s_n * m + b * m..];
-                gemm_acc((n, m, len * w), dst, stride, &pc.coef[s_n * bkw + b * k * w..], lhs_rs, u, m);
-            }
-        }
-        let grad_at = batch * s_n * m + if filtered { batch * m } else { 0 };
-        let lhs = &pc.coef[(rows - 1) * bkw..];
-        gemm_acc((n, m, bkw), &mut arena[grad_at..], stride, lhs, lhs_rs, &s.rows, m);
-    }
-
     /// Bytes this chunk keeps (its sources' presynaptic rows are counted with them).
     pub(super) fn bytes(&self) -> usize {
-        let ports = self.ports.iter().flatten().map(|p| p.coef.len() + p.scal.len());
+        let ports = self.ports.iter().flatten().map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB);
         (self.consts.len() + self.dynv.len() + self.signal.len() + ports.sum::<usize>()) * size_of::<F>()
     }
 }
 
+/// `N` disjoint mutable parts of `s`, given as `(start, len)` in increasing order.
+fn disjoint_mut<F, const N: usize>(s: &mut [F], ranges: [(usize, usize); N]) -> [&mut [F]; N] {
+    let mut rest = s;
+    let mut consumed = 0;
+    let mut parts = ranges.map(|(start, len)| {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - consumed);
+        let (part, tail) = tail.split_at_mut(len);
+        rest = tail;
+        consumed = start + len;
+        Some(part)
+    });
+    std::array::from_fn(|l| parts[l].take().expect("one part per range"))
+}
+
+/// Runs `f` on the `MR`×`NR` block at `regions[l][at..at + width]`: on the rows themselves
+/// when the block is whole, through a zero-padded copy at a row's last, narrower panel.
+#[inline(always)]
+fn with_rows<F: Float>(regions: &mut [&mut [F]; MR], at: usize, width: usize, f: impl FnOnce([&mut [F; NR]; MR])) {
+    if width == NR {
+        let mut it = regions.iter_mut();
+        f(std::array::from_fn(|_| {
+            let r = it.next().expect("MR rows");
+            (&mut r[at..at + NR]).try_into().expect("NR columns")
+        }));
+    } else {
+        let mut acc = [[<F as Real>::zero(); NR]; MR];
+        for (acc_r, r) in acc.iter_mut().zip(regions.iter()) {
+            for (a, &v) in acc_r.iter_mut().zip(&r[at..at + width]) {
+                *a = v;
+            }
+        }
+        f(acc.each_mut());
+        for (acc_r, r) in acc.iter().zip(regions.iter_mut()) {
+            for (v, &a) in r[at..at + width].iter_mut().zip(acc_r) {
+                *v = a;
+            }
+        }
+    }
+}
+
+/// [`advance`] for `s_n` per-synapse rows, specialised for the common counts. `syn` is
+/// `(rows, stride, c0)`: row `a` of the segment is `rows[a·stride + c0..][..grad.len()]`.
+fn advance_rows<F: Float>(s_n: usize, sc: &[F], syn: (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
+    match s_n {
+        0 => advance::<F, 0>(sc, syn, ebar, grad),
+        1 => advance::<F, 1>(sc, syn, ebar, grad),
+        2 => advance::<F, 2>(sc, syn, ebar, grad),
+        3 => advance::<F, 3>(sc, syn, ebar, grad),
+        _ => advance_any(s_n, sc, syn, ebar, grad),
+    }
+}
+
 /// `G += a_G ē + q_G·ε`, `ē ← a_E ē + q_E·ε`, `ε ← Φ ε` over one segment of synapses
-/// (`syn` is `[S, len]`; `ebar` empty when unfiltered), `S` known at compile time.
-fn advance<F: Float, const S: usize>(sc: &[F], syn: &mut [F], ebar: &mut [F], grad: &mut [F]) {
+/// (`ebar` empty when unfiltered), `S` known at compile time.
+fn advance<F: Float, const S: usize>(sc: &[F], (syn, stride, c0): (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
     let len = grad.len();
     if S == 0 && ebar.is_empty() {
         return;
@@ -521,127 +790,69 @@ fn advance<F: Float, const S: usize>(sc: &[F], syn: &mut [F], ebar: &mut [F], gr
     let qg: [F; S] = std::array::from_fn(|a| sc[2 + a]);
     let qe: [F; S] = std::array::from_fn(|a| sc[2 + S + a]);
     let phi: [[F; S]; S] = std::array::from_fn(|a| std::array::from_fn(|c| sc[2 + 2 * S + a * S + c]));
-    let syn = &mut syn[..S * len];
-    if ebar.is_empty() {
-        for i in 0..len {
-            let eps: [F; S] = std::array::from_fn(|a| syn[a * len + i]);
-            let mut g = grad[i];
-            for a in 0..S {
-                g += qg[a] * eps[a];
-            }
-            grad[i] = g;
-            for a in 0..S {
-                let mut v = <F as Real>::zero();
-                for c in 0..S {
-                    v += phi[a][c] * eps[c];
-                }
-                syn[a * len + i] = v;
-            }
+    let mut rows = syn.chunks_mut(stride.max(1));
+    let rows: [&mut [F]; S] = std::array::from_fn(|_| &mut rows.next().expect("S rows")[c0..c0 + len]);
+    let step = |i: usize, rows: &mut [&mut [F]; S], g: &mut F, eb: Option<&mut F>| {
+        let eps: [F; S] = std::array::from_fn(|a| rows[a][i]);
+        for a in 0..S {
+            *g += qg[a] * eps[a];
         }
-    } else {
-        let ebar = &mut ebar[..len];
-        for i in 0..len {
-            let eps: [F; S] = std::array::from_fn(|a| syn[a * len + i]);
-            let eb = ebar[i];
-            let (mut g, mut e) = (grad[i] + ag * eb, ae * eb);
+        if let Some(eb) = eb {
+            let old = *eb;
+            *g += ag * old;
+            let mut e = ae * old;
             for a in 0..S {
-                g += qg[a] * eps[a];
                 e += qe[a] * eps[a];
             }
-            grad[i] = g;
-            ebar[i] = e;
-            for a in 0..S {
-                let mut v = <F as Real>::zero();
-                for c in 0..S {
-                    v += phi[a][c] * eps[c];
-                }
-                syn[a * len + i] = v;
+            *eb = e;
+        }
+        for a in 0..S {
+            let mut v = <F as Real>::zero();
+            for c in 0..S {
+                v += phi[a][c] * eps[c];
             }
+            rows[a][i] = v;
+        }
+    };
+    let mut rows = rows;
+    if ebar.is_empty() {
+        for (i, g) in grad.iter_mut().enumerate() {
+            step(i, &mut rows, g, None);
+        }
+    } else {
+        for (i, (g, eb)) in grad.iter_mut().zip(&mut ebar[..len]).enumerate() {
+            step(i, &mut rows, g, Some(eb));
         }
     }
 }
 
 /// [`advance`] for any number of per-synapse rows.
-fn advance_any<F: Float>(s_n: usize, sc: &[F], syn: &mut [F], ebar: &mut [F], grad: &mut [F]) {
-    let len = grad.len();
+fn advance_any<F: Float>(s_n: usize, sc: &[F], (syn, stride, c0): (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
     let (ag, ae) = (sc[0], sc[1]);
     let (qg, qe, phi) = (&sc[2..2 + s_n], &sc[2 + s_n..2 + 2 * s_n], &sc[2 + 2 * s_n..]);
-    let mut eps = [<F as Real>::zero(); MAX_STATES];
-    for i in 0..len {
+    let mut eps = [<F as Real>::zero(); crate::network::MAX_STATES];
+    for (i, g) in grad.iter_mut().enumerate() {
         for a in 0..s_n {
-            eps[a] = syn[a * len + i];
+            eps[a] = syn[a * stride + c0 + i];
         }
-        let mut g = grad[i];
         for a in 0..s_n {
-            g += qg[a] * eps[a];
+            *g += qg[a] * eps[a];
         }
         if !ebar.is_empty() {
             let eb = ebar[i];
-            g += ag * eb;
+            *g += ag * eb;
             let mut e = ae * eb;
             for a in 0..s_n {
                 e += qe[a] * eps[a];
             }
             ebar[i] = e;
         }
-        grad[i] = g;
         for a in 0..s_n {
             let mut v = <F as Real>::zero();
             for c in 0..s_n {
                 v += phi[a * s_n + c] * eps[c];
             }
-            syn[a * len + i] = v;
+            syn[a * stride + c0 + i] = v;
         }
-    }
-}
-
-/// `dst[r·dst_rs + c] += Σ_x lhs[r·lhs_rs + x] · rhs[x·rhs_rs + c]` for `r < m`, `c < n`,
-/// `x < depth`, through the `gemm` crate on the current rayon pool.
-fn gemm_acc<F: Float>(
-    (m, n, depth): (usize, usize, usize),
-    dst: &mut [F],
-    dst_rs: usize,
-    lhs: &[F],
-    lhs_rs: usize,
-    rhs: &[F],
-    rhs_rs: usize,
-) {
-    if m == 0 || n == 0 || depth == 0 {
-        return;
-    }
-    // The bounds the raw call relies on: every row of each operand inside its slice, and the
-    // destination's rows disjoint.
-    assert!(
-        dst_rs >= n && (m - 1) * dst_rs + n <= dst.len(),
-        "gemm destination out of bounds"
-    );
-    assert!((m - 1) * lhs_rs + depth <= lhs.len(), "gemm lhs out of bounds");
-    assert!((depth - 1) * rhs_rs + n <= rhs.len(), "gemm rhs out of bounds");
-    let one = <F as Real>::one();
-    // SAFETY: the asserts above keep every element the call reads or writes inside the
-    // slices; `dst` is borrowed mutably and does not overlap `lhs` or `rhs`; `F` is f32 or
-    // f64, both of which `gemm` implements.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            depth,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            true,
-            lhs.as_ptr(),
-            1,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_rs as isize,
-            one,
-            one,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(rayon::current_num_threads()),
-        );
     }
 }

@@ -122,8 +122,9 @@ struct SourceTraces<F> {
     grad_t: Vec<F>,
     /// The per-synapse update runs in chunks of K steps ([`chunk`]), not step by step.
     chunked: bool,
-    /// A chunked source's presynaptic rows of the open chunk, `[B][K][F + 1][n_pre]`: per step,
-    /// its factorised traces before the step, then its activity (empty otherwise).
+    /// A chunked source's presynaptic rows of the open chunk: per sample its activity at each
+    /// step, then its factorised traces at the chunk's start, packed in panels of
+    /// [`NR`] presynaptic neurons, `[n_pre/NR][B][K + F][NR]` (empty when not chunked).
     rows: Vec<F>,
 }
 
@@ -506,23 +507,25 @@ pub(crate) struct TracePass<'a, 'p, F> {
     kappa: F,
 }
 
-/// Calls `f(j0, j1, block)` on blocks of at most [`NEURON_BLOCK`] neurons in parallel, where
-/// `block` is the part of the arena holding the regions of neurons `j0..j1`.
+/// Calls `f(j0, j1, block)` on blocks of at most `leaf` neurons (starting at multiples of
+/// `leaf`) in parallel, where `block` is the part of the arena holding the regions of neurons
+/// `j0..j1`.
 fn for_neuron_blocks<F: Send>(
     arena: &mut [F],
     starts: &[usize],
+    leaf: usize,
     (j0, j1): (usize, usize),
     f: &(impl Fn(usize, usize, &mut [F]) + Sync),
 ) {
-    if j1 - j0 <= NEURON_BLOCK {
+    if j1 - j0 <= leaf {
         f(j0, j1, arena);
         return;
     }
-    let mid = j0 + ((j1 - j0) / 2).div_ceil(NEURON_BLOCK) * NEURON_BLOCK;
+    let mid = j0 + ((j1 - j0) / 2).div_ceil(leaf) * leaf;
     let (left, right) = arena.split_at_mut(starts[mid] - starts[j0]);
     rayon::join(
-        || for_neuron_blocks(left, starts, (j0, mid), f),
-        || for_neuron_blocks(right, starts, (mid, j1), f),
+        || for_neuron_blocks(left, starts, leaf, (j0, mid), f),
+        || for_neuron_blocks(right, starts, leaf, (mid, j1), f),
     );
 }
 
@@ -550,7 +553,7 @@ pub(crate) fn trace_pass<M: NeuronModel, F: Float>(pass: TracePass<'_, '_, F>) {
     if arena.is_empty() {
         return;
     }
-    for_neuron_blocks(arena, starts, (0, n), &|j0, j1, block| {
+    for_neuron_blocks(arena, starts, NEURON_BLOCK, (0, n), &|j0, j1, block| {
         let mut dv_buf = [<F as Real>::zero(); MAX_DYNAMIC];
         let mut pre_buf = [<F as Real>::zero(); SPARSE_CHUNK];
         let mut fact_buf = [<F as Real>::zero(); MAX_STATES * SPARSE_CHUNK];
@@ -741,17 +744,15 @@ impl<F: Float> Eprop<F> {
                 }
                 // Every source with per-synapse state (or a per-synapse gradient loop) runs in
                 // chunks of K steps when K > 1.
-                let pre_rows = (sources.iter().filter(|s| !s.windowed))
-                    .map(|s| (s.factorised + 1) * s.n_pre)
-                    .sum::<usize>();
-                let steps = chunking.resolve(batch, pre_rows, std::mem::size_of::<F>());
-                let chunk = (steps > 1 && pre_rows > 0).then(|| {
+                let pre = (sources.iter().filter(|s| !s.windowed)).map(|s| s.n_pre).sum::<usize>();
+                let steps = chunking.resolve(pre, std::mem::size_of::<F>());
+                let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| !s.windowed) {
                         s.chunked = true;
-                        s.rows = vec![<F as Real>::zero(); batch * steps * (s.factorised + 1) * s.n_pre];
+                        s.rows = vec![<F as Real>::zero(); chunk::rows_len(s.n_pre, batch, steps, s.factorised)];
                     }
                     let dstride = (n * pop.kernels.num_dynamic()).max(1);
-                    Chunk::new(pattern, &pop.consts, &sources, &starts, (steps, batch, n, dstride), net.readout.kappa, filtered)
+                    Chunk::new(pattern, &pop.consts, &sources, (steps, batch, n, dstride), net.readout.kappa, filtered)
                 });
                 let stepwise = q > 0 || sources.iter().any(|s| !s.windowed && !s.chunked);
                 let readout = net.readout.sources.iter().position(|&s| s == p);
