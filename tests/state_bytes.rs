@@ -6,8 +6,8 @@
 
 use plasticity_runtime::models::*;
 use plasticity_runtime::{
-    Algorithm, Connectivity, Feedback, LayerSpec, Loss, Matrix, NetworkBuilder, NeuronModel, Optimizer, PopulationSpec,
-    ProjectionSpec, ReadoutSpec, RowLayout, StepTargets, TrainConfig, Trainer, Window,
+    Algorithm, Chunking, Connectivity, Feedback, LayerSpec, Loss, Matrix, NetworkBuilder, NeuronModel, Optimizer,
+    PopulationSpec, ProjectionSpec, ReadoutSpec, RowLayout, StepTargets, TrainConfig, Trainer, Window,
 };
 
 const N_IN: usize = 37;
@@ -46,9 +46,36 @@ fn eprop_formula<M: NeuronModel>(batch: usize, kappa: f64) -> usize {
             }
         }
         values += batch * n * q * k + filtered * batch * n * q + n * q + batch * n;
+        values += chunk_formula::<M>(batch, filtered == 1, n, &sources);
     }
     values += N_OUT * HIDDEN[1] + N_OUT + batch * HIDDEN[1];
     values * f + bytes
+}
+
+/// The documented state of the chunked e-prop update of a population of `n` neurons of `M`
+/// whose every port is fed by dense `sources`, in values (f32); adds nothing when no source
+/// is chunked.
+fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources: &[usize]) -> usize {
+    let round = |x: usize, m: usize| x.div_ceil(m) * m;
+    let chunked_ports: Vec<_> = (M::PATTERN.ports.iter())
+        .filter(|pl| pl.per_synapse > 0 || filtered)
+        .collect();
+    if chunked_ports.is_empty() {
+        return 0;
+    }
+    let nd = M::NUM_DYNAMIC;
+    let pre: usize = chunked_ports.len() * sources.iter().sum::<usize>();
+    let k = Chunking::Auto.resolve(batch, (nd + 1) * n + pre, 4);
+    assert!((8..=32).contains(&k));
+    let mut values = M::NUM_CONSTS + k * batch * (nd * n).max(1) + k * batch * n;
+    for pl in chunked_ports {
+        let (s, f) = (pl.per_synapse, pl.factorised);
+        let (w, r, p) = (f + 1, s + usize::from(filtered) + 1, k + f);
+        let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
+        values += round(n, 4) * r * batch * p + n * batch * (2 + 2 * s + s * s) + round(n, 16) * scratch + f * f + f;
+        values += sources.iter().map(|&m| round(m, 32) * batch * p).sum::<usize>();
+    }
+    values
 }
 
 /// The documented BPTT state, in bytes, for f32: the tape plus the gradients.
@@ -165,7 +192,22 @@ fn check_sparse<M: NeuronModel + Default>() {
         let pl = M::PATTERN.ports[0];
         let filtered = usize::from(kappa > 0.0);
         for batch in [1, 16] {
-            let values = batch * pl.factorised * n_in
+            // The sparse source is chunked: one port, one source of `n_in` presynaptic neurons.
+            let k = Chunking::Auto.resolve(batch, (M::NUM_DYNAMIC + 1) * n + n_in, 4);
+            let (s, f) = (pl.per_synapse, pl.factorised);
+            let (w, r, rows) = (f + 1, s + filtered + 1, k + f);
+            let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
+            let chunk = M::NUM_CONSTS
+                + k * batch * (M::NUM_DYNAMIC * n).max(1)
+                + k * batch * n
+                + n.div_ceil(4) * 4 * r * batch * rows
+                + n * batch * (2 + 2 * s + s * s)
+                + n.div_ceil(16) * 16 * scratch
+                + f * f
+                + f
+                + n_in.div_ceil(32) * 32 * batch * rows;
+            let values = chunk
+                + batch * pl.factorised * n_in
                 + synapses * (batch * pl.per_synapse + filtered * batch + 1)
                 + batch * n * q * k
                 + filtered * batch * n * q

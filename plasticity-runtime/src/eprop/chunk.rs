@@ -28,7 +28,7 @@ use crate::real::{Float, Real};
 /// Steps per chunk of the per-synapse e-prop update ([`crate::TrainConfig::chunk`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Chunking {
-    /// Chosen by the engine from the batch and the presynaptic sizes
+    /// Chosen by the engine from the cache size, the batch and the population's sizes
     /// ([`Chunking::resolve`]).
     #[default]
     Auto,
@@ -36,30 +36,50 @@ pub enum Chunking {
     Steps(usize),
 }
 
-/// Longest chunk the automatic choice makes.
+/// Longest chunk the automatic choice makes: beyond it the products gain little.
 const MAX_AUTO_STEPS: usize = 32;
 /// Shortest chunk the automatic choice makes.
 const MIN_AUTO_STEPS: usize = 8;
-/// Bytes one sample's presynaptic rows of a chunk may take under the automatic choice: they
-/// are read once per block of [`MR`] neurons and should stay in the L2 cache.
-const ROWS_BUDGET: usize = 256 << 10;
+/// Last-level cache assumed when the system does not report one.
+const DEFAULT_CACHE: usize = 8 << 20;
 
 impl Chunking {
-    /// Steps per chunk for an engine whose chunked sources have `pre` presynaptic neurons in
-    /// all, with floats of `float_bytes`. `Auto` takes the longest power of two from 8 to 32
-    /// whose presynaptic rows of one sample (`K · pre` values) fit in 256 KiB.
-    pub fn resolve(self, pre: usize, float_bytes: usize) -> usize {
+    /// Steps per chunk for a population whose chunk stores `per_step` values per sample and
+    /// step (its dynamic partials and learning signal, `(ND + 1)·n`, plus the activity of each
+    /// chunked source, `m`), for a batch of `batch` and floats of `float_bytes`. `Auto` takes
+    /// the longest chunk of 32, 16 or 8 steps whose buffers (`K·B·per_step` values) fit in a
+    /// quarter of the last-level cache (read from Linux sysfs; 8 MiB when unknown), so that
+    /// what a step stores is still cached when the chunk closes; 8 when none does.
+    pub fn resolve(self, batch: usize, per_step: usize, float_bytes: usize) -> usize {
         match self {
             Chunking::Steps(k) => k.max(1),
             Chunking::Auto => {
+                let budget = last_level_cache() / 4;
                 let mut k = MAX_AUTO_STEPS;
-                while k > MIN_AUTO_STEPS && k * pre * float_bytes > ROWS_BUDGET {
+                while k > MIN_AUTO_STEPS && k * batch * per_step * float_bytes > budget {
                     k /= 2;
                 }
                 k
             }
         }
     }
+}
+
+/// The largest CPU cache Linux reports for cpu0, or [`DEFAULT_CACHE`].
+fn last_level_cache() -> usize {
+    let size = |index: usize| -> Option<usize> {
+        let text = std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{index}/size")).ok()?;
+        let text = text.trim();
+        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let value: usize = text[..digits].parse().ok()?;
+        Some(match &text[digits..] {
+            "K" => value << 10,
+            "M" => value << 20,
+            "G" => value << 30,
+            _ => value,
+        })
+    };
+    (0..8).filter_map(size).max().unwrap_or(DEFAULT_CACHE)
 }
 
 /// Neurons per task when a chunk is closed. The task first streams its neurons' traces
@@ -378,9 +398,7 @@ impl<F: Float> Chunk<F> {
         let (dd, rest) = rest.split_at_mut(s_n * w);
         let (next, _) = rest.split_at_mut(f_n);
         let (lam, lam_e) = (&mut lam[0], &mut lam_e[0]);
-        for v in [
-            &mut *qg, &mut *qe, &mut *phi, &mut *rho_g, &mut *rho_e, &mut *rho_d,
-        ] {
+        for v in [&mut *qg, &mut *qe, &mut *phi, &mut *rho_g, &mut *rho_e, &mut *rho_d] {
             v.fill([zero; NB]);
         }
         *lam = [zero; NB];
@@ -508,7 +526,13 @@ impl<F: Float> Chunk<F> {
                 fold(ce, rho_e, next, e_row, coef);
             }
             for a in 0..s_n {
-                fold(&dd[a * w..(a + 1) * w], &mut rho_d[a * f_n..(a + 1) * f_n], next, a, coef);
+                fold(
+                    &dd[a * w..(a + 1) * w],
+                    &mut rho_d[a * f_n..(a + 1) * f_n],
+                    next,
+                    a,
+                    coef,
+                );
             }
             // q^{s-1} = Λ^s Jz^s + q^s J^s; Φ(t0+len, s-1) = Φ(t0+len, s) J^s.
             let filtered_q = if self.filtered { Some((&mut *qe, &*lam_e)) } else { None };
@@ -639,7 +663,11 @@ impl<F: Float> Chunk<F> {
             for b in 0..batch {
                 let sc = &pc.scal[((j0 + l) * batch + b) * sl..][..sl];
                 let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
-                let ebar: &mut [F] = if filtered { &mut ebar_all[b * m..(b + 1) * m] } else { &mut [] };
+                let ebar: &mut [F] = if filtered {
+                    &mut ebar_all[b * m..(b + 1) * m]
+                } else {
+                    &mut []
+                };
                 advance_rows(s_n, sc, (syn, m, 0), ebar, &mut grad[..m]);
             }
         }
@@ -688,7 +716,11 @@ impl<F: Float> Chunk<F> {
         let span = bp * NR;
         for b in 0..batch {
             let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
-            let ebar: &mut [F] = if filtered { &mut ebar_all[b * m..(b + 1) * m] } else { &mut [] };
+            let ebar: &mut [F] = if filtered {
+                &mut ebar_all[b * m..(b + 1) * m]
+            } else {
+                &mut []
+            };
             let sc = &pc.scal[(j * batch + b) * sl..][..sl];
             for c0 in (0..m).step_by(seg) {
                 let seg_len = seg.min(m - c0);
@@ -696,7 +728,10 @@ impl<F: Float> Chunk<F> {
                 let ebar_seg: &mut [F] = if filtered { &mut ebar[c0..c0 + seg_len] } else { &mut [] };
                 let grad_seg = &mut grad[c0..c0 + seg_len];
                 advance_rows(s_n, sc, (&mut *syn_seg, seg_len, 0), ebar_seg, grad_seg);
-                let cols = s.csr.as_ref().map(|c| &c.col[c.row_ptr[j] + c0..c.row_ptr[j] + c0 + seg_len]);
+                let cols = s
+                    .csr
+                    .as_ref()
+                    .map(|c| &c.col[c.row_ptr[j] + c0..c.row_ptr[j] + c0 + seg_len]);
                 for v in 0..seg_len {
                     let i = cols.map_or(c0 + v, |c| c[v] as usize);
                     let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
@@ -722,7 +757,8 @@ impl<F: Float> Chunk<F> {
 
     /// Bytes this chunk keeps (its sources' presynaptic rows are counted with them).
     pub(super) fn bytes(&self) -> usize {
-        let ports = self.ports.iter().flatten().map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB);
+        let ports = (self.ports.iter().flatten())
+            .map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB + p.a_ff.len() + p.b_f.len());
         (self.consts.len() + self.dynv.len() + self.signal.len() + ports.sum::<usize>()) * size_of::<F>()
     }
 }
@@ -781,7 +817,12 @@ fn advance_rows<F: Float>(s_n: usize, sc: &[F], syn: (&mut [F], usize, usize), e
 
 /// `G += a_G ē + q_G·ε`, `ē ← a_E ē + q_E·ε`, `ε ← Φ ε` over one segment of synapses
 /// (`ebar` empty when unfiltered), `S` known at compile time.
-fn advance<F: Float, const S: usize>(sc: &[F], (syn, stride, c0): (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
+fn advance<F: Float, const S: usize>(
+    sc: &[F],
+    (syn, stride, c0): (&mut [F], usize, usize),
+    ebar: &mut [F],
+    grad: &mut [F],
+) {
     let len = grad.len();
     if S == 0 && ebar.is_empty() {
         return;
@@ -827,7 +868,13 @@ fn advance<F: Float, const S: usize>(sc: &[F], (syn, stride, c0): (&mut [F], usi
 }
 
 /// [`advance`] for any number of per-synapse rows.
-fn advance_any<F: Float>(s_n: usize, sc: &[F], (syn, stride, c0): (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
+fn advance_any<F: Float>(
+    s_n: usize,
+    sc: &[F],
+    (syn, stride, c0): (&mut [F], usize, usize),
+    ebar: &mut [F],
+    grad: &mut [F],
+) {
     let (ag, ae) = (sc[0], sc[1]);
     let (qg, qe, phi) = (&sc[2..2 + s_n], &sc[2 + s_n..2 + 2 * s_n], &sc[2 + 2 * s_n..]);
     let mut eps = [<F as Real>::zero(); crate::network::MAX_STATES];

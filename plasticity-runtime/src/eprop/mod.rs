@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 mod chunk;
-pub use chunk::Chunking;
 use chunk::Chunk;
+pub use chunk::Chunking;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
@@ -745,14 +745,26 @@ impl<F: Float> Eprop<F> {
                 // Every source with per-synapse state (or a per-synapse gradient loop) runs in
                 // chunks of K steps when K > 1.
                 let pre = (sources.iter().filter(|s| !s.windowed)).map(|s| s.n_pre).sum::<usize>();
-                let steps = chunking.resolve(pre, std::mem::size_of::<F>());
+                let per_step = (pop.kernels.num_dynamic() + 1) * n + pre;
+                let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>());
                 let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| !s.windowed) {
                         s.chunked = true;
                         s.rows = vec![<F as Real>::zero(); chunk::rows_len(s.n_pre, batch, steps, s.factorised)];
                     }
                     let dstride = (n * pop.kernels.num_dynamic()).max(1);
-                    Chunk::new(pattern, &pop.consts, &sources, (steps, batch, n, dstride), net.readout.kappa, filtered)
+                    Chunk::new(
+                        pattern,
+                        &pop.consts,
+                        &sources,
+                        (steps, batch, n, dstride),
+                        if filtered {
+                            net.readout.kappa
+                        } else {
+                            <F as Real>::zero()
+                        },
+                        filtered,
+                    )
                 });
                 let stepwise = q > 0 || sources.iter().any(|s| !s.windowed && !s.chunked);
                 let readout = net.readout.sources.iter().position(|&s| s == p);
@@ -976,17 +988,17 @@ impl<F: Float> Eprop<F> {
             }
             if pt.stepwise {
                 pop.kernels.trace_pass(TracePass {
-                consts,
-                dynv,
-                signal: &pt.signal,
-                sources: &pt.sources,
-                pre: &pre,
-                arena: &mut pt.arena,
-                starts: &pt.starts,
-                batch: self.batch,
-                filtered: self.filtered,
-                kappa,
-            });
+                    consts,
+                    dynv,
+                    signal: &pt.signal,
+                    sources: &pt.sources,
+                    pre: &pre,
+                    arena: &mut pt.arena,
+                    starts: &pt.starts,
+                    batch: self.batch,
+                    filtered: self.filtered,
+                    kappa,
+                });
             }
             if pt.chunk.as_ref().is_some_and(|c| c.len == c.steps) {
                 pt.close_chunk();
@@ -1251,7 +1263,11 @@ mod chunk_tests {
         for &port in M::PATTERN.inputs {
             builder = builder
                 .projection(ProjectionSpec::input("a").port(port).init(Init::Gaussian { gain: 3.0 }))
-                .projection(ProjectionSpec::new("a", "a").port(port).init(Init::Gaussian { gain: 1.0 }));
+                .projection(
+                    ProjectionSpec::new("a", "a")
+                        .port(port)
+                        .init(Init::Gaussian { gain: 1.0 }),
+                );
         }
         let connectivity = |seed| match sparse_b {
             true => Connectivity::Probability { p: 0.4, seed },
@@ -1272,7 +1288,11 @@ mod chunk_tests {
             )
             // Dense among sparse: "b"'s regions differ in length, so its dense recurrence
             // takes the per-synapse products too.
-            .projection(ProjectionSpec::new("b", "b").port(first).init(Init::Gaussian { gain: 1.0 }))
+            .projection(
+                ProjectionSpec::new("b", "b")
+                    .port(first)
+                    .init(Init::Gaussian { gain: 1.0 }),
+            )
             .readout(ReadoutSpec::new(3, kappa).from(["a", "b"]))
             .seed(5)
             .build()
@@ -1307,14 +1327,19 @@ mod chunk_tests {
                     _ => 0.0,
                 });
                 let errs = Array3::from_shape_fn((2 * steps, batch, 3), |_| rng.random_range(-1.0..1.0));
-                let mut reference = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(1));
                 let (mut ga, mut gb) = (net.params.zeros_like(), net.params.zeros_like());
-                for k in [2, 5, 16, 64] {
-                    let mut chunked = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(k));
+                // The learning engine, and the unfiltered unit-signal engine of the
+                // per-sequence rate regulariser (whose readout κ must not enter its chunks).
+                for (unit, k) in [(false, 2), (false, 5), (false, 16), (false, 64), (true, 7)] {
+                    let engine = |chunking| match unit {
+                        false => Eprop::new(&net, batch, &Feedback::Symmetric, chunking),
+                        true => Eprop::unit(&net, batch, chunking),
+                    };
+                    let (mut reference, mut chunked) = (engine(Chunking::Steps(1)), engine(Chunking::Steps(k)));
                     // Sources without per-synapse state or filtering keep their gradient window.
                     let traced = |p: &PopTraces<f64>| p.sources.iter().any(|s| !s.windowed);
                     assert!(chunked.pops.iter().all(|p| p.chunk.is_some() == traced(p)));
-                    assert!(chunked.pops.iter().any(traced) || (kappa == 0.0 && !sparse));
+                    assert!(chunked.pops.iter().any(traced) || ((kappa == 0.0 || unit) && !sparse));
                     for t in 0..2 * steps {
                         for e in [&mut reference, &mut chunked] {
                             if t % steps == 0 {
@@ -1334,7 +1359,7 @@ mod chunk_tests {
                             let diff = scaled_diff(&ga, &gb);
                             assert!(
                                 diff <= 1e-12,
-                                "{} κ={kappa} sparse={sparse} K={k} step {t}: {diff:e}",
+                                "{} κ={kappa} sparse={sparse} unit={unit} K={k} step {t}: {diff:e}",
                                 M::PATTERN.model
                             );
                         }
