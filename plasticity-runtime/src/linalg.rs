@@ -302,7 +302,7 @@ pub(crate) fn window_acc<F: Float>(grad_t: &mut [F], n: usize, w: &WindowProduct
                     for (d, &(term, _)) in w.dense.iter().enumerate() {
                         let a = &w.fact[(gi * fact_span + d * w.rows) * MR..][..w.used * MR];
                         let p = &panel(c0, term)[..w.used * NR];
-                        with_block(group, n, c0, |block| F::register_block(a, p, block));
+                        with_block(group, n, c0, |block| F::register_block::<MR>(a, p, block));
                     }
                     // The sparse term on the same block, while it is in L1.
                     if let Some((term, active, count)) = w.input {
@@ -353,29 +353,30 @@ fn edge_block<F: Float>(rows: &mut [F], stride: usize, c0: usize, width: usize, 
 pub(crate) mod block {
     use super::{MR, NR, portable_block};
 
-    /// `block[r][c] += Σ_k a[k][r] · p[k][c]` (`a` in rows of [`MR`], `p` in rows of [`NR`]),
-    /// all sums held in registers. Sealed: a supertrait of `Float`.
+    /// `block[r][c] += Σ_k a[k·A + r] · p[k][c]` (`a` in rows of `A ≥ MR` values of which the
+    /// first [`MR`] are used, `p` in rows of [`NR`]), over the rows `p` holds, all sums held in
+    /// registers. Sealed: a supertrait of `Float`.
     pub trait RegisterBlock: Copy {
         /// Adds the product into the block's rows.
-        fn register_block(a: &[Self], p: &[Self], block: [&mut [Self; NR]; MR]);
+        fn register_block<const A: usize>(a: &[Self], p: &[Self], block: [&mut [Self; NR]; MR]);
     }
 
     impl RegisterBlock for f64 {
         #[inline(always)]
-        fn register_block(a: &[f64], p: &[f64], block: [&mut [f64; NR]; MR]) {
-            portable_block(a, p, block);
+        fn register_block<const A: usize>(a: &[f64], p: &[f64], block: [&mut [f64; NR]; MR]) {
+            portable_block::<f64, A>(a, p, block);
         }
     }
 
     impl RegisterBlock for f32 {
         #[inline(always)]
-        fn register_block(a: &[f32], p: &[f32], block: [&mut [f32; NR]; MR]) {
+        fn register_block<const A: usize>(a: &[f32], p: &[f32], block: [&mut [f32; NR]; MR]) {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the processor supports AVX-512F (checked above).
-                return unsafe { avx512(a, p, block) };
+                return unsafe { avx512::<A>(a, p, block) };
             }
-            portable_block(a, p, block);
+            portable_block::<f32, A>(a, p, block);
         }
     }
 
@@ -383,11 +384,12 @@ pub(crate) mod block {
     /// of two registers each).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn avx512(a: &[f32], p: &[f32], block: [&mut [f32; NR]; MR]) {
+    fn avx512<const A: usize>(a: &[f32], p: &[f32], block: [&mut [f32; NR]; MR]) {
         use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps};
-        const { assert!(NR == 32) };
-        let (a, _) = a.as_chunks::<MR>();
+        const { assert!(NR == 32 && A >= MR) };
         let (p, _) = p.as_chunks::<NR>();
+        // Rows of `a` with a whole `MR` prefix: `(len − MR)/A + 1` of them.
+        let a_rows = if a.len() < MR { 0 } else { (a.len() - MR) / A + 1 };
         // SAFETY: every pointer below points into an array of `NR` = 32 f32s at offset 0 or
         // 16, so each 16-lane load and store stays inside it.
         unsafe {
@@ -397,7 +399,8 @@ pub(crate) mod block {
                     _mm512_loadu_ps(block[r].as_ptr().add(16)),
                 ]
             });
-            for (av, pv) in a.iter().zip(p) {
+            for (k, pv) in p.iter().enumerate().take(a_rows) {
+                let av = &a[k * A..k * A + MR];
                 let p0 = _mm512_loadu_ps(pv.as_ptr());
                 let p1 = _mm512_loadu_ps(pv.as_ptr().add(16));
                 for (c, &ar) in c.iter_mut().zip(av) {
@@ -416,11 +419,12 @@ pub(crate) mod block {
 
 /// The portable register block: plain loops the compiler vectorises.
 #[inline(always)]
-fn portable_block<F: Float>(a: &[F], p: &[F], block: [&mut [F; NR]; MR]) {
-    let (a, _) = a.as_chunks::<MR>();
+fn portable_block<F: Float, const A: usize>(a: &[F], p: &[F], block: [&mut [F; NR]; MR]) {
     let (p, _) = p.as_chunks::<NR>();
+    let a_rows = if a.len() < MR { 0 } else { (a.len() - MR) / A + 1 };
     let mut sums = block.each_ref().map(|r| **r);
-    for (av, pv) in a.iter().zip(p) {
+    for (k, pv) in p.iter().enumerate().take(a_rows) {
+        let av = &a[k * A..k * A + MR];
         for (s, &ar) in sums.iter_mut().zip(av) {
             for (s, &pc) in s.iter_mut().zip(pv) {
                 *s = ar.mul_add_fast(pc, *s);

@@ -1049,14 +1049,18 @@ impl<F: Float> Trainer<F> {
         }
         self.ensure_shards(batch);
         self.ensure_engines();
+        // Gradients are read every `update_every` steps, or at the end of the sequence.
+        let segment = self.config.update_every.map_or(t_len, |u| u.min(t_len));
         for shard in &mut self.shards {
             let e = shard.eprop.as_mut().expect("built");
             e.begin_sequence(&self.net);
             e.zero_gradients();
+            e.plan_chunks(segment);
             if let Some(rp) = &mut shard.rate_pass {
                 for e in &mut rp.engines {
                     e.begin_sequence(&self.net);
                     e.zero_gradients();
+                    e.plan_chunks(t_len);
                 }
                 rp.counts.iter_mut().flatten().for_each(|c| c.fill(0.0));
             }

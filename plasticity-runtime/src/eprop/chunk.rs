@@ -164,8 +164,8 @@ impl PortPartials {
 struct PortChunk<F> {
     partials: PortPartials,
     /// Coefficient rows, `R = S + (1 if filtered) + 1` of them (`D` of each per-synapse row,
-    /// then ē's, then the gradient's), each over the `B·P` presynaptic rows (`P = K + F`),
-    /// packed for the register kernel: `[n/MR groups][R][B·P][MR]`, zero past the last neuron.
+    /// then ē's, then the gradient's), each over the `B·P` presynaptic rows (`P = F + K`), by
+    /// blocks of the sweep's neurons: `[n/NB blocks][R][B·P][NB]`, zero past the last neuron.
     coef: Vec<F>,
     /// Per neuron and sample, `[n][B][2 + 2S + S²]`: `a_G`, `a_E`, `q_G`, `q_E`, `Φ`.
     scal: Vec<F>,
@@ -189,6 +189,9 @@ pub(super) struct Chunk<F> {
     pub(super) steps: usize,
     /// Steps it holds now.
     pub(super) len: usize,
+    /// Steps after which it closes (at most `steps`): the segments of a sequence between
+    /// gradient reads are cut into chunks of equal length ([`Chunk::plan`]).
+    pub(super) limit: usize,
     kappa: F,
     filtered: bool,
     batch: usize,
@@ -233,7 +236,7 @@ impl<F: Float> Chunk<F> {
                     let rows = partials.s + usize::from(filtered) + 1;
                     let p = rows_per_sample(steps, partials.f);
                     PortChunk {
-                        coef: zeros(n.div_ceil(MR) * MR * rows * batch * p),
+                        coef: zeros(n.div_ceil(NB) * NB * rows * batch * p),
                         scal: zeros(n * batch * scal_len(partials.s)),
                         scratch: vec![[<F as Real>::zero(); NB]; n.div_ceil(NB) * partials.scratch()],
                         a_ff: zeros(partials.f * partials.f),
@@ -246,6 +249,7 @@ impl<F: Float> Chunk<F> {
         Chunk {
             steps,
             len: 0,
+            limit: steps,
             kappa,
             filtered,
             batch,
@@ -256,6 +260,14 @@ impl<F: Float> Chunk<F> {
             signal: zeros(steps * batch * n),
             ports,
         }
+    }
+
+    /// Chunks for segments of `segment` steps between gradient reads: the fewest chunks of
+    /// at most K steps, of equal length (100 steps with K = 32 as four chunks of 25, not
+    /// 32, 32, 32 and 4, whose last would cost a full pass over the traces for four steps).
+    pub(super) fn plan(&mut self, segment: usize) {
+        let segment = segment.max(1);
+        self.limit = segment.div_ceil(segment.div_ceil(self.steps));
     }
 
     /// Appends one step: the constants and each chunked source's factorised traces (at a
@@ -285,13 +297,13 @@ impl<F: Float> Chunk<F> {
             for b in 0..batch {
                 let x = pre.row(s.source, b);
                 for (panel, xs) in rows.chunks_exact_mut(span).zip(x.chunks(NR)) {
-                    panel[(b * p + slot) * NR..][..xs.len()].copy_from_slice(xs);
+                    panel[(b * p + f_rows + slot) * NR..][..xs.len()].copy_from_slice(xs);
                 }
                 if slot == 0 {
                     for f in 0..f_rows {
                         let trace = &fact[(b * f_rows + f) * m..][..m];
                         for (panel, xs) in rows.chunks_exact_mut(span).zip(trace.chunks(NR)) {
-                            panel[(b * p + k + f) * NR..][..xs.len()].copy_from_slice(xs);
+                            panel[(b * p + f) * NR..][..xs.len()].copy_from_slice(xs);
                         }
                     }
                 }
@@ -309,18 +321,6 @@ impl<F: Float> Chunk<F> {
         }
         self.len = 0;
         let (batch, k, filtered) = (self.batch, self.steps, self.filtered);
-        // The rows of steps past a short chunk's end must add nothing to the gradient's
-        // product over every sample: zero them (their coefficients are zeroed by the sweep).
-        if len < k {
-            for s in sources.iter_mut().filter(|s| s.chunked) {
-                let p = rows_per_sample(k, s.factorised);
-                for panel in s.rows.chunks_exact_mut(batch * p * NR) {
-                    for b in 0..batch {
-                        panel[(b * p + len) * NR..(b * p + k) * NR].fill(<F as Real>::zero());
-                    }
-                }
-            }
-        }
         let mut ports = std::mem::take(&mut self.ports);
         let this = &*self;
         for pc in ports.iter_mut().flatten() {
@@ -352,7 +352,7 @@ impl<F: Float> Chunk<F> {
         }
         let (coefs, sources) = (&ports, &*sources);
         for_neuron_blocks(arena, starts, CLOSE_BLOCK, (0, this.n), &|j0, j1, block| {
-            this.close_block(coefs, sources, starts, (j0, j1), block);
+            this.close_block(coefs, sources, starts, (j0, j1), block, len);
         });
         self.ports = ports;
     }
@@ -406,20 +406,14 @@ impl<F: Float> Chunk<F> {
         for a in 0..s_n {
             phi[a * s_n + a] = [<F as Real>::one(); NB];
         }
-        // Coefficient (row, x) of lane l: in the block's groups of MR neurons.
-        let at = |row: usize, x: usize, l: usize| (((l / MR) * rows + row) * bp + b * pp + x) * MR + l % MR;
-        // Lanes with a place in the block's groups (a partial last block has fewer).
-        let placed = coef.len() / (rows * bp);
+        // Coefficient (row, x) of the block's neurons: NB lanes, zero past the last neuron.
         let put = |coef: &mut [F], row: usize, x: usize, v: &Lanes<F>| {
-            for g in 0..placed / MR {
-                let dst: &mut [F; MR] = (&mut coef[at(row, x, g * MR)..][..MR]).try_into().expect("MR lanes");
-                if width == NB {
-                    *dst = v[g * MR..(g + 1) * MR].try_into().expect("MR lanes");
-                } else {
-                    for (u, d) in dst.iter_mut().enumerate() {
-                        *d = if g * MR + u < width { v[g * MR + u] } else { zero };
-                    }
-                }
+            let dst: &mut Lanes<F> = (&mut coef[((row * bp) + b * pp + x) * NB..][..NB])
+                .try_into()
+                .expect("NB lanes");
+            *dst = *v;
+            if width < NB {
+                dst[width..].fill(zero);
             }
         };
         let lanes_of = |values: &[F]| -> Lanes<F> {
@@ -432,13 +426,6 @@ impl<F: Float> Chunk<F> {
             }
             out
         };
-        // Steps past a short chunk's end contribute nothing.
-        let zero_lanes = [zero; NB];
-        for x in len..k {
-            for row in 0..rows {
-                put(coef, row, x, &zero_lanes);
-            }
-        }
         let (g_row, e_row) = (rows - 1, s_n);
         for s in (0..len).rev() {
             let dv = &self.dynv[(s * self.batch + b) * self.dstride..];
@@ -506,7 +493,7 @@ impl<F: Float> Chunk<F> {
                         v[l] += rho[f][l] * bf;
                     }
                 }
-                put(coef, row, s, &v);
+                put(coef, row, f_n + s, &v);
                 for f2 in 0..f_n {
                     let mut acc = c[f2];
                     for f in 0..f_n {
@@ -572,12 +559,12 @@ impl<F: Float> Chunk<F> {
         }
         // The factorised rows at the chunk's start.
         for f in 0..f_n {
-            put(coef, g_row, k + f, &rho_g[f]);
+            put(coef, g_row, f, &rho_g[f]);
             if self.filtered {
-                put(coef, e_row, k + f, &rho_e[f]);
+                put(coef, e_row, f, &rho_e[f]);
             }
             for a in 0..s_n {
-                put(coef, a, k + f, &rho_d[a * f_n + f]);
+                put(coef, a, f, &rho_d[a * f_n + f]);
             }
         }
         let sl = scal_len(s_n);
@@ -605,6 +592,7 @@ impl<F: Float> Chunk<F> {
         starts: &[usize],
         (j0, j1): (usize, usize),
         block: &mut [F],
+        len: usize,
     ) {
         let (batch, filtered) = (self.batch, self.filtered);
         let base = starts[j0];
@@ -636,11 +624,11 @@ impl<F: Float> Chunk<F> {
                 }
             });
             let mut regions = disjoint_mut(block, ranges);
-            self.close_groups(pc, s, j0, &mut regions[..grouped]);
+            self.close_groups(pc, s, j0, &mut regions[..grouped], len);
             for j in j0 + grouped..j1 {
                 let at = offset(j, si);
                 let src = &mut block[at..at + s.region(j, batch, filtered)];
-                self.close_neuron(pc, s, j, src);
+                self.close_neuron(pc, s, j, src, len);
             }
         }
     }
@@ -649,7 +637,7 @@ impl<F: Float> Chunk<F> {
     /// the arena: [`advance`] for every neuron and sample, then, panel by panel of
     /// presynaptic neurons, the products for each sample's per-synapse rows and ē, and the
     /// gradient's product over every sample at once.
-    fn close_groups(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j0: usize, regions: &mut [&mut [F]]) {
+    fn close_groups(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j0: usize, regions: &mut [&mut [F]], len: usize) {
         let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
         let (s_n, m) = (pc.partials.s, s.n_pre);
         let pp = rows_per_sample(k, pc.partials.f);
@@ -671,18 +659,21 @@ impl<F: Float> Chunk<F> {
                 advance_rows(s_n, sc, (syn, m, 0), ebar, &mut grad[..m]);
             }
         }
+        // The rows in use: the factorised traces at the chunk's start, then `len` steps.
+        let depth = pc.partials.f + len;
         for c in (0..m).step_by(NR) {
             let width = NR.min(m - c);
             let panel = &s.rows[(c / NR) * span..][..span];
             for (g, group) in regions.chunks_exact_mut(MR).enumerate() {
                 let group: &mut [&mut [F]; MR] = group.try_into().expect("MR neurons");
-                let coef = &pc.coef[((j0 / MR + g) * rows) * bp * MR..][..rows * bp * MR];
-                let coef_row = |row: usize| &coef[row * bp * MR..][..bp * MR];
+                // The group's lanes in its sweep block's coefficient rows (stride NB).
+                let j = j0 + g * MR;
+                let coef = &pc.coef[(j / NB) * rows * bp * NB + j % NB..][..rows * bp * NB - j % NB];
                 for b in 0..batch {
-                    let u = &panel[b * pp * NR..][..pp * NR];
+                    let u = &panel[b * pp * NR..][..depth * NR];
                     let mut product = |row: usize, at: usize| {
-                        let a = &coef_row(row)[b * pp * MR..][..pp * MR];
-                        with_rows(group, at + c, width, |block| F::register_block(a, u, block));
+                        let a = &coef[(row * bp + b * pp) * NB..][..(depth - 1) * NB + MR];
+                        with_rows(group, at + c, width, |block| F::register_block::<NB>(a, u, block));
                     };
                     for a in 0..s_n {
                         product(a, b * s_n * m + a * m);
@@ -690,23 +681,22 @@ impl<F: Float> Chunk<F> {
                     if filtered {
                         product(s_n, ebar_at + b * m);
                     }
+                    product(rows - 1, grad_at);
                 }
-                let a = coef_row(rows - 1);
-                with_rows(group, grad_at + c, width, |block| F::register_block(a, panel, block));
             }
         }
     }
 
     /// One neuron `j` of source `s` (its region `src`), synapse by synapse: per sample,
     /// [`advance`] then every row's sum over the presynaptic rows.
-    fn close_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F]) {
+    fn close_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F], len: usize) {
         let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
         let s_n = pc.partials.s;
         let m = s.synapses(j);
         let pp = rows_per_sample(k, pc.partials.f);
         let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
-        let group = &pc.coef[(j / MR) * rows * bp * MR..][..rows * bp * MR];
-        let lane = j % MR;
+        let block = &pc.coef[(j / NB) * rows * bp * NB..][..rows * bp * NB];
+        let (lane, depth) = (j % NB, pc.partials.f + len);
         let (syn_all, rest) = src.split_at_mut(batch * s_n * m);
         let (ebar_all, grad) = rest.split_at_mut(if filtered { batch * m } else { 0 });
         let grad = &mut grad[..m];
@@ -736,10 +726,10 @@ impl<F: Float> Chunk<F> {
                     let i = cols.map_or(c0 + v, |c| c[v] as usize);
                     let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
                     let dot = |row: usize| {
-                        let cr = &group[(row * bp + b * pp) * MR + lane..];
+                        let cr = &block[(row * bp + b * pp) * NB + lane..];
                         let mut acc = <F as Real>::zero();
-                        for x in 0..pp {
-                            acc += cr[x * MR] * u[x * NR];
+                        for x in 0..depth {
+                            acc += cr[x * NB] * u[x * NR];
                         }
                         acc
                     };

@@ -860,6 +860,14 @@ impl<F: Float> Eprop<F> {
         self.steps = 0;
     }
 
+    /// Cuts the chunks of every population for gradient reads every `segment` steps (the
+    /// sequence's length, or `update_every`): equal chunks of at most K steps.
+    pub fn plan_chunks(&mut self, segment: usize) {
+        for chunk in self.pops.iter_mut().filter_map(|p| p.chunk.as_mut()) {
+            chunk.plan(segment);
+        }
+    }
+
     /// Re-reads the network's weights after an update within a sequence.
     pub fn refresh_weights(&mut self, net: &Network<F>) {
         net.refresh_weights(&mut self.bufs);
@@ -1000,7 +1008,7 @@ impl<F: Float> Eprop<F> {
                     kappa,
                 });
             }
-            if pt.chunk.as_ref().is_some_and(|c| c.len == c.steps) {
+            if pt.chunk.as_ref().is_some_and(|c| c.len == c.limit) {
                 pt.close_chunk();
             }
             // Factorised traces read the values before the step above; advance them now.
@@ -1330,12 +1338,24 @@ mod chunk_tests {
                 let (mut ga, mut gb) = (net.params.zeros_like(), net.params.zeros_like());
                 // The learning engine, and the unfiltered unit-signal engine of the
                 // per-sequence rate regulariser (whose readout κ must not enter its chunks).
-                for (unit, k) in [(false, 2), (false, 5), (false, 16), (false, 64), (true, 7)] {
+                // `plan`: chunks cut evenly for gradient reads every 11 steps (at most 16 steps).
+                let cases = [
+                    (false, 2, false),
+                    (false, 5, false),
+                    (false, 16, false),
+                    (false, 16, true),
+                    (false, 64, false),
+                    (true, 7, false),
+                ];
+                for (unit, k, plan) in cases {
                     let engine = |chunking| match unit {
                         false => Eprop::new(&net, batch, &Feedback::Symmetric, chunking),
                         true => Eprop::unit(&net, batch, chunking),
                     };
                     let (mut reference, mut chunked) = (engine(Chunking::Steps(1)), engine(Chunking::Steps(k)));
+                    if plan {
+                        chunked.plan_chunks(11);
+                    }
                     // Sources without per-synapse state or filtering keep their gradient window.
                     let traced = |p: &PopTraces<f64>| p.sources.iter().any(|s| !s.windowed);
                     assert!(chunked.pops.iter().all(|p| p.chunk.is_some() == traced(p)));
