@@ -72,7 +72,7 @@ fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources
         let (s, f) = (pl.per_synapse, pl.factorised);
         let (w, r, p) = (f + 1, s + usize::from(filtered) + 1, k + f);
         let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
-        values += round(n, 4) * r * batch * p + n * batch * (2 + 2 * s + s * s) + round(n, 16) * scratch + f * f + f;
+        values += round(n, 16) * r * batch * p + n * batch * (2 + 2 * s + s * s) + round(n, 16) * scratch + f * f + f;
         values += sources.iter().map(|&m| round(m, 32) * batch * p).sum::<usize>();
     }
     values
@@ -200,7 +200,7 @@ fn check_sparse<M: NeuronModel + Default>() {
             let chunk = M::NUM_CONSTS
                 + k * batch * (M::NUM_DYNAMIC * n).max(1)
                 + k * batch * n
-                + n.div_ceil(4) * 4 * r * batch * rows
+                + n.div_ceil(16) * 16 * r * batch * rows
                 + n * batch * (2 + 2 * s + s * s)
                 + n.div_ceil(16) * 16 * scratch
                 + f * f
