@@ -193,13 +193,13 @@ fn check_sparse<M: NeuronModel + Default>() {
         let filtered = usize::from(kappa > 0.0);
         for batch in [1, 16] {
             // The sparse source is chunked: one port, one source of `n_in` presynaptic neurons.
-            let k = Chunking::Auto.resolve(batch, (M::NUM_DYNAMIC + 1) * n + n_in, 4);
+            let steps = Chunking::Auto.resolve(batch, (M::NUM_DYNAMIC + 1) * n + n_in, 4);
             let (s, f) = (pl.per_synapse, pl.factorised);
-            let (w, r, rows) = (f + 1, s + filtered + 1, k + f);
+            let (w, r, rows) = (f + 1, s + filtered + 1, steps + f);
             let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
             let chunk = M::NUM_CONSTS
-                + k * batch * (M::NUM_DYNAMIC * n).max(1)
-                + k * batch * n
+                + steps * batch * (M::NUM_DYNAMIC * n).max(1)
+                + steps * batch * n
                 + n.div_ceil(16) * 16 * r * batch * rows
                 + n * batch * (2 + 2 * s + s * s)
                 + n.div_ceil(16) * 16 * scratch

@@ -753,6 +753,32 @@ impl<F: Float> Chunk<F> {
     }
 }
 
+/// The products of a chunk close for one sample, as [`Chunk::close_groups`] runs them, on a
+/// plain row-major `dst` (`[n, m]`, `n` a multiple of [`MR`]): `dst[j, i] += Σ_x
+/// coef[x, j] · rows[x, i]` with `coef` in the sweep's layout (`[n/NB][depth][NB]`) and
+/// `rows` in panels (`[m/NR][depth][NR]`). For the benchmark against the `gemm` crate on the
+/// same shapes.
+#[doc(hidden)]
+pub fn chunk_product(dst: &mut [f32], (n, m, depth): (usize, usize, usize), coef: &[f32], rows: &[f32]) {
+    assert!(
+        n.is_multiple_of(MR) && dst.len() == n * m,
+        "dst is [n, m] with n a multiple of 4"
+    );
+    assert!(coef.len() >= n.div_ceil(NB) * depth * NB && rows.len() >= m.div_ceil(NR) * depth * NR);
+    for (g, group) in dst.chunks_exact_mut(MR * m).enumerate() {
+        let mut it = group.chunks_exact_mut(m);
+        let mut group: [&mut [f32]; MR] = std::array::from_fn(|_| it.next().expect("MR rows"));
+        let j = g * MR;
+        let a = &coef[(j / NB) * depth * NB + j % NB..][..(depth - 1) * NB + MR];
+        for c in (0..m).step_by(NR) {
+            let u = &rows[(c / NR) * depth * NR..][..depth * NR];
+            with_rows(&mut group, c, NR.min(m - c), |block| {
+                <f32 as crate::linalg::block::RegisterBlock>::register_block::<NB>(a, u, block)
+            });
+        }
+    }
+}
+
 /// `N` disjoint mutable parts of `s`, given as `(start, len)` in increasing order.
 fn disjoint_mut<F, const N: usize>(s: &mut [F], ranges: [(usize, usize); N]) -> [&mut [F]; N] {
     let mut rest = s;

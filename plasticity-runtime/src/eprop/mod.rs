@@ -18,6 +18,8 @@ use std::sync::Arc;
 mod chunk;
 use chunk::Chunk;
 pub use chunk::Chunking;
+#[doc(hidden)]
+pub use chunk::chunk_product;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
