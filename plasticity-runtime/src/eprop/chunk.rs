@@ -472,17 +472,8 @@ impl<F: Float> Chunk<F> {
                 }
                 cg[c] = g;
                 ce[c] = e;
-                for a in 0..s_n {
-                    let mut d = [zero; NB];
-                    for a2 in 0..s_n {
-                        let (ph, bx) = (&phi[a * s_n + a2], &bext[a2 * w + c]);
-                        for l in 0..NB {
-                            d[l] += ph[l] * bx[l];
-                        }
-                    }
-                    dd[a * w + c] = d;
-                }
             }
+            lanes_matmul(dd, phi, bext, (s_n, s_n, w));
             // Fold the factorised rows into the activity: a row's coefficient of p^s is its
             // own plus ρ·b, and ρ ← c_F + ρ A carries the rest back to the chunk's start.
             let fold = |c: &[Lanes<F>], rho: &mut [Lanes<F>], next: &mut [Lanes<F>], row: usize, coef: &mut [F]| {
@@ -541,18 +532,7 @@ impl<F: Float> Chunk<F> {
                     *x = *t;
                 }
             }
-            for a in 0..s_n {
-                for a2 in 0..s_n {
-                    let mut v = [zero; NB];
-                    for c in 0..s_n {
-                        let (ph, jx) = (&phi[a * s_n + c], &jpp[c * s_n + a2]);
-                        for l in 0..NB {
-                            v[l] += ph[l] * jx[l];
-                        }
-                    }
-                    tmp[a * s_n + a2] = v;
-                }
-            }
+            lanes_matmul(tmp, phi, jpp, (s_n, s_n, s_n));
             for (x, t) in phi.iter_mut().zip(tmp.iter()) {
                 *x = *t;
             }
@@ -750,6 +730,28 @@ impl<F: Float> Chunk<F> {
         let ports = (self.ports.iter().flatten())
             .map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB + p.a_ff.len() + p.b_f.len());
         (self.consts.len() + self.dynv.len() + self.signal.len() + ports.sum::<usize>()) * size_of::<F>()
+    }
+}
+
+/// `out = a · b` for small matrices of lanes (`[rows, inner] · [inner, cols]`, row-major),
+/// each lane its own product.
+fn lanes_matmul<F: Float>(
+    out: &mut [Lanes<F>],
+    a: &[Lanes<F>],
+    b: &[Lanes<F>],
+    (rows, inner, cols): (usize, usize, usize),
+) {
+    for r in 0..rows {
+        for c in 0..cols {
+            let mut v = [<F as Real>::zero(); NB];
+            for i in 0..inner {
+                let (x, y) = (&a[r * inner + i], &b[i * cols + c]);
+                for l in 0..NB {
+                    v[l] += x[l] * y[l];
+                }
+            }
+            out[r * cols + c] = v;
+        }
     }
 }
 
