@@ -192,22 +192,8 @@ fn check_sparse<M: NeuronModel + Default>() {
         let pl = M::PATTERN.ports[0];
         let filtered = usize::from(kappa > 0.0);
         for batch in [1, 16] {
-            // The sparse source is chunked: one port, one source of `n_in` presynaptic neurons.
-            let steps = Chunking::Auto.resolve(batch, (M::NUM_DYNAMIC + 1) * n + n_in, 4);
-            let (s, f) = (pl.per_synapse, pl.factorised);
-            let (w, r, rows) = (f + 1, s + filtered + 1, steps + f);
-            let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
-            let chunk = M::NUM_CONSTS
-                + steps * batch * (M::NUM_DYNAMIC * n).max(1)
-                + steps * batch * n
-                + n.div_ceil(16) * 16 * r * batch * rows
-                + n * batch * (2 + 2 * s + s * s)
-                + n.div_ceil(16) * 16 * scratch
-                + f * f
-                + f
-                + n_in.div_ceil(32) * 32 * batch * rows;
-            let values = chunk
-                + batch * pl.factorised * n_in
+            // Sparse projections are not chunked.
+            let values = batch * pl.factorised * n_in
                 + synapses * (batch * pl.per_synapse + filtered * batch + 1)
                 + batch * n * q * k
                 + filtered * batch * n * q

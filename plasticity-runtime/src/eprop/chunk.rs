@@ -15,12 +15,13 @@
 //! comes from one backward sweep over the chunk in neuron space, vectorised over neurons. The
 //! per-synapse arrays are then read and written once per chunk instead of once per step,
 //! and the sums over `x` are register-blocked products of [`MR`] neurons by [`NR`]
-//! presynaptic neurons, fused with that one pass (a per-synapse loop for sparse rows and for
-//! the last neurons of a population whose size is no multiple of [`MR`]).
+//! presynaptic neurons, fused with that one pass (a per-synapse loop for the last neurons of
+//! a population whose size is no multiple of [`MR`]). Only dense sources are chunked: sparse
+//! projections keep the step-by-step kernel.
 
 use rayon::prelude::*;
 
-use super::{Presynaptic, SPARSE_CHUNK, SourceTraces, for_neuron_blocks};
+use super::{Presynaptic, SourceTraces, for_neuron_blocks};
 use crate::linalg::{MR, NR};
 use crate::model::{EntryKind, Matrix, Pattern, RowLayout};
 use crate::real::{Float, Real};
@@ -590,8 +591,8 @@ impl<F: Float> Chunk<F> {
                 continue;
             }
             let pc = coefs[s.port].as_ref().expect("a chunked port");
-            // Whole groups of a dense source, then the rest one neuron at a time.
-            let grouped = if s.csr.is_none() { (j1 - j0) / MR * MR } else { 0 };
+            // Whole groups of MR neurons, then the rest one neuron at a time.
+            let grouped = (j1 - j0) / MR * MR;
             let mut end = 0;
             let ranges: [(usize, usize); CLOSE_BLOCK] = std::array::from_fn(|l| {
                 if l < grouped {
@@ -671,8 +672,7 @@ impl<F: Float> Chunk<F> {
     /// [`advance`] then every row's sum over the presynaptic rows.
     fn close_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F], len: usize) {
         let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
-        let s_n = pc.partials.s;
-        let m = s.synapses(j);
+        let (s_n, m) = (pc.partials.s, s.n_pre);
         let pp = rows_per_sample(k, pc.partials.f);
         let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
         let block = &pc.coef[(j / NB) * rows * bp * NB..][..rows * bp * NB];
@@ -680,9 +680,6 @@ impl<F: Float> Chunk<F> {
         let (syn_all, rest) = src.split_at_mut(batch * s_n * m);
         let (ebar_all, grad) = rest.split_at_mut(if filtered { batch * m } else { 0 });
         let grad = &mut grad[..m];
-        // Dense rows are one segment `[S, m]`; sparse rows are stored in segments of
-        // SPARSE_CHUNK synapses, each `[S, len]`.
-        let seg = if s.csr.is_some() { SPARSE_CHUNK } else { m.max(1) };
         let span = bp * NR;
         for b in 0..batch {
             let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
@@ -692,35 +689,24 @@ impl<F: Float> Chunk<F> {
                 &mut []
             };
             let sc = &pc.scal[(j * batch + b) * sl..][..sl];
-            for c0 in (0..m).step_by(seg) {
-                let seg_len = seg.min(m - c0);
-                let syn_seg = &mut syn[s_n * c0..s_n * (c0 + seg_len)];
-                let ebar_seg: &mut [F] = if filtered { &mut ebar[c0..c0 + seg_len] } else { &mut [] };
-                let grad_seg = &mut grad[c0..c0 + seg_len];
-                advance_rows(s_n, sc, (&mut *syn_seg, seg_len, 0), ebar_seg, grad_seg);
-                let cols = s
-                    .csr
-                    .as_ref()
-                    .map(|c| &c.col[c.row_ptr[j] + c0..c.row_ptr[j] + c0 + seg_len]);
-                for v in 0..seg_len {
-                    let i = cols.map_or(c0 + v, |c| c[v] as usize);
-                    let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
-                    let dot = |row: usize| {
-                        let cr = &block[(row * bp + b * pp) * NB + lane..];
-                        let mut acc = <F as Real>::zero();
-                        for x in 0..depth {
-                            acc += cr[x * NB] * u[x * NR];
-                        }
-                        acc
-                    };
-                    for a in 0..s_n {
-                        syn_seg[a * seg_len + v] += dot(a);
+            advance_rows(s_n, sc, (&mut *syn, m, 0), &mut *ebar, &mut *grad);
+            for i in 0..m {
+                let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
+                let dot = |row: usize| {
+                    let cr = &block[(row * bp + b * pp) * NB + lane..];
+                    let mut acc = <F as Real>::zero();
+                    for x in 0..depth {
+                        acc += cr[x * NB] * u[x * NR];
                     }
-                    if filtered {
-                        ebar_seg[v] += dot(s_n);
-                    }
-                    grad_seg[v] += dot(rows - 1);
+                    acc
+                };
+                for a in 0..s_n {
+                    syn[a * m + i] += dot(a);
                 }
+                if filtered {
+                    ebar[i] += dot(s_n);
+                }
+                grad[i] += dot(rows - 1);
             }
         }
     }

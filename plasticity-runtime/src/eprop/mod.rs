@@ -744,13 +744,18 @@ impl<F: Float> Eprop<F> {
                     let len: usize = sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>() + params;
                     starts.push(starts[j] + len);
                 }
-                // Every source with per-synapse state (or a per-synapse gradient loop) runs in
-                // chunks of K steps when K > 1.
-                let pre = (sources.iter().filter(|s| !s.windowed)).map(|s| s.n_pre).sum::<usize>();
+                // Every dense source with per-synapse state (or a per-synapse gradient loop)
+                // runs in chunks of K steps when K > 1. Sparse projections stay step by step:
+                // their chunk products would gather presynaptic rows synapse by synapse, which
+                // measured slower than the step-by-step kernel (performance.md).
+                let chunkable = |s: &SourceTraces<F>| !s.windowed && s.csr.is_none();
+                let pre = (sources.iter().filter(|s| chunkable(s)))
+                    .map(|s| s.n_pre)
+                    .sum::<usize>();
                 let per_step = (pop.kernels.num_dynamic() + 1) * n + pre;
                 let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>());
                 let chunk = (steps > 1 && pre > 0).then(|| {
-                    for s in sources.iter_mut().filter(|s| !s.windowed) {
+                    for s in sources.iter_mut().filter(|s| chunkable(s)) {
                         s.chunked = true;
                         s.rows = vec![<F as Real>::zero(); chunk::rows_len(s.n_pre, batch, steps, s.factorised)];
                     }
@@ -1359,9 +1364,9 @@ mod chunk_tests {
                         chunked.plan_chunks(11);
                     }
                     // Sources without per-synapse state or filtering keep their gradient window.
-                    let traced = |p: &PopTraces<f64>| p.sources.iter().any(|s| !s.windowed);
+                    let traced = |p: &PopTraces<f64>| p.sources.iter().any(|s| !s.windowed && s.csr.is_none());
                     assert!(chunked.pops.iter().all(|p| p.chunk.is_some() == traced(p)));
-                    assert!(chunked.pops.iter().any(traced) || ((kappa == 0.0 || unit) && !sparse));
+                    assert!(chunked.pops.iter().any(traced) || kappa == 0.0 || unit);
                     for t in 0..2 * steps {
                         for e in [&mut reference, &mut chunked] {
                             if t % steps == 0 {
