@@ -65,7 +65,7 @@ fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources
     }
     let nd = M::NUM_DYNAMIC;
     let pre: usize = chunked_ports.len() * sources.iter().sum::<usize>();
-    let k = Chunking::Auto.resolve(batch, (nd + 1) * n + pre, 4);
+    let k = Chunking::Auto.resolve(batch, (nd + 1) * n + pre, 4, Chunking::cache_bytes());
     assert!((8..=32).contains(&k));
     let mut values = M::NUM_CONSTS + k * batch * (nd * n).max(1) + k * batch * n;
     for pl in chunked_ports {

@@ -462,6 +462,8 @@ pub struct Trainer<F: Float> {
     tally_scratch: Vec<Tally>,
     buf: Vec<u8>,
     comm: Arc<dyn Collective>,
+    /// The last-level cache size that `Chunking::Auto` chooses the chunk length for (rank 0's).
+    cache: usize,
     /// The layout of the current global batch and this rank's shards of it.
     layout: Sharding,
     shards: Vec<Shard<F>>,
@@ -501,7 +503,14 @@ impl<F: Float> Trainer<F> {
         }
         let opt = OptimizerState::new(&net.params);
         let grads = net.params.zeros_like();
+        // The cache size `Chunking::Auto` chooses K for: rank 0's, so that every rank cuts its
+        // shards' sequences alike and the sums stay independent of the rank count.
+        let mut cache = (Chunking::cache_bytes() as u64).to_le_bytes();
+        if comm.size() > 1 && config.chunk == Chunking::Auto {
+            comm.broadcast(0, &mut cache)?;
+        }
         Ok(Trainer {
+            cache: u64::from_le_bytes(cache) as usize,
             net,
             config,
             opt,
@@ -690,11 +699,13 @@ impl<F: Float> Trainer<F> {
         for shard in &mut self.shards {
             let b = shard.samples.len();
             if shard.eprop.is_none() {
-                shard.eprop = Some(Eprop::new(&self.net, b, feedback, self.config.chunk));
+                shard.eprop = Some(Eprop::new(&self.net, b, feedback, (self.config.chunk, self.cache)));
             }
             if per_sequence && shard.rate_pass.is_none() {
                 shard.rate_pass = Some(RatePass {
-                    engines: (0..b).map(|_| Eprop::unit(&self.net, 1, self.config.chunk)).collect(),
+                    engines: (0..b)
+                        .map(|_| Eprop::unit(&self.net, 1, (self.config.chunk, self.cache)))
+                        .collect(),
                     counts: vec![sizes.iter().map(|&n| vec![0.0; n]).collect(); b],
                     zero_err: Array2::zeros((1, self.net.n_out())),
                     sums: self.net.params.zeros_like(),

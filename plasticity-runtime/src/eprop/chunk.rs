@@ -47,15 +47,16 @@ const DEFAULT_CACHE: usize = 8 << 20;
 impl Chunking {
     /// Steps per chunk for a population whose chunk stores `per_step` values per sample and
     /// step (its dynamic partials and learning signal, `(ND + 1)·n`, plus the activity of each
-    /// chunked source, `m`), for a batch of `batch` and floats of `float_bytes`. `Auto` takes
-    /// the longest chunk of 32, 16 or 8 steps whose buffers (`K·B·per_step` values) fit in the
-    /// last-level cache (read from Linux sysfs; 8 MiB when unknown), so that what a step
-    /// stores is still cached when the chunk closes; 8 when none does.
-    pub fn resolve(self, batch: usize, per_step: usize, float_bytes: usize) -> usize {
+    /// chunked source, `m`), for a batch of `batch` and floats of `float_bytes`, on a machine
+    /// whose last-level cache holds `cache_bytes` ([`Chunking::cache_bytes`]). `Auto` takes the
+    /// longest chunk of 32, 16 or 8 steps whose buffers (`K·B·per_step` values) fit in that
+    /// cache, so that what a step stores is still cached when the chunk closes; 8 when none
+    /// does.
+    pub fn resolve(self, batch: usize, per_step: usize, float_bytes: usize, cache_bytes: usize) -> usize {
         match self {
             Chunking::Steps(k) => k.max(1),
             Chunking::Auto => {
-                let budget = last_level_cache();
+                let budget = cache_bytes;
                 let mut k = MAX_AUTO_STEPS;
                 while k > MIN_AUTO_STEPS && k * batch * per_step * float_bytes > budget {
                     k /= 2;
@@ -63,6 +64,15 @@ impl Chunking {
                 k
             }
         }
+    }
+}
+
+impl Chunking {
+    /// The size of this machine's last-level cache: the largest CPU cache Linux reports for
+    /// cpu0 (sysfs), or 8 MiB when it reports none. A [`crate::Trainer`] over several ranks
+    /// uses rank 0's, so that every rank chunks alike.
+    pub fn cache_bytes() -> usize {
+        last_level_cache()
     }
 }
 

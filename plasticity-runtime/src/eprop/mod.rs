@@ -653,17 +653,24 @@ pub(crate) struct Eprop<F> {
 }
 
 impl<F: Float> Eprop<F> {
-    pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback, chunking: Chunking) -> Self {
+    pub fn new(net: &Network<F>, batch: usize, feedback: &Feedback, chunking: (Chunking, usize)) -> Self {
         Self::build(net, batch, feedback, false, chunking)
     }
 
     /// An engine whose learning signal is 1 and whose traces are not filtered: its gradients
     /// are `Σ_t e^t` over the batch (the per-sequence rate regulariser's sums).
-    pub fn unit(net: &Network<F>, batch: usize, chunking: Chunking) -> Self {
+    pub fn unit(net: &Network<F>, batch: usize, chunking: (Chunking, usize)) -> Self {
         Self::build(net, batch, &Feedback::Symmetric, true, chunking)
     }
 
-    fn build(net: &Network<F>, batch: usize, feedback: &Feedback, unit: bool, chunking: Chunking) -> Self {
+    /// `chunking` is the configured choice and the last-level cache size it is made for.
+    fn build(
+        net: &Network<F>,
+        batch: usize,
+        feedback: &Feedback,
+        unit: bool,
+        (chunking, cache): (Chunking, usize),
+    ) -> Self {
         let filtered = !unit && net.readout.kappa != <F as Real>::zero();
         let n_out = net.n_out();
         let pops = net
@@ -753,7 +760,7 @@ impl<F: Float> Eprop<F> {
                     .map(|s| s.n_pre)
                     .sum::<usize>();
                 let per_step = (pop.kernels.num_dynamic() + 1) * n + pre;
-                let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>());
+                let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>(), cache);
                 let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| chunkable(s)) {
                         s.chunked = true;
@@ -1209,7 +1216,7 @@ mod tests {
             _ => 0.0,
         });
         let errs = Array3::from_shape_fn((steps, batch, 3), |_| rng.random_range(-1.0..1.0));
-        let mut windowed = Eprop::new(&net, batch, &Feedback::Symmetric, Chunking::Steps(1));
+        let mut windowed = Eprop::new(&net, batch, &Feedback::Symmetric, (Chunking::Steps(1), 0));
         assert!((windowed.pops.iter()).all(|lt| lt.windows.len() == M::NUM_INPUTS && lt.window_steps > 1));
         let mut single = windowed.clone();
         for lt in &mut single.pops {
@@ -1356,8 +1363,8 @@ mod chunk_tests {
                 ];
                 for (unit, k, plan) in cases {
                     let engine = |chunking| match unit {
-                        false => Eprop::new(&net, batch, &Feedback::Symmetric, chunking),
-                        true => Eprop::unit(&net, batch, chunking),
+                        false => Eprop::new(&net, batch, &Feedback::Symmetric, (chunking, 0)),
+                        true => Eprop::unit(&net, batch, (chunking, 0)),
                     };
                     let (mut reference, mut chunked) = (engine(Chunking::Steps(1)), engine(Chunking::Steps(k)));
                     if plan {
