@@ -574,8 +574,8 @@ impl<F: Float> Chunk<F> {
     }
 
     /// Closes the chunk for neurons `j0..j1` (`block` holds their regions): per chunked
-    /// source, strip by strip of presynaptic neurons for whole groups of [`MR`] neurons of a
-    /// dense source ([`Chunk::close_strip`]), synapse by synapse for the others.
+    /// source, whole groups of [`MR`] neurons through the register kernel
+    /// ([`Chunk::close_groups`]), the rest synapse by synapse ([`Chunk::close_neuron`]).
     fn close_block(
         &self,
         coefs: &[Option<PortChunk<F>>],
