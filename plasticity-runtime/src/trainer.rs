@@ -506,7 +506,7 @@ impl<F: Float> Trainer<F> {
         // The cache size `Chunking::Auto` chooses K for: rank 0's, so that every rank cuts its
         // shards' sequences alike and the sums stay independent of the rank count.
         let mut cache = (Chunking::cache_bytes() as u64).to_le_bytes();
-        if comm.size() > 1 && config.chunk == Chunking::Auto {
+        if comm.size() > 1 && config.chunk == Chunking::Auto && matches!(config.algorithm, Algorithm::Eprop(_)) {
             comm.broadcast(0, &mut cache)?;
         }
         Ok(Trainer {

@@ -56,18 +56,15 @@ impl Chunking {
         match self {
             Chunking::Steps(k) => k.max(1),
             Chunking::Auto => {
-                let budget = cache_bytes;
                 let mut k = MAX_AUTO_STEPS;
-                while k > MIN_AUTO_STEPS && k * batch * per_step * float_bytes > budget {
+                while k > MIN_AUTO_STEPS && k * batch * per_step * float_bytes > cache_bytes {
                     k /= 2;
                 }
                 k
             }
         }
     }
-}
 
-impl Chunking {
     /// The size of this machine's last-level cache: the largest CPU cache Linux reports for
     /// cpu0 (sysfs), or 8 MiB when it reports none. A [`crate::Trainer`] over several ranks
     /// uses rank 0's, so that every rank chunks alike.
@@ -163,6 +160,12 @@ impl PortPartials {
         }
     }
 
+    /// Coefficient rows of a chunk: `D` of each per-synapse row, then ē's (when `filtered`),
+    /// then the gradient's.
+    fn rows(&self, filtered: bool) -> usize {
+        self.s + usize::from(filtered) + 1
+    }
+
     /// Lanes of sweep scratch one block needs.
     fn scratch(&self) -> usize {
         let (s, w) = (self.s, self.f + 1);
@@ -219,32 +222,31 @@ pub(super) struct Chunk<F> {
 }
 
 /// Presynaptic rows per sample of a chunk of `steps` steps for `f` factorised rows.
-pub(super) fn rows_per_sample(steps: usize, f: usize) -> usize {
+fn rows_per_sample(steps: usize, f: usize) -> usize {
     steps + f
-}
-
-/// Length of a chunked source's packed presynaptic rows: `[n_pre/NR panels][B·P][NR]`.
-pub(super) fn rows_len(n_pre: usize, batch: usize, steps: usize, f: usize) -> usize {
-    n_pre.div_ceil(NR) * batch * rows_per_sample(steps, f) * NR
 }
 
 impl<F: Float> Chunk<F> {
     /// A chunk of `steps` steps for a population of `n` neurons with the given constants,
-    /// whose sources are already marked chunked with their row buffers.
+    /// whose sources to chunk are marked `chunked`: gives them their row buffers. `kappa` is
+    /// the readout's leak, used only when the traces are `filtered`.
     pub(super) fn new(
         pattern: &Pattern,
         consts: &[F],
-        sources: &[SourceTraces<F>],
+        sources: &mut [SourceTraces<F>],
         (steps, batch, n, dstride): (usize, usize, usize, usize),
         kappa: F,
         filtered: bool,
     ) -> Self {
         let zeros = |len: usize| vec![<F as Real>::zero(); len];
+        for s in sources.iter_mut().filter(|s| s.chunked) {
+            s.rows = zeros(s.n_pre.div_ceil(NR) * batch * rows_per_sample(steps, s.factorised) * NR);
+        }
         let ports = (0..pattern.ports.len())
             .map(|port| {
                 sources.iter().any(|s| s.chunked && s.port == port).then(|| {
                     let partials = PortPartials::new(pattern, port);
-                    let rows = partials.s + usize::from(filtered) + 1;
+                    let rows = partials.rows(filtered);
                     let p = rows_per_sample(steps, partials.f);
                     PortChunk {
                         coef: zeros(n.div_ceil(NB) * NB * rows * batch * p),
@@ -261,7 +263,9 @@ impl<F: Float> Chunk<F> {
             steps,
             len: 0,
             limit: steps,
-            kappa,
+            // Unfiltered traces (the unit-signal engines of the per-sequence regulariser, or
+            // κ = 0) take no κ into their sweeps.
+            kappa: if filtered { kappa } else { <F as Real>::zero() },
             filtered,
             batch,
             n,
@@ -347,7 +351,7 @@ impl<F: Float> Chunk<F> {
                 *v = constant(slot);
             }
             let (partials, a_ff, b_f) = (&pc.partials, &pc.a_ff[..], &pc.b_f[..]);
-            let rows = partials.s + usize::from(filtered) + 1;
+            let rows = partials.rows(filtered);
             let (sl, lanes) = (scal_len(partials.s), partials.scratch());
             let bp = batch * rows_per_sample(k, partials.f);
             pc.coef
@@ -386,7 +390,7 @@ impl<F: Float> Chunk<F> {
         let (s_n, f_n, k, n, kappa) = (p.s, p.f, self.steps, self.n, self.kappa);
         let w = f_n + 1;
         let width = NB.min(n - j0);
-        let rows = s_n + usize::from(self.filtered) + 1;
+        let rows = p.rows(self.filtered);
         let pp = rows_per_sample(k, f_n);
         let bp = self.batch * pp;
         // Scratch layout (lanes): λ, λ_E, q_G[S], q_E[S], Φ[S²], tmp[S²], J[S²], B̃[S·W],
@@ -468,23 +472,16 @@ impl<F: Float> Chunk<F> {
             }
             // Per presynaptic row c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise,
             // D = Φ(t0+len, s) B̃.
-            for c in 0..w {
-                let (mut g, mut e) = ([zero; NB], [zero; NB]);
+            for (c, bzc) in bz.iter().enumerate() {
                 for l in 0..NB {
-                    g[l] = lam[l] * bz[c][l];
-                    e[l] = lam_e[l] * bz[c][l];
+                    cg[c][l] = lam[l] * bzc[l];
+                    ce[c][l] = lam_e[l] * bzc[l];
                 }
-                for a in 0..s_n {
-                    let (bx, qa, qea) = (&bext[a * w + c], &qg[a], &qe[a]);
-                    for l in 0..NB {
-                        g[l] += qa[l] * bx[l];
-                        e[l] += qea[l] * bx[l];
-                    }
-                }
-                cg[c] = g;
-                ce[c] = e;
             }
-            lanes_matmul(dd, phi, bext, (s_n, s_n, w));
+            lanes_matmul_acc(cg, qg, bext, (1, s_n, w));
+            lanes_matmul_acc(ce, qe, bext, (1, s_n, w));
+            dd.fill([zero; NB]);
+            lanes_matmul_acc(dd, phi, bext, (s_n, s_n, w));
             // Fold the factorised rows into the activity: a row's coefficient of p^s is its
             // own plus ρ·b, and ρ ← c_F + ρ A carries the rest back to the chunk's start.
             let fold = |c: &[Lanes<F>], rho: &mut [Lanes<F>], next: &mut [Lanes<F>], row: usize, coef: &mut [F]| {
@@ -526,24 +523,18 @@ impl<F: Float> Chunk<F> {
             // q^{s-1} = Λ^s Jz^s + q^s J^s; Φ(t0+len, s-1) = Φ(t0+len, s) J^s.
             let filtered_q = if self.filtered { Some((&mut *qe, &*lam_e)) } else { None };
             for (q, lm) in std::iter::once((&mut *qg, &*lam)).chain(filtered_q) {
-                for a2 in 0..s_n {
-                    let mut v = [zero; NB];
+                for (t, jza) in tmp.iter_mut().zip(jz.iter()) {
                     for l in 0..NB {
-                        v[l] = lm[l] * jz[a2][l];
+                        t[l] = lm[l] * jza[l];
                     }
-                    for a in 0..s_n {
-                        let (qa, jx) = (&q[a], &jpp[a * s_n + a2]);
-                        for l in 0..NB {
-                            v[l] += qa[l] * jx[l];
-                        }
-                    }
-                    tmp[a2] = v;
                 }
+                lanes_matmul_acc(tmp, q, jpp, (1, s_n, s_n));
                 for (x, t) in q.iter_mut().zip(tmp.iter()) {
                     *x = *t;
                 }
             }
-            lanes_matmul(tmp, phi, jpp, (s_n, s_n, s_n));
+            tmp.fill([zero; NB]);
+            lanes_matmul_acc(tmp, phi, jpp, (s_n, s_n, s_n));
             for (x, t) in phi.iter_mut().zip(tmp.iter()) {
                 *x = *t;
             }
@@ -632,22 +623,15 @@ impl<F: Float> Chunk<F> {
         let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
         let (s_n, m) = (pc.partials.s, s.n_pre);
         let pp = rows_per_sample(k, pc.partials.f);
-        let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
+        let (rows, bp, sl) = (pc.partials.rows(filtered), batch * pp, scal_len(s_n));
         let span = bp * NR;
         let ebar_at = batch * s_n * m;
         let grad_at = ebar_at + if filtered { batch * m } else { 0 };
         for (l, region) in regions.iter_mut().enumerate() {
-            let (syn_all, rest) = region.split_at_mut(ebar_at);
-            let (ebar_all, grad) = rest.split_at_mut(grad_at - ebar_at);
             for b in 0..batch {
                 let sc = &pc.scal[((j0 + l) * batch + b) * sl..][..sl];
-                let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
-                let ebar: &mut [F] = if filtered {
-                    &mut ebar_all[b * m..(b + 1) * m]
-                } else {
-                    &mut []
-                };
-                advance_rows(s_n, sc, (syn, m, 0), ebar, &mut grad[..m]);
+                let (syn, ebar, grad) = self.sample_parts(region, s_n, m, b);
+                advance_rows(s_n, sc, (syn, m, 0), ebar, grad);
             }
         }
         // The rows in use: the factorised traces at the chunk's start, then `len` steps.
@@ -684,20 +668,12 @@ impl<F: Float> Chunk<F> {
         let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
         let (s_n, m) = (pc.partials.s, s.n_pre);
         let pp = rows_per_sample(k, pc.partials.f);
-        let (rows, bp, sl) = (s_n + usize::from(filtered) + 1, batch * pp, scal_len(s_n));
+        let (rows, bp, sl) = (pc.partials.rows(filtered), batch * pp, scal_len(s_n));
         let block = &pc.coef[(j / NB) * rows * bp * NB..][..rows * bp * NB];
         let (lane, depth) = (j % NB, pc.partials.f + len);
-        let (syn_all, rest) = src.split_at_mut(batch * s_n * m);
-        let (ebar_all, grad) = rest.split_at_mut(if filtered { batch * m } else { 0 });
-        let grad = &mut grad[..m];
         let span = bp * NR;
         for b in 0..batch {
-            let syn = &mut syn_all[b * s_n * m..(b + 1) * s_n * m];
-            let ebar: &mut [F] = if filtered {
-                &mut ebar_all[b * m..(b + 1) * m]
-            } else {
-                &mut []
-            };
+            let (syn, ebar, grad) = self.sample_parts(src, s_n, m, b);
             let sc = &pc.scal[(j * batch + b) * sl..][..sl];
             advance_rows(s_n, sc, (&mut *syn, m, 0), &mut *ebar, &mut *grad);
             for i in 0..m {
@@ -721,6 +697,27 @@ impl<F: Float> Chunk<F> {
         }
     }
 
+    /// Sample `b`'s parts of one neuron's region of a source with `m` synapses and `s_n`
+    /// per-synapse rows (`[B][S][m]` traces, `[B][m]` filtered traces when filtered, then the
+    /// `[m]` gradient): its traces, its filtered traces (empty when unfiltered), the gradient.
+    fn sample_parts<'r>(
+        &self,
+        region: &'r mut [F],
+        s_n: usize,
+        m: usize,
+        b: usize,
+    ) -> (&'r mut [F], &'r mut [F], &'r mut [F]) {
+        let batch = self.batch;
+        let (syn_all, rest) = region.split_at_mut(batch * s_n * m);
+        let (ebar_all, grad) = rest.split_at_mut(if self.filtered { batch * m } else { 0 });
+        let ebar: &mut [F] = if self.filtered {
+            &mut ebar_all[b * m..(b + 1) * m]
+        } else {
+            &mut []
+        };
+        (&mut syn_all[b * s_n * m..(b + 1) * s_n * m], ebar, &mut grad[..m])
+    }
+
     /// Bytes this chunk keeps (its sources' presynaptic rows are counted with them).
     pub(super) fn bytes(&self) -> usize {
         let ports = (self.ports.iter().flatten())
@@ -729,9 +726,9 @@ impl<F: Float> Chunk<F> {
     }
 }
 
-/// `out = a · b` for small matrices of lanes (`[rows, inner] · [inner, cols]`, row-major),
-/// each lane its own product.
-fn lanes_matmul<F: Float>(
+/// `out += a · b` for small matrices of lanes (`[rows, inner] · [inner, cols]`, row-major),
+/// each lane its own product, the terms added to `out` in the order of `inner`.
+fn lanes_matmul_acc<F: Float>(
     out: &mut [Lanes<F>],
     a: &[Lanes<F>],
     b: &[Lanes<F>],
@@ -739,7 +736,7 @@ fn lanes_matmul<F: Float>(
 ) {
     for r in 0..rows {
         for c in 0..cols {
-            let mut v = [<F as Real>::zero(); NB];
+            let mut v = out[r * cols + c];
             for i in 0..inner {
                 let (x, y) = (&a[r * inner + i], &b[i * cols + c]);
                 for l in 0..NB {

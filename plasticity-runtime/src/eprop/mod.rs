@@ -764,21 +764,10 @@ impl<F: Float> Eprop<F> {
                 let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| chunkable(s)) {
                         s.chunked = true;
-                        s.rows = vec![<F as Real>::zero(); chunk::rows_len(s.n_pre, batch, steps, s.factorised)];
                     }
                     let dstride = (n * pop.kernels.num_dynamic()).max(1);
-                    Chunk::new(
-                        pattern,
-                        &pop.consts,
-                        &sources,
-                        (steps, batch, n, dstride),
-                        if filtered {
-                            net.readout.kappa
-                        } else {
-                            <F as Real>::zero()
-                        },
-                        filtered,
-                    )
+                    let sizes = (steps, batch, n, dstride);
+                    Chunk::new(pattern, &pop.consts, &mut sources, sizes, net.readout.kappa, filtered)
                 });
                 let stepwise = q > 0 || sources.iter().any(|s| !s.windowed && !s.chunked);
                 let readout = net.readout.sources.iter().position(|&s| s == p);
