@@ -10,20 +10,22 @@
 //! ε^K    = Φ ε⁰   +           Σ_x D_x   · u_x
 //! ```
 //!
-//! over `K + F` presynaptic rows `u`: the activity at each step of the chunk, then the `F`
-//! factorised traces at its start. Every coefficient is per postsynaptic neuron and sample and
-//! comes from one backward sweep over the chunk in neuron space, vectorised over neurons. The
-//! per-synapse arrays are then read and written once per chunk instead of once per step,
-//! and the sums over `x` are register-blocked products of [`MR`] neurons by [`NR`]
-//! presynaptic neurons, fused with that one pass (a per-synapse loop for the last neurons of
-//! a population whose size is no multiple of [`MR`]). Only dense sources are chunked: sparse
+//! over `F + K` presynaptic rows `u`: the `F` factorised traces at the chunk's start, then
+//! the activity at each of its steps. Every coefficient is per postsynaptic neuron and sample
+//! and comes from one backward sweep over the chunk in neuron space, vectorised over neurons.
+//! The per-synapse arrays are then read and written once per chunk instead of once per step,
+//! in one pass ([`close_sample`]) that also adds the sums over `x`. A chunked source keeps its
+//! traces by blocks of [`NB`] postsynaptic neurons, one vector lane each ([`SourceChunk`]),
+//! and its activity as the nonzero entries of each presynaptic neuron, so a sum over `x`
+//! costs one fused multiply-add per lane block and nonzero entry: spiking activity, mostly
+//! zero, costs a fraction of a dense product. Only dense sources are chunked: sparse
 //! projections keep the step-by-step kernel.
 
 use rayon::prelude::*;
 
-use super::{Presynaptic, SourceTraces, for_neuron_blocks};
-use crate::linalg::{MR, NR};
+use super::{Presynaptic, SourceTraces};
 use crate::model::{EntryKind, Matrix, Pattern, RowLayout};
+use crate::network::MAX_STATES;
 use crate::real::{Float, Real};
 
 /// Steps per chunk of the per-synapse e-prop update ([`crate::TrainConfig::chunk`]).
@@ -90,15 +92,13 @@ fn last_level_cache() -> usize {
     (0..8).filter_map(size).max().unwrap_or(DEFAULT_CACHE)
 }
 
-/// Neurons per task when a chunk is closed. The task first streams its neurons' traces
-/// through [`advance`] (they then sit in the L2 cache), then runs the products panel by
-/// panel of presynaptic neurons, so each panel of presynaptic rows is read once per task.
-const CLOSE_BLOCK: usize = 8;
-const _: () = assert!(CLOSE_BLOCK.is_multiple_of(MR));
+/// Presynaptic neurons per tile of [`close_block`]: a tile's traces for every sample stay in
+/// the L1 or L2 cache between its two passes.
+const CLOSE_TILE: usize = 32;
 
-/// Neurons per task of the backward sweep, one vector lane each.
+/// Neurons per block of the backward sweep and of a chunked source's traces, one vector
+/// lane each.
 const NB: usize = 16;
-const _: () = assert!(NB.is_multiple_of(MR));
 
 /// One value per neuron of a sweep block.
 type Lanes<F> = [F; NB];
@@ -178,10 +178,11 @@ impl PortPartials {
 struct PortChunk<F> {
     partials: PortPartials,
     /// Coefficient rows, `R = S + (1 if filtered) + 1` of them (`D` of each per-synapse row,
-    /// then ē's, then the gradient's), each over the `B·P` presynaptic rows (`P = F + K`), by
-    /// blocks of the sweep's neurons: `[n/NB blocks][R][B·P][NB]`, zero past the last neuron.
+    /// then ē's, then the gradient's), for each sample's `P = F + K` presynaptic rows, by
+    /// blocks of the sweep's neurons: `[n/NB blocks][B][P][R][NB]`, zero past the last neuron.
     coef: Vec<F>,
-    /// Per neuron and sample, `[n][B][2 + 2S + S²]`: `a_G`, `a_E`, `q_G`, `q_E`, `Φ`.
+    /// Per block of neurons and sample, `[n/NB][B][2 + 2S + S²][NB]`: `a_G`, `a_E`, `q_G`,
+    /// `q_E`, `Φ`, zero past the last neuron.
     scal: Vec<F>,
     /// Sweep scratch, `[blocks of NB neurons][PortPartials::scratch]`.
     scratch: Vec<Lanes<F>>,
@@ -190,7 +191,7 @@ struct PortChunk<F> {
     b_f: Vec<F>,
 }
 
-/// Length of one neuron's and sample's [`PortChunk::scal`] entry.
+/// Lane vectors of one block's and sample's [`PortChunk::scal`] entry.
 fn scal_len(s: usize) -> usize {
     2 + 2 * s + s * s
 }
@@ -212,11 +213,12 @@ pub(super) struct Chunk<F> {
     n: usize,
     /// The population's constants during the chunk.
     consts: Vec<F>,
-    /// Dynamic partials per step, `[K][B·dstride]`.
-    dynv: Vec<F>,
-    dstride: usize,
-    /// Learning signals per step, `[K][B·n]`.
-    signal: Vec<F>,
+    /// Per block of [`NB`] neurons, sample and step, the `ND` dynamic partials then the
+    /// learning signal, `[n/NB][B][K][ND + 1]` lanes: a sweep reads its block's and sample's
+    /// steps from one contiguous run.
+    steps_lanes: Vec<Lanes<F>>,
+    /// Dynamic partials per neuron (ND).
+    nd: usize,
     /// Per port, its coefficients when it has chunked sources.
     ports: Vec<Option<PortChunk<F>>>,
 }
@@ -228,29 +230,26 @@ fn rows_per_sample(steps: usize, f: usize) -> usize {
 
 impl<F: Float> Chunk<F> {
     /// A chunk of `steps` steps for a population of `n` neurons with the given constants,
-    /// whose sources to chunk are marked `chunked`: gives them their row buffers. `kappa` is
-    /// the readout's leak, used only when the traces are `filtered`.
+    /// whose chunked sources hold a [`SourceChunk`]. `kappa` is the readout's leak, used only
+    /// when the traces are `filtered`.
     pub(super) fn new(
         pattern: &Pattern,
         consts: &[F],
-        sources: &mut [SourceTraces<F>],
-        (steps, batch, n, dstride): (usize, usize, usize, usize),
+        sources: &[SourceTraces<F>],
+        (steps, batch, n, nd): (usize, usize, usize, usize),
         kappa: F,
         filtered: bool,
     ) -> Self {
         let zeros = |len: usize| vec![<F as Real>::zero(); len];
-        for s in sources.iter_mut().filter(|s| s.chunked) {
-            s.rows = zeros(s.n_pre.div_ceil(NR) * batch * rows_per_sample(steps, s.factorised) * NR);
-        }
         let ports = (0..pattern.ports.len())
             .map(|port| {
-                sources.iter().any(|s| s.chunked && s.port == port).then(|| {
+                sources.iter().any(|s| s.chunk.is_some() && s.port == port).then(|| {
                     let partials = PortPartials::new(pattern, port);
                     let rows = partials.rows(filtered);
                     let p = rows_per_sample(steps, partials.f);
                     PortChunk {
                         coef: zeros(n.div_ceil(NB) * NB * rows * batch * p),
-                        scal: zeros(n * batch * scal_len(partials.s)),
+                        scal: zeros(n.div_ceil(NB) * NB * batch * scal_len(partials.s)),
                         scratch: vec![[<F as Real>::zero(); NB]; n.div_ceil(NB) * partials.scratch()],
                         a_ff: zeros(partials.f * partials.f),
                         b_f: zeros(partials.f),
@@ -270,9 +269,8 @@ impl<F: Float> Chunk<F> {
             batch,
             n,
             consts: consts.to_vec(),
-            dynv: zeros(steps * batch * dstride),
-            dstride,
-            signal: zeros(steps * batch * n),
+            steps_lanes: vec![[<F as Real>::zero(); NB]; n.div_ceil(NB) * batch * steps * (nd + 1)],
+            nd,
             ports,
         }
     }
@@ -296,32 +294,27 @@ impl<F: Float> Chunk<F> {
         sources: &mut [SourceTraces<F>],
         pre: &Presynaptic<'_, F>,
     ) {
-        let (slot, batch, k) = (self.len, self.batch, self.steps);
+        let (slot, batch) = (self.len, self.batch);
         if slot == 0 {
             self.consts.copy_from_slice(consts);
         }
-        let step = batch * self.dstride;
-        self.dynv[slot * step..(slot + 1) * step].copy_from_slice(&dynv[..step]);
-        let step = batch * self.n;
-        self.signal[slot * step..(slot + 1) * step].copy_from_slice(&signal[..step]);
-        for s in sources.iter_mut().filter(|s| s.chunked) {
-            let (m, f_rows) = (s.n_pre, s.factorised);
-            let p = rows_per_sample(k, f_rows);
-            let span = batch * p * NR;
-            let (rows, fact) = (&mut s.rows, &s.fact);
+        let (n, nd, k) = (self.n, self.nd, self.steps);
+        let dstride = (n * nd).max(1);
+        for (blk, lanes) in self.steps_lanes.chunks_exact_mut(batch * k * (nd + 1)).enumerate() {
+            let (j0, width) = (blk * NB, NB.min(n - blk * NB));
             for b in 0..batch {
-                let x = pre.row(s.source, b);
-                for (panel, xs) in rows.chunks_exact_mut(span).zip(x.chunks(NR)) {
-                    panel[(b * p + f_rows + slot) * NR..][..xs.len()].copy_from_slice(xs);
+                let dst = &mut lanes[(b * k + slot) * (nd + 1)..][..nd + 1];
+                for (d, lane) in dst[..nd].iter_mut().enumerate() {
+                    lane[..width].copy_from_slice(&dynv[b * dstride + d * n + j0..][..width]);
                 }
-                if slot == 0 {
-                    for f in 0..f_rows {
-                        let trace = &fact[(b * f_rows + f) * m..][..m];
-                        for (panel, xs) in rows.chunks_exact_mut(span).zip(trace.chunks(NR)) {
-                            panel[(b * p + f) * NR..][..xs.len()].copy_from_slice(xs);
-                        }
-                    }
-                }
+                dst[nd][..width].copy_from_slice(&signal[b * n + j0..][..width]);
+            }
+        }
+        for s in sources.iter_mut() {
+            let Some(chunk) = &mut s.chunk else { continue };
+            let fact_len = s.factorised * s.n_pre;
+            for b in 0..batch {
+                chunk.record(slot, b, pre.row(s.source, b), &s.fact[b * fact_len..][..fact_len]);
             }
         }
         self.len += 1;
@@ -329,7 +322,7 @@ impl<F: Float> Chunk<F> {
 
     /// Closes the chunk: adds its gradient and advances every chunked source's traces to its
     /// end. Does nothing when the chunk is empty.
-    pub(super) fn flush(&mut self, sources: &mut [SourceTraces<F>], arena: &mut [F], starts: &[usize]) {
+    pub(super) fn flush(&mut self, sources: &mut [SourceTraces<F>]) {
         let len = self.len;
         if len == 0 {
             return;
@@ -365,16 +358,17 @@ impl<F: Float> Chunk<F> {
                     }
                 });
         }
-        let (coefs, sources) = (&ports, &*sources);
-        for_neuron_blocks(arena, starts, CLOSE_BLOCK, (0, this.n), &|j0, j1, block| {
-            this.close_block(coefs, sources, starts, (j0, j1), block, len);
-        });
+        for s in sources.iter_mut() {
+            if let Some(chunk) = &mut s.chunk {
+                chunk.close(ports[s.port].as_ref().expect("a chunked port"));
+            }
+        }
         self.ports = ports;
     }
 
     /// The backward sweep over the chunk's `len` steps for sample `b` and the block of
-    /// neurons from `j0` (vectorised over them): writes their coefficients (`coef`, the
-    /// block's groups) and their `scal` entries.
+    /// neurons from `j0` (vectorised over them): writes the block's coefficients (`coef`) and
+    /// `scal` entries.
     fn sweep(
         &self,
         p: &PortPartials,
@@ -392,7 +386,6 @@ impl<F: Float> Chunk<F> {
         let width = NB.min(n - j0);
         let rows = p.rows(self.filtered);
         let pp = rows_per_sample(k, f_n);
-        let bp = self.batch * pp;
         // Scratch layout (lanes): λ, λ_E, q_G[S], q_E[S], Φ[S²], tmp[S²], J[S²], B̃[S·W],
         // Jz[S], B̃z[W], ρ_G[F], ρ_E[F], ρ_D[S·F], c_G[W], c_E[W], D[S·W], next ρ[F].
         let (lam, rest) = scratch.split_at_mut(1);
@@ -423,7 +416,7 @@ impl<F: Float> Chunk<F> {
         }
         // Coefficient (row, x) of the block's neurons: NB lanes, zero past the last neuron.
         let put = |coef: &mut [F], row: usize, x: usize, v: &Lanes<F>| {
-            let dst: &mut Lanes<F> = (&mut coef[((row * bp) + b * pp + x) * NB..][..NB])
+            let dst: &mut Lanes<F> = (&mut coef[((b * pp + x) * rows + row) * NB..][..NB])
                 .try_into()
                 .expect("NB lanes");
             *dst = *v;
@@ -431,24 +424,16 @@ impl<F: Float> Chunk<F> {
                 dst[width..].fill(zero);
             }
         };
-        let lanes_of = |values: &[F]| -> Lanes<F> {
-            if width == NB {
-                return values[..NB].try_into().expect("NB values");
-            }
-            let mut out = [zero; NB];
-            for (o, &v) in out.iter_mut().zip(&values[..width]) {
-                *o = v;
-            }
-            out
-        };
         let (g_row, e_row) = (rows - 1, s_n);
+        let nd = self.nd;
+        let block = &self.steps_lanes[((j0 / NB) * self.batch + b) * k * (nd + 1)..][..k * (nd + 1)];
         for s in (0..len).rev() {
-            let dv = &self.dynv[(s * self.batch + b) * self.dstride..];
+            let dv = &block[s * (nd + 1)..][..nd + 1];
             let load = |slot: &Slot| -> Lanes<F> {
                 match *slot {
                     None => [zero; NB],
                     Some(EntryKind::Constant(i)) => [self.consts[i]; NB],
-                    Some(EntryKind::Dynamic(i)) => lanes_of(&dv[i * n + j0..]),
+                    Some(EntryKind::Dynamic(i)) => dv[i],
                 }
             };
             for (d, e) in jpp.iter_mut().zip(&p.jpp) {
@@ -464,7 +449,7 @@ impl<F: Float> Chunk<F> {
                 *d = load(e);
             }
             // Λ^s = L^s + κ Λ^{s+1}; ē's signal is a unit at the chunk's last step.
-            let signal = lanes_of(&self.signal[(s * self.batch + b) * n + j0..]);
+            let signal = dv[nd];
             let unit = if s + 1 == len { <F as Real>::one() } else { zero };
             for l in 0..NB {
                 lam[l] = signal[l] + kappa * lam[l];
@@ -549,180 +534,352 @@ impl<F: Float> Chunk<F> {
                 put(coef, a, f, &rho_d[a * f_n + f]);
             }
         }
+        // The block's `a_G, a_E, q_G, q_E, Φ` for this sample, zero past the last neuron.
         let sl = scal_len(s_n);
-        for l in 0..width {
-            let e = &mut scal[(l * self.batch + b) * sl..][..sl];
-            e[0] = kappa * lam[l];
-            e[1] = kappa * lam_e[l];
-            for a in 0..s_n {
-                e[2 + a] = qg[a][l];
-                e[2 + s_n + a] = qe[a][l];
-            }
-            for x in 0..s_n * s_n {
-                e[2 + 2 * s_n + x] = phi[x][l];
-            }
+        let scaled = |v: &Lanes<F>| -> Lanes<F> { std::array::from_fn(|l| kappa * v[l]) };
+        let values = [scaled(lam), scaled(lam_e)].into_iter().chain(qg.iter().copied());
+        let values = values.chain(qe.iter().copied()).chain(phi.iter().copied());
+        for (dst, v) in scal[b * sl * NB..][..sl * NB].chunks_exact_mut(NB).zip(values) {
+            dst[..width].copy_from_slice(&v[..width]);
+            dst[width..].fill(zero);
         }
     }
 
-    /// Closes the chunk for neurons `j0..j1` (`block` holds their regions): per chunked
-    /// source, whole groups of [`MR`] neurons through the register kernel
-    /// ([`Chunk::close_groups`]), the rest synapse by synapse ([`Chunk::close_neuron`]).
-    fn close_block(
-        &self,
-        coefs: &[Option<PortChunk<F>>],
-        sources: &[SourceTraces<F>],
-        starts: &[usize],
-        (j0, j1): (usize, usize),
-        block: &mut [F],
-        len: usize,
-    ) {
-        let (batch, filtered) = (self.batch, self.filtered);
-        let base = starts[j0];
-        // Offset of each non-windowed source inside neuron j's region.
-        let offset = |j: usize, si: usize| {
-            starts[j] - base
-                + sources[..si]
-                    .iter()
-                    .filter(|s| !s.windowed)
-                    .map(|s| s.region(j, batch, filtered))
-                    .sum::<usize>()
-        };
-        for (si, s) in sources.iter().enumerate() {
-            if !s.chunked {
-                continue;
-            }
-            let pc = coefs[s.port].as_ref().expect("a chunked port");
-            // Whole groups of MR neurons, then the rest one neuron at a time.
-            let grouped = (j1 - j0) / MR * MR;
-            let mut end = 0;
-            let ranges: [(usize, usize); CLOSE_BLOCK] = std::array::from_fn(|l| {
-                if l < grouped {
-                    let j = j0 + l;
-                    let range = (offset(j, si), s.region(j, batch, filtered));
-                    end = range.0 + range.1;
-                    range
-                } else {
-                    (end, 0)
-                }
-            });
-            let mut regions = disjoint_mut(block, ranges);
-            self.close_groups(pc, s, j0, &mut regions[..grouped], len);
-            for j in j0 + grouped..j1 {
-                let at = offset(j, si);
-                let src = &mut block[at..at + s.region(j, batch, filtered)];
-                self.close_neuron(pc, s, j, src, len);
-            }
-        }
-    }
-
-    /// Whole groups of [`MR`] neurons from `j0` of dense source `s`, `regions` their parts of
-    /// the arena: [`advance`] for every neuron and sample, then, panel by panel of
-    /// presynaptic neurons, the products for each sample's per-synapse rows and ē, and the
-    /// gradient's product over every sample at once.
-    fn close_groups(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j0: usize, regions: &mut [&mut [F]], len: usize) {
-        let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
-        let (s_n, m) = (pc.partials.s, s.n_pre);
-        let pp = rows_per_sample(k, pc.partials.f);
-        let (rows, bp, sl) = (pc.partials.rows(filtered), batch * pp, scal_len(s_n));
-        let span = bp * NR;
-        let ebar_at = batch * s_n * m;
-        let grad_at = ebar_at + if filtered { batch * m } else { 0 };
-        for (l, region) in regions.iter_mut().enumerate() {
-            for b in 0..batch {
-                let sc = &pc.scal[((j0 + l) * batch + b) * sl..][..sl];
-                let (syn, ebar, grad) = self.sample_parts(region, s_n, m, b);
-                advance_rows(s_n, sc, (syn, m, 0), ebar, grad);
-            }
-        }
-        // The rows in use: the factorised traces at the chunk's start, then `len` steps.
-        let depth = pc.partials.f + len;
-        for c in (0..m).step_by(NR) {
-            let width = NR.min(m - c);
-            let panel = &s.rows[(c / NR) * span..][..span];
-            for (g, group) in regions.chunks_exact_mut(MR).enumerate() {
-                let group: &mut [&mut [F]; MR] = group.try_into().expect("MR neurons");
-                // The group's lanes in its sweep block's coefficient rows (stride NB).
-                let j = j0 + g * MR;
-                let coef = &pc.coef[(j / NB) * rows * bp * NB + j % NB..][..rows * bp * NB - j % NB];
-                for b in 0..batch {
-                    let u = &panel[b * pp * NR..][..depth * NR];
-                    let mut product = |row: usize, at: usize| {
-                        let a = &coef[(row * bp + b * pp) * NB..][..(depth - 1) * NB + MR];
-                        with_rows(group, at + c, width, |block| F::register_block::<NB>(a, u, block));
-                    };
-                    for a in 0..s_n {
-                        product(a, b * s_n * m + a * m);
-                    }
-                    if filtered {
-                        product(s_n, ebar_at + b * m);
-                    }
-                    product(rows - 1, grad_at);
-                }
-            }
-        }
-    }
-
-    /// One neuron `j` of source `s` (its region `src`), synapse by synapse: per sample,
-    /// [`advance`] then every row's sum over the presynaptic rows.
-    fn close_neuron(&self, pc: &PortChunk<F>, s: &SourceTraces<F>, j: usize, src: &mut [F], len: usize) {
-        let (batch, filtered, k) = (self.batch, self.filtered, self.steps);
-        let (s_n, m) = (pc.partials.s, s.n_pre);
-        let pp = rows_per_sample(k, pc.partials.f);
-        let (rows, bp, sl) = (pc.partials.rows(filtered), batch * pp, scal_len(s_n));
-        let block = &pc.coef[(j / NB) * rows * bp * NB..][..rows * bp * NB];
-        let (lane, depth) = (j % NB, pc.partials.f + len);
-        let span = bp * NR;
-        for b in 0..batch {
-            let (syn, ebar, grad) = self.sample_parts(src, s_n, m, b);
-            let sc = &pc.scal[(j * batch + b) * sl..][..sl];
-            advance_rows(s_n, sc, (&mut *syn, m, 0), &mut *ebar, &mut *grad);
-            for i in 0..m {
-                let u = &s.rows[(i / NR) * span + b * pp * NR + i % NR..];
-                let dot = |row: usize| {
-                    let cr = &block[(row * bp + b * pp) * NB + lane..];
-                    let mut acc = <F as Real>::zero();
-                    for x in 0..depth {
-                        acc += cr[x * NB] * u[x * NR];
-                    }
-                    acc
-                };
-                for a in 0..s_n {
-                    syn[a * m + i] += dot(a);
-                }
-                if filtered {
-                    ebar[i] += dot(s_n);
-                }
-                grad[i] += dot(rows - 1);
-            }
-        }
-    }
-
-    /// Sample `b`'s parts of one neuron's region of a source with `m` synapses and `s_n`
-    /// per-synapse rows (`[B][S][m]` traces, `[B][m]` filtered traces when filtered, then the
-    /// `[m]` gradient): its traces, its filtered traces (empty when unfiltered), the gradient.
-    fn sample_parts<'r>(
-        &self,
-        region: &'r mut [F],
-        s_n: usize,
-        m: usize,
-        b: usize,
-    ) -> (&'r mut [F], &'r mut [F], &'r mut [F]) {
-        let batch = self.batch;
-        let (syn_all, rest) = region.split_at_mut(batch * s_n * m);
-        let (ebar_all, grad) = rest.split_at_mut(if self.filtered { batch * m } else { 0 });
-        let ebar: &mut [F] = if self.filtered {
-            &mut ebar_all[b * m..(b + 1) * m]
-        } else {
-            &mut []
-        };
-        (&mut syn_all[b * s_n * m..(b + 1) * s_n * m], ebar, &mut grad[..m])
-    }
-
-    /// Bytes this chunk keeps (its sources' presynaptic rows are counted with them).
+    /// Bytes this chunk keeps (its sources' traces and presynaptic sides are counted with
+    /// them, [`SourceChunk::bytes`]).
     pub(super) fn bytes(&self) -> usize {
         let ports = (self.ports.iter().flatten())
             .map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB + p.a_ff.len() + p.b_f.len());
-        (self.consts.len() + self.dynv.len() + self.signal.len() + ports.sum::<usize>()) * size_of::<F>()
+        (self.consts.len() + self.steps_lanes.len() * NB + ports.sum::<usize>()) * size_of::<F>()
+    }
+}
+
+/// The traces of one chunked source, by blocks of [`NB`] postsynaptic neurons (a lane each),
+/// and its side of the open chunk: the factorised traces at the chunk's start and the nonzero
+/// presynaptic activity of its steps.
+#[derive(Clone, Debug)]
+pub(super) struct SourceChunk<F> {
+    /// Presynaptic neurons (m), per-synapse rows (S), factorised rows (F), samples, steps (K).
+    m: usize,
+    s: usize,
+    f: usize,
+    batch: usize,
+    steps: usize,
+    filtered: bool,
+    /// `[n/NB blocks][m·B·S + (m·B if filtered) + m]` lanes: per presynaptic neuron and
+    /// sample its `S` per-synapse traces (`[m][B][S]`), its κ-filtered traces (`[m][B]`), then
+    /// the gradient (`[m]`). Lanes past the population's last neuron stay zero.
+    lanes: Vec<Lanes<F>>,
+    /// The factorised traces at the chunk's start, `[m][B][F]`.
+    fact0: Vec<F>,
+    /// Per presynaptic neuron `i` and sample `b`, its nonzero activity in the chunk as
+    /// `(step, value)`: up to K entries from `(i·B + b)·K`, `count[i·B + b]` of them, while the
+    /// chunk is open; packed in the same order when it closes, those of `(i, b)` from
+    /// `offsets[i·B + b]` to `offsets[i·B + b + 1]`, so that every block of neurons reads
+    /// them as one short stream.
+    active: Vec<(u32, F)>,
+    count: Vec<u32>,
+    offsets: Vec<u32>,
+}
+
+impl<F: Float> SourceChunk<F> {
+    /// Zeroed traces of a dense source of `m` presynaptic neurons onto `n` neurons, with `s`
+    /// per-synapse and `f` factorised rows, for chunks of `steps` steps.
+    pub(super) fn new(
+        (n, m): (usize, usize),
+        (s, f): (usize, usize),
+        (batch, steps): (usize, usize),
+        filtered: bool,
+    ) -> Self {
+        let zero = <F as Real>::zero();
+        let block = Self::block_len(m, s, batch, filtered);
+        SourceChunk {
+            m,
+            s,
+            f,
+            batch,
+            steps,
+            filtered,
+            lanes: vec![[zero; NB]; n.div_ceil(NB) * block],
+            fact0: vec![zero; m * batch * f],
+            active: vec![(0, zero); m * batch * steps],
+            count: vec![0; m * batch],
+            offsets: vec![0; m * batch + 1],
+        }
+    }
+
+    /// Lanes per block of [`NB`] neurons.
+    fn block_len(m: usize, s: usize, batch: usize, filtered: bool) -> usize {
+        m * (batch * s + if filtered { batch } else { 0 } + 1)
+    }
+
+    /// Lanes of a block's traces (per-synapse and filtered); the gradient follows them.
+    fn traces_len(&self) -> usize {
+        self.m * self.batch * (self.s + usize::from(self.filtered))
+    }
+
+    /// Zeroes the traces (`traces`) or the gradients (`!traces`).
+    pub(super) fn clear(&mut self, traces: bool) {
+        let split = self.traces_len();
+        let block = Self::block_len(self.m, self.s, self.batch, self.filtered);
+        for blk in self.lanes.chunks_exact_mut(block) {
+            let (t, g) = blk.split_at_mut(split);
+            if traces { t } else { g }.fill([<F as Real>::zero(); NB]);
+        }
+    }
+
+    /// Neuron `j`'s gradient, into `out` (`m` values).
+    pub(super) fn gradient(&self, j: usize, out: &mut [F]) {
+        let block = Self::block_len(self.m, self.s, self.batch, self.filtered);
+        let grad = &self.lanes[(j / NB) * block + self.traces_len()..][..self.m];
+        for (o, g) in out.iter_mut().zip(grad) {
+            *o = g[j % NB];
+        }
+    }
+
+    /// Bytes these traces and the chunk's presynaptic side keep.
+    pub(super) fn bytes(&self) -> usize {
+        (self.lanes.len() * NB + self.fact0.len()) * size_of::<F>()
+            + self.active.len() * size_of::<(u32, F)>()
+            + (self.count.len() + self.offsets.len()) * size_of::<u32>()
+    }
+
+    /// Records sample `b`'s activity `x` at step `slot` of the chunk, and at its first step the
+    /// factorised traces `fact` (`[F][m]`, before the step advances them).
+    fn record(&mut self, slot: usize, b: usize, x: &[F], fact: &[F]) {
+        let (m, f_n, batch, k) = (self.m, self.f, self.batch, self.steps);
+        if slot == 0 {
+            for i in 0..m {
+                for f in 0..f_n {
+                    self.fact0[(i * batch + b) * f_n + f] = fact[f * m + i];
+                }
+            }
+        }
+        for (i, &v) in x.iter().enumerate() {
+            if v != <F as Real>::zero() {
+                let at = i * batch + b;
+                let c = &mut self.count[at];
+                self.active[at * k + *c as usize] = (slot as u32, v);
+                *c += 1;
+            }
+        }
+    }
+
+    /// Closes the chunk for this source: [`close_block`] on every block of neurons with the
+    /// port's coefficients `pc`. Empties the recorded activity.
+    fn close(&mut self, pc: &PortChunk<F>) {
+        let (m, batch, k, filtered) = (self.m, self.batch, self.steps, self.filtered);
+        let (s_n, f_n) = (pc.partials.s, pc.partials.f);
+        let (rows, pp, sl) = (pc.partials.rows(filtered), rows_per_sample(k, f_n), scal_len(s_n));
+        let kernel = close_kernel::<F>(s_n, filtered);
+        let (coef, _) = pc.coef.as_chunks::<NB>();
+        let (scal, _) = pc.scal.as_chunks::<NB>();
+        let block = Self::block_len(m, s_n, batch, filtered);
+        // Pack the activity in place: a list moves only towards the front.
+        let mut at = 0;
+        for (list, (&c, offset)) in self.count.iter().zip(&mut self.offsets).enumerate() {
+            *offset = at as u32;
+            self.active.copy_within(list * k..list * k + c as usize, at);
+            at += c as usize;
+        }
+        self.offsets[m * batch] = at as u32;
+        let act = Activity {
+            fact0: &self.fact0,
+            active: &self.active,
+            offsets: &self.offsets,
+        };
+        self.lanes
+            .par_chunks_mut(block)
+            .zip(coef.par_chunks(batch * pp * rows))
+            .zip(scal.par_chunks(batch * sl))
+            .for_each(|((lanes, coef), scal)| kernel((s_n, f_n, batch), scal, coef, act, lanes));
+        self.count.fill(0);
+    }
+}
+
+/// A source's presynaptic side of a chunk ([`SourceChunk`]).
+#[derive(Clone, Copy)]
+struct Activity<'a, F> {
+    /// The factorised traces at the chunk's start, `[m][B][F]`.
+    fact0: &'a [F],
+    /// Per presynaptic neuron `i` and sample `b`, the entries `(step, value)` from
+    /// `offsets[i·B + b]` to `offsets[i·B + b + 1]`.
+    active: &'a [(u32, F)],
+    offsets: &'a [u32],
+}
+
+/// A [`close_block`] specialised for a number of per-synapse rows and filtering.
+type CloseKernel<F> = fn((usize, usize, usize), &[Lanes<F>], &[Lanes<F>], Activity<'_, F>, &mut [Lanes<F>]);
+
+/// [`close_block`] for `s_n` per-synapse rows, specialised for the common counts.
+fn close_kernel<F: Float>(s_n: usize, filtered: bool) -> CloseKernel<F> {
+    match (s_n, filtered) {
+        (0, false) => close_block::<F, 0, false>,
+        (0, true) => close_block::<F, 0, true>,
+        (1, false) => close_block::<F, 1, false>,
+        (1, true) => close_block::<F, 1, true>,
+        (2, false) => close_block::<F, 2, false>,
+        (2, true) => close_block::<F, 2, true>,
+        (3, false) => close_block::<F, 3, false>,
+        (3, true) => close_block::<F, 3, true>,
+        (_, false) => close_block::<F, MAX_STATES, false>,
+        (_, true) => close_block::<F, MAX_STATES, true>,
+    }
+}
+
+/// Closes the chunk for one block of [`NB`] neurons (a lane each) of one source, presynaptic
+/// neuron by presynaptic neuron, in one pass over the block's traces (`lanes`, the layout of
+/// [`SourceChunk::lanes`]): per sample `b`,
+///
+/// ```text
+/// G  += q_G·ε⁰ + a_G ē⁰ + Σ_x c_G,x u_x
+/// ē  ← a_E ē⁰ + q_E·ε⁰  + Σ_x c_E,x u_x
+/// ε  ← Φ ε⁰             + Σ_x D_x u_x
+/// ```
+///
+/// where `x` runs over the factorised rows at the chunk's start, then the steps at which the
+/// presynaptic neuron was active: a zero entry adds nothing, so a chunk costs the one pass
+/// over the traces plus one fused multiply-add per row and nonzero entry, not a dense product
+/// over every step. The gradient takes every sample's first terms, then every sample's sums
+/// over `x`. `sc` holds per sample the block's `a_G, a_E, q_G[S], q_E[S], Φ[S·S]`
+/// (`[B][2 + 2S + S²]`) and `coef` per sample and presynaptic row its coefficients
+/// (`[B][F + K][R]`: `D` of each per-synapse row, then ē's when filtered, then the
+/// gradient's). `S` is the number of per-synapse rows, or [`MAX_STATES`] for any number up to
+/// it (`s_n` of them).
+fn close_block<F: Float, const S: usize, const FILTERED: bool>(
+    (s_n, f_n, batch): (usize, usize, usize),
+    sc: &[Lanes<F>],
+    coef: &[Lanes<F>],
+    act: Activity<'_, F>,
+    lanes: &mut [Lanes<F>],
+) {
+    let s_n = if S == MAX_STATES { s_n } else { S };
+    let zero = [<F as Real>::zero(); NB];
+    let rows = s_n + usize::from(FILTERED) + 1;
+    let (sl, per_sample) = (scal_len(s_n), coef.len() / batch);
+    let m = lanes.len() / (batch * (s_n + usize::from(FILTERED)) + 1);
+    let (eps, rest) = lanes.split_at_mut(m * batch * s_n);
+    let (ebar, grad) = rest.split_at_mut(if FILTERED { m * batch } else { 0 });
+    for i0 in (0..m).step_by(CLOSE_TILE) {
+        let tile = i0..m.min(i0 + CLOSE_TILE);
+        // Every sample's `q_G·ε⁰ + a_G ē⁰` into the gradient, first (in memory order, so the
+        // tile's traces stream in once).
+        for i in tile.clone() {
+            let mut g = grad[i];
+            for b in 0..batch {
+                let sc = &sc[b * sl..][..sl];
+                let (ag, qg) = (&sc[0], &sc[2..2 + s_n]);
+                let e0 = &eps[(i * batch + b) * s_n..][..s_n];
+                for a in 0..s_n {
+                    for l in 0..NB {
+                        g[l] += qg[a][l] * e0[a][l];
+                    }
+                }
+                if FILTERED {
+                    let old = &ebar[i * batch + b];
+                    for l in 0..NB {
+                        g[l] += ag[l] * old[l];
+                    }
+                }
+            }
+            grad[i] = g;
+        }
+        // Then, sample by sample, the traces' first terms and every sum over the presynaptic
+        // rows.
+        for b in 0..batch {
+            let sc = &sc[b * sl..][..sl];
+            let ae = &sc[1];
+            let (qe, phi) = (&sc[2 + s_n..2 + 2 * s_n], &sc[2 + 2 * s_n..]);
+            let coef = &coef[b * per_sample..][..per_sample];
+            for i in tile.clone() {
+                let at = i * batch + b;
+                // The next tile's traces stream in while this one computes: one sample's
+                // lines per iteration cover them.
+                let ahead = tile.end * batch + b * tile.len() + (i - tile.start);
+                for a in 0..s_n {
+                    prefetch(eps, ahead * s_n + a);
+                }
+                if FILTERED {
+                    prefetch(ebar, ahead);
+                }
+                let mut e0 = [zero; S];
+                e0[..s_n].copy_from_slice(&eps[at * s_n..][..s_n]);
+                let mut e = zero;
+                if FILTERED {
+                    let old = ebar[at];
+                    for l in 0..NB {
+                        e[l] = ae[l] * old[l];
+                    }
+                    for a in 0..s_n {
+                        for l in 0..NB {
+                            e[l] += qe[a][l] * e0[a][l];
+                        }
+                    }
+                }
+                let mut d = [zero; S];
+                for a in 0..s_n {
+                    for c in 0..s_n {
+                        for l in 0..NB {
+                            d[a][l] += phi[a * s_n + c][l] * e0[c][l];
+                        }
+                    }
+                }
+                let mut g = grad[i];
+                for (f, &u) in act.fact0[at * f_n..][..f_n].iter().enumerate() {
+                    if u != <F as Real>::zero() {
+                        add_row::<F, S, FILTERED>(&coef[f * rows..][..rows], u, (&mut d[..s_n], &mut e, &mut g));
+                    }
+                }
+                for &(slot, v) in &act.active[act.offsets[at] as usize..act.offsets[at + 1] as usize] {
+                    let c = &coef[(f_n + slot as usize) * rows..][..rows];
+                    add_row::<F, S, FILTERED>(c, v, (&mut d[..s_n], &mut e, &mut g));
+                }
+                eps[at * s_n..][..s_n].copy_from_slice(&d[..s_n]);
+                if FILTERED {
+                    ebar[at] = e;
+                }
+                grad[i] = g;
+            }
+        }
+    }
+}
+
+/// Asks the processor to bring `slice[index]` into the cache (nothing when out of bounds or
+/// not on x86-64).
+#[inline(always)]
+fn prefetch<T>(slice: &[T], index: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = slice.get(index) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch reads nothing and writes nothing; the address is in bounds.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(x).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slice, index);
+}
+
+/// Adds one presynaptic row's value `u` times its coefficients `c` (`D` of each per-synapse
+/// row, ē's when filtered, the gradient's) to the accumulators of [`close_sample`].
+#[inline(always)]
+fn add_row<F: Float, const S: usize, const FILTERED: bool>(
+    c: &[Lanes<F>],
+    u: F,
+    (d, e, g): (&mut [Lanes<F>], &mut Lanes<F>, &mut Lanes<F>),
+) {
+    for (d, c) in d.iter_mut().zip(c) {
+        fma_lanes(d, c, u);
+    }
+    if FILTERED {
+        fma_lanes(e, &c[d.len()], u);
+    }
+    fma_lanes(g, &c[c.len() - 1], u);
+}
+
+/// `acc += c · u` lane by lane, each a fused multiply-add where the hardware has one.
+#[inline(always)]
+fn fma_lanes<F: Float>(acc: &mut Lanes<F>, c: &Lanes<F>, u: F) {
+    for (a, &c) in acc.iter_mut().zip(c) {
+        *a = c.mul_add_fast(u, *a);
     }
 }
 
@@ -744,173 +901,6 @@ fn lanes_matmul_acc<F: Float>(
                 }
             }
             out[r * cols + c] = v;
-        }
-    }
-}
-
-/// The products of a chunk close for one sample, as [`Chunk::close_groups`] runs them, on a
-/// plain row-major `dst` (`[n, m]`, `n` a multiple of [`MR`]): `dst[j, i] += Σ_x
-/// coef[x, j] · rows[x, i]` with `coef` in the sweep's layout (`[n/NB][depth][NB]`) and
-/// `rows` in panels (`[m/NR][depth][NR]`). For the benchmark against the `gemm` crate on the
-/// same shapes.
-#[doc(hidden)]
-pub fn chunk_product(dst: &mut [f32], (n, m, depth): (usize, usize, usize), coef: &[f32], rows: &[f32]) {
-    assert!(
-        n.is_multiple_of(MR) && dst.len() == n * m,
-        "dst is [n, m] with n a multiple of 4"
-    );
-    assert!(coef.len() >= n.div_ceil(NB) * depth * NB && rows.len() >= m.div_ceil(NR) * depth * NR);
-    for (g, group) in dst.chunks_exact_mut(MR * m).enumerate() {
-        let mut it = group.chunks_exact_mut(m);
-        let mut group: [&mut [f32]; MR] = std::array::from_fn(|_| it.next().expect("MR rows"));
-        let j = g * MR;
-        let a = &coef[(j / NB) * depth * NB + j % NB..][..(depth - 1) * NB + MR];
-        for c in (0..m).step_by(NR) {
-            let u = &rows[(c / NR) * depth * NR..][..depth * NR];
-            with_rows(&mut group, c, NR.min(m - c), |block| {
-                <f32 as crate::linalg::block::RegisterBlock>::register_block::<NB>(a, u, block)
-            });
-        }
-    }
-}
-
-/// `N` disjoint mutable parts of `s`, given as `(start, len)` in increasing order.
-fn disjoint_mut<F, const N: usize>(s: &mut [F], ranges: [(usize, usize); N]) -> [&mut [F]; N] {
-    let mut rest = s;
-    let mut consumed = 0;
-    let mut parts = ranges.map(|(start, len)| {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - consumed);
-        let (part, tail) = tail.split_at_mut(len);
-        rest = tail;
-        consumed = start + len;
-        Some(part)
-    });
-    std::array::from_fn(|l| parts[l].take().expect("one part per range"))
-}
-
-/// Runs `f` on the `MR`×`NR` block at `regions[l][at..at + width]`: on the rows themselves
-/// when the block is whole, through a zero-padded copy at a row's last, narrower panel.
-#[inline(always)]
-fn with_rows<F: Float>(regions: &mut [&mut [F]; MR], at: usize, width: usize, f: impl FnOnce([&mut [F; NR]; MR])) {
-    if width == NR {
-        let mut it = regions.iter_mut();
-        f(std::array::from_fn(|_| {
-            let r = it.next().expect("MR rows");
-            (&mut r[at..at + NR]).try_into().expect("NR columns")
-        }));
-    } else {
-        let mut acc = [[<F as Real>::zero(); NR]; MR];
-        for (acc_r, r) in acc.iter_mut().zip(regions.iter()) {
-            for (a, &v) in acc_r.iter_mut().zip(&r[at..at + width]) {
-                *a = v;
-            }
-        }
-        f(acc.each_mut());
-        for (acc_r, r) in acc.iter().zip(regions.iter_mut()) {
-            for (v, &a) in r[at..at + width].iter_mut().zip(acc_r) {
-                *v = a;
-            }
-        }
-    }
-}
-
-/// [`advance`] for `s_n` per-synapse rows, specialised for the common counts. `syn` is
-/// `(rows, stride, c0)`: row `a` of the segment is `rows[a·stride + c0..][..grad.len()]`.
-fn advance_rows<F: Float>(s_n: usize, sc: &[F], syn: (&mut [F], usize, usize), ebar: &mut [F], grad: &mut [F]) {
-    match s_n {
-        0 => advance::<F, 0>(sc, syn, ebar, grad),
-        1 => advance::<F, 1>(sc, syn, ebar, grad),
-        2 => advance::<F, 2>(sc, syn, ebar, grad),
-        3 => advance::<F, 3>(sc, syn, ebar, grad),
-        _ => advance_any(s_n, sc, syn, ebar, grad),
-    }
-}
-
-/// `G += a_G ē + q_G·ε`, `ē ← a_E ē + q_E·ε`, `ε ← Φ ε` over one segment of synapses
-/// (`ebar` empty when unfiltered), `S` known at compile time.
-fn advance<F: Float, const S: usize>(
-    sc: &[F],
-    (syn, stride, c0): (&mut [F], usize, usize),
-    ebar: &mut [F],
-    grad: &mut [F],
-) {
-    let len = grad.len();
-    if S == 0 && ebar.is_empty() {
-        return;
-    }
-    let (ag, ae) = (sc[0], sc[1]);
-    let qg: [F; S] = std::array::from_fn(|a| sc[2 + a]);
-    let qe: [F; S] = std::array::from_fn(|a| sc[2 + S + a]);
-    let phi: [[F; S]; S] = std::array::from_fn(|a| std::array::from_fn(|c| sc[2 + 2 * S + a * S + c]));
-    let mut rows = syn.chunks_mut(stride.max(1));
-    let rows: [&mut [F]; S] = std::array::from_fn(|_| &mut rows.next().expect("S rows")[c0..c0 + len]);
-    let step = |i: usize, rows: &mut [&mut [F]; S], g: &mut F, eb: Option<&mut F>| {
-        let eps: [F; S] = std::array::from_fn(|a| rows[a][i]);
-        for a in 0..S {
-            *g += qg[a] * eps[a];
-        }
-        if let Some(eb) = eb {
-            let old = *eb;
-            *g += ag * old;
-            let mut e = ae * old;
-            for a in 0..S {
-                e += qe[a] * eps[a];
-            }
-            *eb = e;
-        }
-        for a in 0..S {
-            let mut v = <F as Real>::zero();
-            for c in 0..S {
-                v += phi[a][c] * eps[c];
-            }
-            rows[a][i] = v;
-        }
-    };
-    let mut rows = rows;
-    if ebar.is_empty() {
-        for (i, g) in grad.iter_mut().enumerate() {
-            step(i, &mut rows, g, None);
-        }
-    } else {
-        for (i, (g, eb)) in grad.iter_mut().zip(&mut ebar[..len]).enumerate() {
-            step(i, &mut rows, g, Some(eb));
-        }
-    }
-}
-
-/// [`advance`] for any number of per-synapse rows.
-fn advance_any<F: Float>(
-    s_n: usize,
-    sc: &[F],
-    (syn, stride, c0): (&mut [F], usize, usize),
-    ebar: &mut [F],
-    grad: &mut [F],
-) {
-    let (ag, ae) = (sc[0], sc[1]);
-    let (qg, qe, phi) = (&sc[2..2 + s_n], &sc[2 + s_n..2 + 2 * s_n], &sc[2 + 2 * s_n..]);
-    let mut eps = [<F as Real>::zero(); crate::network::MAX_STATES];
-    for (i, g) in grad.iter_mut().enumerate() {
-        for a in 0..s_n {
-            eps[a] = syn[a * stride + c0 + i];
-        }
-        for a in 0..s_n {
-            *g += qg[a] * eps[a];
-        }
-        if !ebar.is_empty() {
-            let eb = ebar[i];
-            *g += ag * eb;
-            let mut e = ae * eb;
-            for a in 0..s_n {
-                e += qe[a] * eps[a];
-            }
-            ebar[i] = e;
-        }
-        for a in 0..s_n {
-            let mut v = <F as Real>::zero();
-            for c in 0..s_n {
-                v += phi[a * s_n + c] * eps[c];
-            }
-            syn[a * stride + c0 + i] = v;
         }
     }
 }

@@ -16,10 +16,8 @@
 use std::sync::Arc;
 
 mod chunk;
-use chunk::Chunk;
 pub use chunk::Chunking;
-#[doc(hidden)]
-pub use chunk::chunk_product;
+use chunk::{Chunk, SourceChunk};
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::SeedableRng;
@@ -122,12 +120,10 @@ struct SourceTraces<F> {
     windowed: bool,
     /// Transposed weight gradient `[n_pre, n]` of a windowed source (empty otherwise).
     grad_t: Vec<F>,
-    /// The per-synapse update runs in chunks of K steps ([`chunk`]), not step by step.
-    chunked: bool,
-    /// A chunked source's presynaptic rows of the open chunk: per sample its activity at each
-    /// step, then its factorised traces at the chunk's start, packed in panels of
-    /// [`NR`] presynaptic neurons, `[n_pre/NR][B][K + F][NR]` (empty when not chunked).
-    rows: Vec<F>,
+    /// When the per-synapse update runs in chunks of K steps ([`chunk`]) rather than step by
+    /// step: the source's traces and gradient, kept there instead of in the arena, and its
+    /// side of the open chunk.
+    chunk: Option<SourceChunk<F>>,
 }
 
 impl<F> SourceTraces<F> {
@@ -138,10 +134,15 @@ impl<F> SourceTraces<F> {
             Some(c) => c.row_ptr[j + 1] - c.row_ptr[j],
         }
     }
+    /// Whether the source's traces and gradient live in the arena: neither windowed nor
+    /// chunked.
+    fn in_arena(&self) -> bool {
+        !self.windowed && self.chunk.is_none()
+    }
     /// Length of neuron `j`'s region: `B·S·m + (B·m if κ>0) + m` for its `m` synapses, or 0
-    /// when windowed.
+    /// when the source is not in the arena.
     fn region(&self, j: usize, batch: usize, filtered: bool) -> usize {
-        if self.windowed {
+        if !self.in_arena() {
             0
         } else {
             self.synapses(j) * (batch * self.per_synapse + if filtered { batch } else { 0 } + 1)
@@ -250,7 +251,7 @@ impl<F: Float> PopTraces<F> {
     /// Closes the open chunk: its gradient is added and its traces reach the current step.
     fn close_chunk(&mut self) {
         if let Some(chunk) = &mut self.chunk {
-            chunk.flush(&mut self.sources, &mut self.arena, &self.starts);
+            chunk.flush(&mut self.sources);
         }
     }
 
@@ -404,15 +405,18 @@ impl<F: Float> PopTraces<F> {
     /// Zeroes, in every neuron's region, the traces (`traces`) or the gradients (`!traces`).
     fn clear(&mut self, traces: bool, batch: usize, filtered: bool) {
         let q = self.q;
-        if !traces {
-            for s in &mut self.sources {
+        for s in &mut self.sources {
+            if !traces {
                 s.grad_t.fill(<F as Real>::zero());
+            }
+            if let Some(chunk) = &mut s.chunk {
+                chunk.clear(traces);
             }
         }
         for j in 0..self.neurons() {
             let region = &mut self.arena[self.starts[j]..self.starts[j + 1]];
             let mut off = 0;
-            for s in self.sources.iter().filter(|s| !s.windowed) {
+            for s in self.sources.iter().filter(|s| s.in_arena()) {
                 let len = s.region(j, batch, filtered);
                 let grad_at = off + len - s.synapses(j);
                 if traces {
@@ -566,13 +570,10 @@ pub(crate) fn trace_pass<M: NeuronModel, F: Float>(pass: TracePass<'_, '_, F>) {
                 let dv = &dv_buf[..nd];
                 let l_bj = signal[[b, j]];
                 let mut rest = region;
-                for s in sources.iter().filter(|s| !s.windowed) {
+                for s in sources.iter().filter(|s| s.in_arena()) {
                     let m = s.synapses(j);
                     let (src, tail) = rest.split_at_mut(s.region(j, batch, filtered));
                     rest = tail;
-                    if s.chunked {
-                        continue;
-                    }
                     let syn_len = s.per_synapse * m;
                     let (syn_all, src) = src.split_at_mut(batch * syn_len);
                     let ebar_len = if filtered { m } else { 0 };
@@ -702,8 +703,7 @@ impl<F: Float> Eprop<F> {
                             } else {
                                 Vec::new()
                             },
-                            chunked: false,
-                            rows: Vec::new(),
+                            chunk: None,
                         });
                     };
                     for (i, proj) in net.incoming(p).filter(|(_, pr)| pr.port == port) {
@@ -745,12 +745,6 @@ impl<F: Float> Eprop<F> {
                         });
                     }
                 }
-                let params = batch * q * k + if filtered { batch * q } else { 0 } + q;
-                let mut starts = vec![0];
-                for j in 0..n {
-                    let len: usize = sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>() + params;
-                    starts.push(starts[j] + len);
-                }
                 // Every dense source with per-synapse state (or a per-synapse gradient loop)
                 // runs in chunks of K steps when K > 1. Sparse projections stay step by step:
                 // their chunk products would gather presynaptic rows synapse by synapse, which
@@ -763,13 +757,19 @@ impl<F: Float> Eprop<F> {
                 let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>(), cache);
                 let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| chunkable(s)) {
-                        s.chunked = true;
+                        let shape = ((n, s.n_pre), (s.per_synapse, s.factorised), (batch, steps));
+                        s.chunk = Some(SourceChunk::new(shape.0, shape.1, shape.2, filtered));
                     }
-                    let dstride = (n * pop.kernels.num_dynamic()).max(1);
-                    let sizes = (steps, batch, n, dstride);
-                    Chunk::new(pattern, &pop.consts, &mut sources, sizes, net.readout.kappa, filtered)
+                    let sizes = (steps, batch, n, pop.kernels.num_dynamic());
+                    Chunk::new(pattern, &pop.consts, &sources, sizes, net.readout.kappa, filtered)
                 });
-                let stepwise = q > 0 || sources.iter().any(|s| !s.windowed && !s.chunked);
+                let params = batch * q * k + if filtered { batch * q } else { 0 } + q;
+                let mut starts = vec![0];
+                for j in 0..n {
+                    let len: usize = sources.iter().map(|s| s.region(j, batch, filtered)).sum::<usize>() + params;
+                    starts.push(starts[j] + len);
+                }
+                let stepwise = q > 0 || sources.iter().any(|s| s.in_arena());
                 let readout = net.readout.sources.iter().position(|&s| s == p);
                 let into_output: Vec<usize> = match net.readout.population {
                     Some(o) => (net.projections.iter().enumerate())
@@ -1063,10 +1063,23 @@ impl<F: Float> Eprop<F> {
                     }
                 }
             }
+            for s in &pt.sources {
+                let Some(chunk) = &s.chunk else { continue };
+                for j in 0..n {
+                    match s.source {
+                        Origin::Projection(i) => chunk.gradient(j, &mut out.projections[i][j * s.n_pre..][..s.n_pre]),
+                        Origin::Bias => {
+                            if let Some(b) = &mut out.bias[p] {
+                                chunk.gradient(j, std::slice::from_mut(&mut b[[s.port, j]]));
+                            }
+                        }
+                    }
+                }
+            }
             for j in 0..n {
                 let region = &pt.arena[pt.starts[j]..pt.starts[j + 1]];
                 let mut off = 0;
-                for s in pt.sources.iter().filter(|s| !s.windowed) {
+                for s in pt.sources.iter().filter(|s| s.in_arena()) {
                     let (m, len) = (s.synapses(j), s.region(j, batch, filtered));
                     let grad = &region[off + len - m..off + len];
                     match s.source {
@@ -1114,8 +1127,14 @@ impl<F: Float> Eprop<F> {
             w.coef.len() * f + sources.sum::<usize>()
         };
         let pop_bytes = |pt: &PopTraces<F>| {
-            let sources = pt.sources.iter().map(|s| s.fact.len() + s.grad_t.len() + s.rows.len());
+            let sources = pt.sources.iter().map(|s| s.fact.len() + s.grad_t.len());
+            let chunked = pt
+                .sources
+                .iter()
+                .filter_map(|s| s.chunk.as_ref())
+                .map(SourceChunk::bytes);
             (pt.arena.len() + sources.sum::<usize>() + pt.signal.len()) * f
+                + chunked.sum::<usize>()
                 + pt.windows.iter().map(window_bytes).sum::<usize>()
                 + pt.chunk.as_ref().map_or(0, Chunk::bytes)
         };
