@@ -26,8 +26,14 @@ fn eprop_formula<M: NeuronModel>(batch: usize, kappa: f64) -> usize {
     for (l, &n) in HIDDEN.iter().enumerate() {
         let sources = [if l == 0 { N_IN } else { HIDDEN[l - 1] }, n, 1];
         for (port, pl) in M::PATTERN.ports.iter().enumerate() {
+            // A chunked source keeps its traces and gradient in blocks of 16 neurons
+            // (`chunk_formula`); the others per neuron.
+            let chunked = pl.per_synapse > 0 || filtered == 1;
             for m in sources {
-                values += batch * pl.factorised * m + batch * pl.per_synapse * n * m + filtered * batch * n * m + n * m;
+                values += batch * pl.factorised * m;
+                if !chunked {
+                    values += batch * pl.per_synapse * n * m + filtered * batch * n * m + n * m;
+                }
             }
             if pl.per_synapse == 0 && filtered == 0 {
                 let d = (pl.rows.iter().enumerate())
@@ -53,8 +59,9 @@ fn eprop_formula<M: NeuronModel>(batch: usize, kappa: f64) -> usize {
 }
 
 /// The documented state of the chunked e-prop update of a population of `n` neurons of `M`
-/// whose every port is fed by dense `sources`, in values (f32); adds nothing when no source
-/// is chunked.
+/// whose every port is fed by dense `sources`, in values (f32; an activity entry, a `u32`
+/// step and an f32 value, counts two, a `u32` count or offset one); adds nothing when no
+/// source is chunked.
 fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources: &[usize]) -> usize {
     let round = |x: usize, m: usize| x.div_ceil(m) * m;
     let chunked_ports: Vec<_> = (M::PATTERN.ports.iter())
@@ -67,13 +74,19 @@ fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources
     let pre: usize = chunked_ports.len() * sources.iter().sum::<usize>();
     let k = Chunking::Auto.resolve(batch, (nd + 1) * n + pre, 4, Chunking::cache_bytes());
     assert!((8..=32).contains(&k));
-    let mut values = M::NUM_CONSTS + k * batch * (nd * n).max(1) + k * batch * n;
+    let n16 = round(n, 16);
+    let mut values = M::NUM_CONSTS + n16 * batch * k * (nd + 1);
     for pl in chunked_ports {
         let (s, f) = (pl.per_synapse, pl.factorised);
         let (w, r, p) = (f + 1, s + usize::from(filtered) + 1, k + f);
         let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
-        values += round(n, 16) * r * batch * p + n * batch * (2 + 2 * s + s * s) + round(n, 16) * scratch + f * f + f;
-        values += sources.iter().map(|&m| round(m, 32) * batch * p).sum::<usize>();
+        values += n16 * r * batch * p + n16 * batch * (2 + 2 * s + s * s) + n16 * scratch + f * f + f;
+        for &m in sources {
+            // Traces, filtered traces and gradient; the factorised traces at the chunk's
+            // start; the activity entries, counts and offsets.
+            values += n16 * m * (batch * s + usize::from(filtered) * batch + 1) + m * batch * f;
+            values += 2 * m * batch * k + 2 * m * batch + 1;
+        }
     }
     values
 }

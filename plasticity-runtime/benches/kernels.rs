@@ -129,56 +129,69 @@ fn eprop_step<M: NeuronModel + Default>(bencher: Bencher) {
     });
 }
 
-/// The products that close a chunk of chunked e-prop, for one sample at the paper's size
-/// (1024 neurons, 700 presynaptic neurons, 32 steps and one factorised row: 33 rows deep), on
-/// one thread: the runtime's register-blocked kernel against the `gemm` crate on the same
-/// shapes, both accumulating into a row-major `[1024, 700]` matrix.
-#[divan::bench(args = ["runtime", "gemm"])]
-fn chunk_product(bencher: Bencher, with: &str) {
-    let depth = 33;
-    let coef: Vec<f32> = (0..N.div_ceil(16) * depth * 16)
-        .map(|i| ((i * 7) % 13) as f32 * 0.01)
+/// Closing one chunk of chunked e-prop at the paper's size (1024 neurons, 700 presynaptic
+/// neurons at 10 % binary activity, 32 steps, one per-synapse and one factorised row, batch
+/// 16), on one thread: the runtime's pass, which adds one fused multiply-add per nonzero
+/// entry, records the activity and also advances the traces; the `gemm` crate runs only the
+/// two dense products per sample the same close needs (`ε_b += D_b·U_b`, `G += C_b·U_b`,
+/// `[1024, 33]·[33, 700]` each).
+#[divan::bench(args = ["runtime", "gemm"], sample_count = 10)]
+fn chunk_close(bencher: Bencher, with: &str) {
+    const STEPS: usize = 32;
+    const BATCH: usize = 16;
+    let active = |b: usize, t: usize, i: usize| (b * 7 + t * 13 + i * 3).is_multiple_of(10);
+    if with == "runtime" {
+        let mut close = plasticity_runtime::__private::chunk_close_bench((N, N_PRE, STEPS, BATCH), active);
+        bencher.bench_local(&mut close);
+        return;
+    }
+    let depth = STEPS + 1;
+    let lhs: Vec<f32> = (0..N * depth).map(|x| ((x * 7) % 13) as f32 * 0.01).collect();
+    let rhs: Vec<Vec<f32>> = (0..BATCH)
+        .map(|b| {
+            (0..depth * N_PRE)
+                .map(|x| {
+                    let (t, i) = (x / N_PRE, x % N_PRE);
+                    match t {
+                        0 => 0.5,
+                        _ if active(b, t - 1, i) => 1.0,
+                        _ => 0.0,
+                    }
+                })
+                .collect()
+        })
         .collect();
-    let rows: Vec<f32> = (0..N_PRE.div_ceil(32) * depth * 32)
-        .map(|i| if i % 10 == 0 { 1.0 } else { 0.0 })
-        .collect();
-    // The same operands as plain matrices for gemm: lhs [N, depth], rhs [depth, N_PRE].
-    let lhs: Vec<f32> = (0..N * depth)
-        .map(|x| coef[(x / depth / 16 * depth + x % depth) * 16 + x / depth % 16])
-        .collect();
-    let rhs: Vec<f32> = (0..depth * N_PRE)
-        .map(|x| rows[((x % N_PRE) / 32 * depth + x / N_PRE) * 32 + x % N_PRE % 32])
-        .collect();
-    let mut dst = vec![0.0f32; N * N_PRE];
+    let mut traces = vec![0.0f32; BATCH * N * N_PRE];
+    let mut grad = vec![0.0f32; N * N_PRE];
     bencher.bench_local(|| {
-        if with == "runtime" {
-            plasticity_runtime::__private::chunk_product(&mut dst, (N, N_PRE, depth), &coef, &rows);
-        } else {
-            // SAFETY: every operand is a dense row-major matrix of the stated shape.
-            unsafe {
-                gemm::gemm(
-                    N,
-                    N_PRE,
-                    depth,
-                    dst.as_mut_ptr(),
-                    1,
-                    N_PRE as isize,
-                    true,
-                    lhs.as_ptr(),
-                    1,
-                    depth as isize,
-                    rhs.as_ptr(),
-                    1,
-                    N_PRE as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+        for (b, rhs) in rhs.iter().enumerate() {
+            for dst in [&mut traces[b * N * N_PRE..(b + 1) * N * N_PRE], &mut grad[..]] {
+                // SAFETY: every operand is a dense row-major matrix of the stated shape.
+                unsafe {
+                    gemm::gemm(
+                        N,
+                        N_PRE,
+                        depth,
+                        dst.as_mut_ptr(),
+                        1,
+                        N_PRE as isize,
+                        true,
+                        lhs.as_ptr(),
+                        1,
+                        depth as isize,
+                        rhs.as_ptr(),
+                        1,
+                        N_PRE as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         }
-        black_box(&dst);
+        black_box(&grad);
     });
 }

@@ -103,6 +103,7 @@ pub struct NetworksGuide;
 /// Paths the generated code uses. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::eprop::chunk_close_bench;
     pub use crate::model::{Entry, EntryKind, Matrix, NeuronModel, Pattern, PortLayout, RowLayout};
     pub use crate::real::Real;
     pub use crate::surrogate::{Mode, Plain, Surrogate};

@@ -455,16 +455,22 @@ impl<F: Float> Chunk<F> {
                 lam[l] = signal[l] + kappa * lam[l];
                 lam_e[l] = unit + kappa * lam_e[l];
             }
-            // Per presynaptic row c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise,
-            // D = Φ(t0+len, s) B̃.
+            // Per presynaptic row c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise (when
+            // filtered), D = Φ(t0+len, s) B̃.
             for (c, bzc) in bz.iter().enumerate() {
                 for l in 0..NB {
                     cg[c][l] = lam[l] * bzc[l];
-                    ce[c][l] = lam_e[l] * bzc[l];
                 }
             }
             lanes_matmul_acc(cg, qg, bext, (1, s_n, w));
-            lanes_matmul_acc(ce, qe, bext, (1, s_n, w));
+            if self.filtered {
+                for (c, bzc) in bz.iter().enumerate() {
+                    for l in 0..NB {
+                        ce[c][l] = lam_e[l] * bzc[l];
+                    }
+                }
+                lanes_matmul_acc(ce, qe, bext, (1, s_n, w));
+            }
             dd.fill([zero; NB]);
             lanes_matmul_acc(dd, phi, bext, (s_n, s_n, w));
             // Fold the factorised rows into the activity: a row's coefficient of p^s is its
@@ -694,6 +700,61 @@ impl<F: Float> SourceChunk<F> {
             .zip(scal.par_chunks(batch * sl))
             .for_each(|((lanes, coef), scal)| kernel((s_n, f_n, batch), scal, coef, act, lanes));
         self.count.fill(0);
+    }
+}
+
+/// One chunk of `steps` steps of a dense source of `m` presynaptic neurons onto `n` neurons
+/// with one per-synapse and one factorised row, unfiltered, for `batch` samples, whose
+/// activity at step `t` of sample `b` is 1 where `active(b, t, i)` and 0 elsewhere; returns
+/// a closure that records that activity and closes the chunk on one thread, the same code
+/// as a training step runs. For the benchmark against the `gemm` crate.
+#[doc(hidden)]
+pub fn chunk_close_bench(
+    (n, m, steps, batch): (usize, usize, usize, usize),
+    active: impl Fn(usize, usize, usize) -> bool,
+) -> impl FnMut() {
+    let partials = PortPartials {
+        s: 1,
+        f: 1,
+        jpp: Vec::new(),
+        bext: Vec::new(),
+        jz: Vec::new(),
+        bz: Vec::new(),
+        a_ff: Vec::new(),
+        b_f: Vec::new(),
+    };
+    let (rows, p) = (partials.rows(false), rows_per_sample(steps, 1));
+    let value = |x: usize| ((x * 7) % 13) as f32 * 0.01;
+    let pc = PortChunk {
+        coef: (0..n.div_ceil(NB) * NB * batch * p * rows).map(value).collect(),
+        scal: (0..n.div_ceil(NB) * NB * batch * scal_len(1)).map(value).collect(),
+        scratch: Vec::new(),
+        a_ff: Vec::new(),
+        b_f: Vec::new(),
+        partials,
+    };
+    let mut chunk = SourceChunk::<f32>::new((n, m), (1, 1), (batch, steps), false);
+    let rows_of: Vec<Vec<Vec<f32>>> = (0..steps)
+        .map(|t| {
+            (0..batch)
+                .map(|b| (0..m).map(|i| if active(b, t, i) { 1.0 } else { 0.0 }).collect())
+                .collect()
+        })
+        .collect();
+    let fact: Vec<f32> = (0..m).map(value).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    move || {
+        pool.install(|| {
+            for (t, samples) in rows_of.iter().enumerate() {
+                for (b, x) in samples.iter().enumerate() {
+                    chunk.record(t, b, x, &fact);
+                }
+            }
+            chunk.close(&pc);
+        });
     }
 }
 

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 mod chunk;
 pub use chunk::Chunking;
+#[doc(hidden)]
+pub use chunk::chunk_close_bench;
 use chunk::{Chunk, SourceChunk};
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
