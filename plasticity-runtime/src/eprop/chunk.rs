@@ -39,7 +39,8 @@ pub enum Chunking {
     Steps(usize),
 }
 
-/// Longest chunk the automatic choice makes: beyond it the products gain little.
+/// Longest chunk the automatic choice makes. 64 is faster still for models with two
+/// per-synapse rows, but costs as much memory again (performance.md, "Chunked e-prop").
 const MAX_AUTO_STEPS: usize = 32;
 /// Shortest chunk the automatic choice makes.
 const MIN_AUTO_STEPS: usize = 8;
@@ -821,6 +822,17 @@ fn close_block<F: Float, const S: usize, const FILTERED: bool>(
     let m = lanes.len() / (batch * (s_n + usize::from(FILTERED)) + 1);
     let (eps, rest) = lanes.split_at_mut(m * batch * s_n);
     let (ebar, grad) = rest.split_at_mut(if FILTERED { m * batch } else { 0 });
+    // The first tile's lines are requested at once; each later tile's while the one before
+    // it computes.
+    for i in 0..m.min(CLOSE_TILE) {
+        for x in i * batch * s_n..(i + 1) * batch * s_n {
+            prefetch(eps, x);
+        }
+        for x in i * batch..(i + 1) * batch {
+            prefetch(ebar, x);
+        }
+        prefetch(grad, i);
+    }
     for i0 in (0..m).step_by(CLOSE_TILE) {
         let tile = i0..m.min(i0 + CLOSE_TILE);
         // Every sample's `q_G·ε⁰ + a_G ē⁰` into the gradient, first (in memory order, so the
@@ -862,6 +874,9 @@ fn close_block<F: Float, const S: usize, const FILTERED: bool>(
                 }
                 if FILTERED {
                     prefetch(ebar, ahead);
+                }
+                if b == 0 {
+                    prefetch(grad, i + tile.len());
                 }
                 let mut e0 = [zero; S];
                 e0[..s_n].copy_from_slice(&eps[at * s_n..][..s_n]);
