@@ -97,6 +97,15 @@ fn last_level_cache() -> usize {
 /// the L1 or L2 cache between its two passes.
 const CLOSE_TILE: usize = 32;
 
+/// Work, in lane vectors, below which a block of neurons shares its parallel task with the next
+/// ones: small populations, or shards that already run in parallel, close in few tasks.
+const MIN_TASK: usize = 1 << 14;
+
+/// Blocks of neurons per parallel task when each block has `per_block` lane vectors of work.
+fn blocks_per_task(per_block: usize) -> usize {
+    (MIN_TASK / per_block.max(1)).max(1)
+}
+
 /// Neurons per block of the backward sweep and of a chunked source's traces, one vector
 /// lane each.
 const NB: usize = 16;
@@ -305,10 +314,15 @@ impl<F: Float> Chunk<F> {
             let (j0, width) = (blk * NB, NB.min(n - blk * NB));
             for b in 0..batch {
                 let dst = &mut lanes[(b * k + slot) * (nd + 1)..][..nd + 1];
+                // A whole block as one fixed-size copy; the last, narrower one lane by lane.
+                let put = |lane: &mut Lanes<F>, src: &[F]| match <&Lanes<F>>::try_from(&src[..width]) {
+                    Ok(whole) => *lane = *whole,
+                    Err(_) => lane[..width].copy_from_slice(&src[..width]),
+                };
                 for (d, lane) in dst[..nd].iter_mut().enumerate() {
-                    lane[..width].copy_from_slice(&dynv[b * dstride + d * n + j0..][..width]);
+                    put(lane, &dynv[b * dstride + d * n + j0..]);
                 }
-                dst[nd][..width].copy_from_slice(&signal[b * n + j0..][..width]);
+                put(&mut dst[nd], &signal[b * n + j0..]);
             }
         }
         for s in sources.iter_mut() {
@@ -353,6 +367,7 @@ impl<F: Float> Chunk<F> {
                 .zip(pc.scal.par_chunks_mut(NB * batch * sl))
                 .zip(pc.scratch.par_chunks_mut(lanes))
                 .enumerate()
+                .with_min_len(blocks_per_task(batch * len))
                 .for_each(|(blk, ((coef, scal), scratch))| {
                     for b in 0..batch {
                         this.sweep(partials, (a_ff, b_f), len, blk * NB, b, coef, scal, scratch);
@@ -686,7 +701,11 @@ impl<F: Float> SourceChunk<F> {
         let mut at = 0;
         for (list, (&c, offset)) in self.count.iter().zip(&mut self.offsets).enumerate() {
             *offset = at as u32;
-            self.active.copy_within(list * k..list * k + c as usize, at);
+            // Element by element (the lists are short): `at ≤ list·k`, so no entry is
+            // overwritten before it is read.
+            for x in 0..c as usize {
+                self.active[at + x] = self.active[list * k + x];
+            }
             at += c as usize;
         }
         self.offsets[m * batch] = at as u32;
@@ -699,6 +718,7 @@ impl<F: Float> SourceChunk<F> {
             .par_chunks_mut(block)
             .zip(coef.par_chunks(batch * pp * rows))
             .zip(scal.par_chunks(batch * sl))
+            .with_min_len(blocks_per_task(m * batch))
             .for_each(|((lanes, coef), scal)| kernel((s_n, f_n, batch), scal, coef, act, lanes));
         self.count.fill(0);
     }
