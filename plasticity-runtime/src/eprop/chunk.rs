@@ -367,7 +367,8 @@ impl<F: Float> Chunk<F> {
                 .zip(pc.scal.par_chunks_mut(NB * batch * sl))
                 .zip(pc.scratch.par_chunks_mut(lanes))
                 .enumerate()
-                .with_min_len(blocks_per_task(batch * len))
+                // A step of the sweep costs some 32 lane operations per sample.
+                .with_min_len(blocks_per_task(32 * batch * len))
                 .for_each(|(blk, ((coef, scal), scratch))| {
                     for b in 0..batch {
                         this.sweep(partials, (a_ff, b_f), len, blk * NB, b, coef, scal, scratch);
