@@ -615,25 +615,26 @@ impl<F: Float> SourceChunk<F> {
         filtered: bool,
     ) -> Self {
         let zero = <F as Real>::zero();
-        let block = Self::block_len(m, s, batch, filtered);
-        SourceChunk {
+        let mut chunk = SourceChunk {
             m,
             s,
             f,
             batch,
             steps,
             filtered,
-            lanes: vec![[zero; NB]; n.div_ceil(NB) * block],
+            lanes: Vec::new(),
             fact0: vec![zero; m * batch * f],
             active: vec![(0, zero); m * batch * steps],
             count: vec![0; m * batch],
             offsets: vec![0; m * batch + 1],
-        }
+        };
+        chunk.lanes = vec![[zero; NB]; n.div_ceil(NB) * chunk.block_len()];
+        chunk
     }
 
     /// Lanes per block of [`NB`] neurons.
-    fn block_len(m: usize, s: usize, batch: usize, filtered: bool) -> usize {
-        m * (batch * s + if filtered { batch } else { 0 } + 1)
+    fn block_len(&self) -> usize {
+        self.m * (self.batch * self.s + if self.filtered { self.batch } else { 0 } + 1)
     }
 
     /// Lanes of a block's traces (per-synapse and filtered); the gradient follows them.
@@ -643,8 +644,7 @@ impl<F: Float> SourceChunk<F> {
 
     /// Zeroes the traces (`traces`) or the gradients (`!traces`).
     pub(super) fn clear(&mut self, traces: bool) {
-        let split = self.traces_len();
-        let block = Self::block_len(self.m, self.s, self.batch, self.filtered);
+        let (split, block) = (self.traces_len(), self.block_len());
         for blk in self.lanes.chunks_exact_mut(block) {
             let (t, g) = blk.split_at_mut(split);
             if traces { t } else { g }.fill([<F as Real>::zero(); NB]);
@@ -653,8 +653,7 @@ impl<F: Float> SourceChunk<F> {
 
     /// Neuron `j`'s gradient, into `out` (`m` values).
     pub(super) fn gradient(&self, j: usize, out: &mut [F]) {
-        let block = Self::block_len(self.m, self.s, self.batch, self.filtered);
-        let grad = &self.lanes[(j / NB) * block + self.traces_len()..][..self.m];
+        let grad = &self.lanes[(j / NB) * self.block_len() + self.traces_len()..][..self.m];
         for (o, g) in out.iter_mut().zip(grad) {
             *o = g[j % NB];
         }
@@ -697,7 +696,7 @@ impl<F: Float> SourceChunk<F> {
         let kernel = close_kernel::<F>(s_n, filtered);
         let (coef, _) = pc.coef.as_chunks::<NB>();
         let (scal, _) = pc.scal.as_chunks::<NB>();
-        let block = Self::block_len(m, s_n, batch, filtered);
+        let block = self.block_len();
         // Pack the activity in place: a list moves only towards the front.
         let mut at = 0;
         for (list, (&c, offset)) in self.count.iter().zip(&mut self.offsets).enumerate() {

@@ -136,6 +136,18 @@ impl<F> SourceTraces<F> {
             Some(c) => c.row_ptr[j + 1] - c.row_ptr[j],
         }
     }
+    /// Neuron `j`'s part of this source's gradient in `out` (the source feeds population
+    /// `p`): its synapses' entries of the projection's gradient, or its entry of the bias;
+    /// `None` for a bias without a gradient.
+    fn gradient_row<'o>(&self, out: &'o mut Gradients<F>, p: usize, j: usize) -> Option<&'o mut [F]> {
+        match self.source {
+            Origin::Projection(i) => {
+                let at = self.csr.as_ref().map_or(j * self.n_pre, |c| c.row_ptr[j]);
+                Some(&mut out.projections[i][at..at + self.synapses(j)])
+            }
+            Origin::Bias => (out.bias[p].as_mut()).map(|b| std::slice::from_mut(&mut b[[self.port, j]])),
+        }
+    }
     /// Whether the source's traces and gradient live in the arena: neither windowed nor
     /// chunked.
     fn in_arena(&self) -> bool {
@@ -759,8 +771,8 @@ impl<F: Float> Eprop<F> {
                 let steps = chunking.resolve(batch, per_step, std::mem::size_of::<F>(), cache);
                 let chunk = (steps > 1 && pre > 0).then(|| {
                     for s in sources.iter_mut().filter(|s| chunkable(s)) {
-                        let shape = ((n, s.n_pre), (s.per_synapse, s.factorised), (batch, steps));
-                        s.chunk = Some(SourceChunk::new(shape.0, shape.1, shape.2, filtered));
+                        let rows = (s.per_synapse, s.factorised);
+                        s.chunk = Some(SourceChunk::new((n, s.n_pre), rows, (batch, steps), filtered));
                     }
                     let sizes = (steps, batch, n, pop.kernels.num_dynamic());
                     Chunk::new(pattern, &pop.consts, &sources, sizes, net.readout.kappa, filtered)
@@ -1068,13 +1080,8 @@ impl<F: Float> Eprop<F> {
             for s in &pt.sources {
                 let Some(chunk) = &s.chunk else { continue };
                 for j in 0..n {
-                    match s.source {
-                        Origin::Projection(i) => chunk.gradient(j, &mut out.projections[i][j * s.n_pre..][..s.n_pre]),
-                        Origin::Bias => {
-                            if let Some(b) = &mut out.bias[p] {
-                                chunk.gradient(j, std::slice::from_mut(&mut b[[s.port, j]]));
-                            }
-                        }
+                    if let Some(row) = s.gradient_row(out, p, j) {
+                        chunk.gradient(j, row);
                     }
                 }
             }
@@ -1083,17 +1090,8 @@ impl<F: Float> Eprop<F> {
                 let mut off = 0;
                 for s in pt.sources.iter().filter(|s| s.in_arena()) {
                     let (m, len) = (s.synapses(j), s.region(j, batch, filtered));
-                    let grad = &region[off + len - m..off + len];
-                    match s.source {
-                        Origin::Projection(i) => {
-                            let at = s.csr.as_ref().map_or(j * s.n_pre, |c| c.row_ptr[j]);
-                            out.projections[i][at..at + m].copy_from_slice(grad);
-                        }
-                        Origin::Bias => {
-                            if let Some(b) = &mut out.bias[p] {
-                                b[[s.port, j]] = grad[0];
-                            }
-                        }
+                    if let Some(row) = s.gradient_row(out, p, j) {
+                        row.copy_from_slice(&region[off + len - m..off + len]);
                     }
                     off += len;
                 }
