@@ -14,7 +14,7 @@
 //! the activity at each of its steps. Every coefficient is per postsynaptic neuron and sample
 //! and comes from one backward sweep over the chunk in neuron space, vectorised over neurons.
 //! The per-synapse arrays are then read and written once per chunk instead of once per step,
-//! in one pass ([`close_sample`]) that also adds the sums over `x`. A chunked source keeps its
+//! in one pass ([`close_block`]) that also adds the sums over `x`. A chunked source keeps its
 //! traces by blocks of [`NB`] postsynaptic neurons, one vector lane each ([`SourceChunk`]),
 //! and its activity as the nonzero entries of each presynaptic neuron, so a sum over `x`
 //! costs one fused multiply-add per lane block and nonzero entry: spiking activity, mostly
@@ -206,8 +206,8 @@ fn scal_len(s: usize) -> usize {
     2 + 2 * s + s * s
 }
 
-/// The open chunk of one population: K steps of per-neuron partials and learning signals, and,
-/// in each chunked source ([`SourceTraces::rows`]), its presynaptic rows.
+/// The open chunk of one population: K steps of per-neuron partials and learning signals, and
+/// the sweep's coefficients; each chunked source keeps its own side of it ([`SourceChunk`]).
 #[derive(Clone, Debug)]
 pub(super) struct Chunk<F> {
     /// Steps a chunk holds (K).
@@ -955,7 +955,7 @@ fn prefetch<T>(slice: &[T], index: usize) {
 }
 
 /// Adds one presynaptic row's value `u` times its coefficients `c` (`D` of each per-synapse
-/// row, ē's when filtered, the gradient's) to the accumulators of [`close_sample`].
+/// row, ē's when filtered, the gradient's) to the accumulators of [`close_block`].
 #[inline(always)]
 fn add_row<F: Float, const S: usize, const FILTERED: bool>(
     c: &[Lanes<F>],
