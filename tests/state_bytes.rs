@@ -78,9 +78,8 @@ fn chunk_formula<M: NeuronModel>(batch: usize, filtered: bool, n: usize, sources
     let mut values = M::NUM_CONSTS + n16 * batch * k * (nd + 1);
     for pl in chunked_ports {
         let (s, f) = (pl.per_synapse, pl.factorised);
-        let (w, r, p) = (f + 1, s + usize::from(filtered) + 1, k + f);
-        let scratch = 2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * f;
-        values += n16 * r * batch * p + n16 * batch * (2 + 2 * s + s * s) + n16 * scratch + f * f + f;
+        let (r, p) = (s + usize::from(filtered) + 1, k + f);
+        values += n16 * r * batch * p + n16 * batch * (2 + 2 * s + s * s) + f * f + f;
         for &m in sources {
             // Traces, filtered traces and gradient; the factorised traces at the chunk's
             // start; the activity entries, counts and offsets.

@@ -197,6 +197,9 @@ pub struct StepInfo<'a, F> {
 /// Prefix of the caller's entries in a checkpoint's metadata.
 const USER: &str = "user.";
 
+/// Steps of spike events made dense at a time for e-prop ([`Trainer::train_events`]).
+const EVENT_BLOCK: usize = 32;
+
 type Hook<F> = Box<dyn FnMut(&StepInfo<'_, F>) + Send>;
 
 struct Stream {
@@ -770,10 +773,20 @@ impl<F: Float> Trainer<F> {
         targets.validate(&self.config.loss, t_len, batch, self.net.n_out())?;
         self.check_window(t_len)?;
         self.begin_inner(batch, t_len)?;
-        let mut x = Array2::<F>::zeros((batch, self.net.n_in));
-        for t in 0..t_len {
-            events.fill_step(t, &mut x);
-            self.step_inner(x.view(), Some(targets.at(t)), update)?;
+        // Blocks of steps made dense, so that the shards run a block at a time; the memory
+        // stays independent of the sequence's length.
+        let block_len = t_len.min(EVENT_BLOCK);
+        let (mut x, mut block) = (
+            Array2::<F>::zeros((batch, self.net.n_in)),
+            Array3::<F>::zeros((block_len, batch, self.net.n_in)),
+        );
+        for t0 in (0..t_len).step_by(block_len) {
+            let len = block_len.min(t_len - t0);
+            for i in 0..len {
+                events.fill_step(t0 + i, &mut x);
+                block.index_axis_mut(Axis(0), i).assign(&x);
+            }
+            self.run_steps(block.slice(s![..len, .., ..]), &targets, update)?;
         }
         self.end_inner(update, Some(&targets))
     }
@@ -933,10 +946,7 @@ impl<F: Float> Trainer<F> {
             }
             Algorithm::Eprop(_) => {
                 self.begin_inner(batch, t_len)?;
-                for t in 0..t_len {
-                    let step_targets = targets.at(t);
-                    self.step_inner(inputs.index_axis(Axis(0), t), Some(step_targets), update)?;
-                }
+                self.run_steps(inputs, &targets, update)?;
                 self.end_inner(update, Some(&targets))
             }
         }
@@ -1094,7 +1104,7 @@ impl<F: Float> Trainer<F> {
     fn step_inner(&mut self, x: ArrayView2<F>, targets: Option<StepTargets<'_, F>>, update: bool) -> Result<()> {
         let (batch, t_len) = self.stream.as_ref().map_or((1, 1), |s| (s.batch, s.t_len));
         let reg = self.reg(batch, t_len);
-        let s = self.stream.as_mut().expect("begun");
+        let s = self.stream.as_ref().expect("begun");
         let step = EpropStep {
             x,
             targets,
@@ -1103,7 +1113,7 @@ impl<F: Float> Trainer<F> {
             scale: F::from_f64(s.scale),
             reg,
         };
-        let net = &self.net;
+        let (net, t) = (&self.net, s.t);
         // Shards are independent: in parallel, each with its own engine, unless a step hook
         // (called in shard order) is set.
         match &mut self.hook {
@@ -1113,7 +1123,7 @@ impl<F: Float> Trainer<F> {
                     shard.eprop_step(net, &step);
                     if let Some(hook) = hook {
                         hook(&StepInfo {
-                            t: s.t,
+                            t,
                             readout: shard.eprop.as_ref().expect("built").y.view(),
                             loss: shard.step_loss,
                         });
@@ -1121,8 +1131,61 @@ impl<F: Float> Trainer<F> {
                 }
             }
         }
-        s.t += 1;
-        s.since_update += 1;
+        self.advance(1, update)
+    }
+
+    /// e-prop over the steps of `x` (`[len, B, n_in]`, from the stream's current step on)
+    /// with the sequence's `targets`. Without a step hook and with several shards, each shard
+    /// runs every step up to the next update in one parallel task, so the shards meet once
+    /// per update rather than once per step; the results are the same, bit for bit, since
+    /// the shards share nothing between updates.
+    fn run_steps(&mut self, x: ArrayView3<F>, targets: &Targets<'_, F>, update: bool) -> Result<()> {
+        let len = x.shape()[0];
+        if self.hook.is_some() || self.shards.len() <= 1 {
+            for i in 0..len {
+                let t = self.stream.as_ref().expect("begun").t;
+                self.step_inner(x.index_axis(Axis(0), i), Some(targets.at(t)), update)?;
+            }
+            return Ok(());
+        }
+        let (batch, t_len) = self.stream.as_ref().map_or((1, 1), |s| (s.batch, s.t_len));
+        let reg = self.reg(batch, t_len);
+        let mut i0 = 0;
+        while i0 < len {
+            let s = self.stream.as_ref().expect("begun");
+            let to_update = match (update, self.config.update_every) {
+                (true, Some(k)) => k - s.since_update,
+                _ => len,
+            };
+            let i1 = len.min(i0 + to_update);
+            let (t0, window, scale) = (s.t, s.window, F::from_f64(s.scale));
+            let (net, loss) = (&self.net, &self.config.loss);
+            self.shards.par_iter_mut().for_each(|sh| {
+                for i in i0..i1 {
+                    let t = t0 + i - i0;
+                    let step = EpropStep {
+                        x: x.index_axis(Axis(0), i),
+                        targets: Some(targets.at(t)),
+                        in_window: (window.0..window.1).contains(&t),
+                        loss,
+                        scale,
+                        reg,
+                    };
+                    sh.eprop_step(net, &step);
+                }
+            });
+            self.advance(i1 - i0, update)?;
+            i0 = i1;
+        }
+        Ok(())
+    }
+
+    /// Moves the stream on by `steps` steps, applying the update when `update_every` of them
+    /// have passed since the last one.
+    fn advance(&mut self, steps: usize, update: bool) -> Result<()> {
+        let s = self.stream.as_mut().expect("begun");
+        s.t += steps;
+        s.since_update += steps;
         if update
             && let Some(k) = self.config.update_every
             && s.since_update >= k

@@ -175,12 +175,6 @@ impl PortPartials {
     fn rows(&self, filtered: bool) -> usize {
         self.s + usize::from(filtered) + 1
     }
-
-    /// Lanes of sweep scratch one block needs.
-    fn scratch(&self) -> usize {
-        let (s, w) = (self.s, self.f + 1);
-        2 + 2 * s + 3 * s * s + 2 * s * w + s + 3 * w + (3 + s) * self.f
-    }
 }
 
 /// One port's chunk coefficients.
@@ -194,8 +188,6 @@ struct PortChunk<F> {
     /// Per block of neurons and sample, `[n/NB][B][2 + 2S + S²][NB]`: `a_G`, `a_E`, `q_G`,
     /// `q_E`, `Φ`, zero past the last neuron.
     scal: Vec<F>,
-    /// Sweep scratch, `[blocks of NB neurons][PortPartials::scratch]`.
-    scratch: Vec<Lanes<F>>,
     /// The values of [`PortPartials::a_ff`] and [`PortPartials::b_f`] during the chunk.
     a_ff: Vec<F>,
     b_f: Vec<F>,
@@ -260,7 +252,6 @@ impl<F: Float> Chunk<F> {
                     PortChunk {
                         coef: zeros(n.div_ceil(NB) * NB * rows * batch * p),
                         scal: zeros(n.div_ceil(NB) * NB * batch * scal_len(partials.s)),
-                        scratch: vec![[<F as Real>::zero(); NB]; n.div_ceil(NB) * partials.scratch()],
                         a_ff: zeros(partials.f * partials.f),
                         b_f: zeros(partials.f),
                         partials,
@@ -360,18 +351,18 @@ impl<F: Float> Chunk<F> {
             }
             let (partials, a_ff, b_f) = (&pc.partials, &pc.a_ff[..], &pc.b_f[..]);
             let rows = partials.rows(filtered);
-            let (sl, lanes) = (scal_len(partials.s), partials.scratch());
+            let sl = scal_len(partials.s);
             let bp = batch * rows_per_sample(k, partials.f);
+            let sweep = sweep_kernel::<F>(partials.s, partials.f, filtered);
             pc.coef
                 .par_chunks_mut(NB * rows * bp)
                 .zip(pc.scal.par_chunks_mut(NB * batch * sl))
-                .zip(pc.scratch.par_chunks_mut(lanes))
                 .enumerate()
                 // A step of the sweep costs some 32 lane operations per sample.
                 .with_min_len(blocks_per_task(32 * batch * len))
-                .for_each(|(blk, ((coef, scal), scratch))| {
+                .for_each(|(blk, (coef, scal))| {
                     for b in 0..batch {
-                        this.sweep(partials, (a_ff, b_f), len, blk * NB, b, coef, scal, scratch);
+                        sweep(this, partials, (a_ff, b_f), (len, blk * NB, b), coef, scal);
                     }
                 });
         }
@@ -385,52 +376,36 @@ impl<F: Float> Chunk<F> {
 
     /// The backward sweep over the chunk's `len` steps for sample `b` and the block of
     /// neurons from `j0` (vectorised over them): writes the block's coefficients (`coef`) and
-    /// `scal` entries.
-    fn sweep(
+    /// `scal` entries. Its state lives in arrays of `S` per-synapse rows, `FF` factorised
+    /// rows and `W = FF + 1` presynaptic columns; when `DYN`, those are capacities and the
+    /// port's own counts bound the loops ([`sweep_kernel`]).
+    fn sweep<const S: usize, const FF: usize, const W: usize, const DYN: bool, const FILTERED: bool>(
         &self,
         p: &PortPartials,
         (a_ff, b_f): (&[F], &[F]),
-        len: usize,
-        j0: usize,
-        b: usize,
+        (len, j0, b): (usize, usize, usize),
         coef: &mut [F],
         scal: &mut [F],
-        scratch: &mut [Lanes<F>],
     ) {
         let zero = <F as Real>::zero();
-        let (s_n, f_n, k, n, kappa) = (p.s, p.f, self.steps, self.n, self.kappa);
+        let z = [zero; NB];
+        let (s_n, f_n) = if DYN { (p.s, p.f) } else { (S, FF) };
         let w = f_n + 1;
+        let (k, n, kappa) = (self.steps, self.n, self.kappa);
         let width = NB.min(n - j0);
-        let rows = p.rows(self.filtered);
+        let rows = s_n + usize::from(FILTERED) + 1;
         let pp = rows_per_sample(k, f_n);
-        // Scratch layout (lanes): λ, λ_E, q_G[S], q_E[S], Φ[S²], tmp[S²], J[S²], B̃[S·W],
-        // Jz[S], B̃z[W], ρ_G[F], ρ_E[F], ρ_D[S·F], c_G[W], c_E[W], D[S·W], next ρ[F].
-        let (lam, rest) = scratch.split_at_mut(1);
-        let (lam_e, rest) = rest.split_at_mut(1);
-        let (qg, rest) = rest.split_at_mut(s_n);
-        let (qe, rest) = rest.split_at_mut(s_n);
-        let (phi, rest) = rest.split_at_mut(s_n * s_n);
-        let (tmp, rest) = rest.split_at_mut(s_n * s_n);
-        let (jpp, rest) = rest.split_at_mut(s_n * s_n);
-        let (bext, rest) = rest.split_at_mut(s_n * w);
-        let (jz, rest) = rest.split_at_mut(s_n);
-        let (bz, rest) = rest.split_at_mut(w);
-        let (rho_g, rest) = rest.split_at_mut(f_n);
-        let (rho_e, rest) = rest.split_at_mut(f_n);
-        let (rho_d, rest) = rest.split_at_mut(s_n * f_n);
-        let (cg, rest) = rest.split_at_mut(w);
-        let (ce, rest) = rest.split_at_mut(w);
-        let (dd, rest) = rest.split_at_mut(s_n * w);
-        let (next, _) = rest.split_at_mut(f_n);
-        let (lam, lam_e) = (&mut lam[0], &mut lam_e[0]);
-        for v in [&mut *qg, &mut *qe, &mut *phi, &mut *rho_g, &mut *rho_e, &mut *rho_d] {
-            v.fill([zero; NB]);
+        // λ, λ_E, q_G, q_E, Φ, the step's J, B̃, Jz, B̃z, the factorised rows' ρ_G, ρ_E, ρ_D,
+        // and the step's c_G, c_E, D.
+        let (mut lam, mut lam_e) = (z, z);
+        let (mut qg, mut qe) = ([z; S], [z; S]);
+        let mut phi = [[z; S]; S];
+        for (a, row) in phi.iter_mut().enumerate().take(s_n) {
+            row[a] = [<F as Real>::one(); NB];
         }
-        *lam = [zero; NB];
-        *lam_e = [zero; NB];
-        for a in 0..s_n {
-            phi[a * s_n + a] = [<F as Real>::one(); NB];
-        }
+        let (mut jpp, mut bext, mut jz, mut bz) = ([[z; S]; S], [[z; W]; S], [z; S], [z; W]);
+        let (mut rho_g, mut rho_e, mut rho_d) = ([z; FF], [z; FF], [[z; FF]; S]);
+        let (mut cg, mut ce, mut dd) = ([z; W], [z; W], [[z; W]; S]);
         // Coefficient (row, x) of the block's neurons: NB lanes, zero past the last neuron.
         let put = |coef: &mut [F], row: usize, x: usize, v: &Lanes<F>| {
             let dst: &mut Lanes<F> = (&mut coef[((b * pp + x) * rows + row) * NB..][..NB])
@@ -448,22 +423,22 @@ impl<F: Float> Chunk<F> {
             let dv = &block[s * (nd + 1)..][..nd + 1];
             let load = |slot: &Slot| -> Lanes<F> {
                 match *slot {
-                    None => [zero; NB],
+                    None => z,
                     Some(EntryKind::Constant(i)) => [self.consts[i]; NB],
                     Some(EntryKind::Dynamic(i)) => dv[i],
                 }
             };
-            for (d, e) in jpp.iter_mut().zip(&p.jpp) {
-                *d = load(e);
+            for a in 0..s_n {
+                for c in 0..s_n {
+                    jpp[a][c] = load(&p.jpp[a * s_n + c]);
+                }
+                for c in 0..w {
+                    bext[a][c] = load(&p.bext[a * w + c]);
+                }
+                jz[a] = load(&p.jz[a]);
             }
-            for (d, e) in bext.iter_mut().zip(&p.bext) {
-                *d = load(e);
-            }
-            for (d, e) in jz.iter_mut().zip(&p.jz) {
-                *d = load(e);
-            }
-            for (d, e) in bz.iter_mut().zip(&p.bz) {
-                *d = load(e);
+            for c in 0..w {
+                bz[c] = load(&p.bz[c]);
             }
             // Λ^s = L^s + κ Λ^{s+1}; ē's signal is a unit at the chunk's last step.
             let signal = dv[nd];
@@ -472,27 +447,34 @@ impl<F: Float> Chunk<F> {
                 lam[l] = signal[l] + kappa * lam[l];
                 lam_e[l] = unit + kappa * lam_e[l];
             }
-            // Per presynaptic row c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise (when
+            // Per presynaptic column c of the step: c_G = Λ B̃z + q_G B̃, c_E likewise (when
             // filtered), D = Φ(t0+len, s) B̃.
-            for (c, bzc) in bz.iter().enumerate() {
-                for l in 0..NB {
-                    cg[c][l] = lam[l] * bzc[l];
-                }
-            }
-            lanes_matmul_acc(cg, qg, bext, (1, s_n, w));
-            if self.filtered {
-                for (c, bzc) in bz.iter().enumerate() {
+            let row_times = |out: &mut Lanes<F>, q: &[Lanes<F>; S], c: usize| {
+                for (qa, ba) in q.iter().zip(&bext).take(s_n) {
                     for l in 0..NB {
-                        ce[c][l] = lam_e[l] * bzc[l];
+                        out[l] += qa[l] * ba[c][l];
                     }
                 }
-                lanes_matmul_acc(ce, qe, bext, (1, s_n, w));
+            };
+            for c in 0..w {
+                for l in 0..NB {
+                    cg[c][l] = lam[l] * bz[c][l];
+                }
+                row_times(&mut cg[c], &qg, c);
+                if FILTERED {
+                    for l in 0..NB {
+                        ce[c][l] = lam_e[l] * bz[c][l];
+                    }
+                    row_times(&mut ce[c], &qe, c);
+                }
+                for a in 0..s_n {
+                    dd[a][c] = z;
+                    row_times(&mut dd[a][c], &phi[a], c);
+                }
             }
-            dd.fill([zero; NB]);
-            lanes_matmul_acc(dd, phi, bext, (s_n, s_n, w));
             // Fold the factorised rows into the activity: a row's coefficient of p^s is its
             // own plus ρ·b, and ρ ← c_F + ρ A carries the rest back to the chunk's start.
-            let fold = |c: &[Lanes<F>], rho: &mut [Lanes<F>], next: &mut [Lanes<F>], row: usize, coef: &mut [F]| {
+            let fold = |c: &[Lanes<F>; W], rho: &mut [Lanes<F>; FF], row: usize, coef: &mut [F]| {
                 let mut v = c[f_n];
                 for f in 0..f_n {
                     let bf = b_f[f];
@@ -501,6 +483,7 @@ impl<F: Float> Chunk<F> {
                     }
                 }
                 put(coef, row, f_n + s, &v);
+                let mut next = [z; FF];
                 for f2 in 0..f_n {
                     let mut acc = c[f2];
                     for f in 0..f_n {
@@ -511,57 +494,58 @@ impl<F: Float> Chunk<F> {
                     }
                     next[f2] = acc;
                 }
-                for (r, x) in rho.iter_mut().zip(next.iter()) {
-                    *r = *x;
-                }
+                rho[..f_n].copy_from_slice(&next[..f_n]);
             };
-            fold(cg, rho_g, next, g_row, coef);
-            if self.filtered {
-                fold(ce, rho_e, next, e_row, coef);
+            fold(&cg, &mut rho_g, g_row, coef);
+            if FILTERED {
+                fold(&ce, &mut rho_e, e_row, coef);
             }
             for a in 0..s_n {
-                fold(
-                    &dd[a * w..(a + 1) * w],
-                    &mut rho_d[a * f_n..(a + 1) * f_n],
-                    next,
-                    a,
-                    coef,
-                );
+                fold(&dd[a], &mut rho_d[a], a, coef);
             }
             // q^{s-1} = Λ^s Jz^s + q^s J^s; Φ(t0+len, s-1) = Φ(t0+len, s) J^s.
-            let filtered_q = if self.filtered { Some((&mut *qe, &*lam_e)) } else { None };
-            for (q, lm) in std::iter::once((&mut *qg, &*lam)).chain(filtered_q) {
-                for (t, jza) in tmp.iter_mut().zip(jz.iter()) {
+            let times_j = |out: &mut [Lanes<F>; S], q: &[Lanes<F>; S]| {
+                for (c, o) in out.iter_mut().enumerate().take(s_n) {
+                    for (qa, ja) in q.iter().zip(&jpp).take(s_n) {
+                        for l in 0..NB {
+                            o[l] += qa[l] * ja[c][l];
+                        }
+                    }
+                }
+            };
+            let filtered_q = if FILTERED { Some((&mut qe, &lam_e)) } else { None };
+            for (q, lm) in std::iter::once((&mut qg, &lam)).chain(filtered_q) {
+                let mut next = [z; S];
+                for (t, jza) in next.iter_mut().zip(&jz).take(s_n) {
                     for l in 0..NB {
                         t[l] = lm[l] * jza[l];
                     }
                 }
-                lanes_matmul_acc(tmp, q, jpp, (1, s_n, s_n));
-                for (x, t) in q.iter_mut().zip(tmp.iter()) {
-                    *x = *t;
-                }
+                times_j(&mut next, q);
+                *q = next;
             }
-            tmp.fill([zero; NB]);
-            lanes_matmul_acc(tmp, phi, jpp, (s_n, s_n, s_n));
-            for (x, t) in phi.iter_mut().zip(tmp.iter()) {
-                *x = *t;
+            let mut next = [[z; S]; S];
+            for (o, row) in next.iter_mut().zip(&phi).take(s_n) {
+                times_j(o, row);
             }
+            phi = next;
         }
         // The factorised rows at the chunk's start.
         for f in 0..f_n {
             put(coef, g_row, f, &rho_g[f]);
-            if self.filtered {
+            if FILTERED {
                 put(coef, e_row, f, &rho_e[f]);
             }
             for a in 0..s_n {
-                put(coef, a, f, &rho_d[a * f_n + f]);
+                put(coef, a, f, &rho_d[a][f]);
             }
         }
         // The block's `a_G, a_E, q_G, q_E, Φ` for this sample, zero past the last neuron.
         let sl = scal_len(s_n);
         let scaled = |v: &Lanes<F>| -> Lanes<F> { std::array::from_fn(|l| kappa * v[l]) };
-        let values = [scaled(lam), scaled(lam_e)].into_iter().chain(qg.iter().copied());
-        let values = values.chain(qe.iter().copied()).chain(phi.iter().copied());
+        let values = [scaled(&lam), scaled(&lam_e)].into_iter();
+        let values = values.chain(qg.into_iter().take(s_n)).chain(qe.into_iter().take(s_n));
+        let values = values.chain(phi.iter().take(s_n).flat_map(|row| row.iter().take(s_n).copied()));
         for (dst, v) in scal[b * sl * NB..][..sl * NB].chunks_exact_mut(NB).zip(values) {
             dst[..width].copy_from_slice(&v[..width]);
             dst[width..].fill(zero);
@@ -571,8 +555,7 @@ impl<F: Float> Chunk<F> {
     /// Bytes this chunk keeps (its sources' traces and presynaptic sides are counted with
     /// them, [`SourceChunk::bytes`]).
     pub(super) fn bytes(&self) -> usize {
-        let ports = (self.ports.iter().flatten())
-            .map(|p| p.coef.len() + p.scal.len() + p.scratch.len() * NB + p.a_ff.len() + p.b_f.len());
+        let ports = (self.ports.iter().flatten()).map(|p| p.coef.len() + p.scal.len() + p.a_ff.len() + p.b_f.len());
         (self.consts.len() + self.steps_lanes.len() * NB + ports.sum::<usize>()) * size_of::<F>()
     }
 }
@@ -603,6 +586,9 @@ pub(super) struct SourceChunk<F> {
     active: Vec<(u32, F)>,
     count: Vec<u32>,
     offsets: Vec<u32>,
+    /// The traces are zero, as at a sequence's start, and their lanes hold stale values: the
+    /// next close reads none of them, and so a new sequence costs no pass to zero them.
+    fresh: bool,
 }
 
 impl<F: Float> SourceChunk<F> {
@@ -627,6 +613,7 @@ impl<F: Float> SourceChunk<F> {
             active: vec![(0, zero); m * batch * steps],
             count: vec![0; m * batch],
             offsets: vec![0; m * batch + 1],
+            fresh: false,
         };
         chunk.lanes = vec![[zero; NB]; n.div_ceil(NB) * chunk.block_len()];
         chunk
@@ -642,12 +629,16 @@ impl<F: Float> SourceChunk<F> {
         self.m * self.batch * (self.s + usize::from(self.filtered))
     }
 
-    /// Zeroes the traces (`traces`) or the gradients (`!traces`).
+    /// Zeroes the traces (`traces`: marks them [`SourceChunk::fresh`]) or the gradients
+    /// (`!traces`).
     pub(super) fn clear(&mut self, traces: bool) {
+        if traces {
+            self.fresh = true;
+            return;
+        }
         let (split, block) = (self.traces_len(), self.block_len());
         for blk in self.lanes.chunks_exact_mut(block) {
-            let (t, g) = blk.split_at_mut(split);
-            if traces { t } else { g }.fill([<F as Real>::zero(); NB]);
+            blk[split..].fill([<F as Real>::zero(); NB]);
         }
     }
 
@@ -713,6 +704,7 @@ impl<F: Float> SourceChunk<F> {
             fact0: &self.fact0,
             active: &self.active,
             offsets: &self.offsets,
+            fresh: self.fresh,
         };
         self.lanes
             .par_chunks_mut(block)
@@ -721,6 +713,7 @@ impl<F: Float> SourceChunk<F> {
             .with_min_len(blocks_per_task(m * batch))
             .for_each(|((lanes, coef), scal)| kernel((s_n, f_n, batch), scal, coef, act, lanes));
         self.count.fill(0);
+        self.fresh = false;
     }
 }
 
@@ -749,7 +742,6 @@ pub fn chunk_close_bench(
     let pc = PortChunk {
         coef: (0..n.div_ceil(NB) * NB * batch * p * rows).map(value).collect(),
         scal: (0..n.div_ceil(NB) * NB * batch * scal_len(1)).map(value).collect(),
-        scratch: Vec::new(),
         a_ff: Vec::new(),
         b_f: Vec::new(),
         partials,
@@ -788,6 +780,8 @@ struct Activity<'a, F> {
     /// `offsets[i·B + b]` to `offsets[i·B + b + 1]`.
     active: &'a [(u32, F)],
     offsets: &'a [u32],
+    /// The traces at the chunk's start are zero and not to be read ([`SourceChunk::fresh`]).
+    fresh: bool,
 }
 
 /// A [`close_block`] specialised for a number of per-synapse rows and filtering.
@@ -856,8 +850,8 @@ fn close_block<F: Float, const S: usize, const FILTERED: bool>(
     for i0 in (0..m).step_by(CLOSE_TILE) {
         let tile = i0..m.min(i0 + CLOSE_TILE);
         // Every sample's `q_G·ε⁰ + a_G ē⁰` into the gradient, first (in memory order, so the
-        // tile's traces stream in once).
-        for i in tile.clone() {
+        // tile's traces stream in once); nothing when the traces start at zero.
+        for i in tile.clone().filter(|_| !act.fresh) {
             let mut g = grad[i];
             for b in 0..batch {
                 let sc = &sc[b * sl..][..sl];
@@ -899,10 +893,12 @@ fn close_block<F: Float, const S: usize, const FILTERED: bool>(
                     prefetch(grad, i + tile.len());
                 }
                 let mut e0 = [zero; S];
-                e0[..s_n].copy_from_slice(&eps[at * s_n..][..s_n]);
+                if !act.fresh {
+                    e0[..s_n].copy_from_slice(&eps[at * s_n..][..s_n]);
+                }
                 let mut e = zero;
                 if FILTERED {
-                    let old = ebar[at];
+                    let old = if act.fresh { zero } else { ebar[at] };
                     for l in 0..NB {
                         e[l] = ae[l] * old[l];
                     }
@@ -979,24 +975,34 @@ fn fma_lanes<F: Float>(acc: &mut Lanes<F>, c: &Lanes<F>, u: F) {
     }
 }
 
-/// `out += a · b` for small matrices of lanes (`[rows, inner] · [inner, cols]`, row-major),
-/// each lane its own product, the terms added to `out` in the order of `inner`.
-fn lanes_matmul_acc<F: Float>(
-    out: &mut [Lanes<F>],
-    a: &[Lanes<F>],
-    b: &[Lanes<F>],
-    (rows, inner, cols): (usize, usize, usize),
-) {
-    for r in 0..rows {
-        for c in 0..cols {
-            let mut v = out[r * cols + c];
-            for i in 0..inner {
-                let (x, y) = (&a[r * inner + i], &b[i * cols + c]);
-                for l in 0..NB {
-                    v[l] += x[l] * y[l];
-                }
+/// A [`Chunk::sweep`] compiled for a port's row counts and filtering.
+type SweepKernel<F> = fn(&Chunk<F>, &PortPartials, (&[F], &[F]), (usize, usize, usize), &mut [F], &mut [F]);
+
+/// [`Chunk::sweep`] for `s` per-synapse rows, `f` factorised rows and `filtered` traces: the
+/// shipped models' counts compiled in, others with their state in arrays of the next power
+/// of two (up to [`MAX_STATES`]).
+fn sweep_kernel<F: Float>(s: usize, f: usize, filtered: bool) -> SweepKernel<F> {
+    macro_rules! pick {
+        ($(($s:literal, $f:literal)),* ; $($cap:literal),*) => {
+            match (s, f) {
+                $(($s, $f) => if filtered {
+                    Chunk::<F>::sweep::<$s, $f, { $f + 1 }, false, true>
+                } else {
+                    Chunk::<F>::sweep::<$s, $f, { $f + 1 }, false, false>
+                },)*
+                $(_ if s.max(f) <= $cap => if filtered {
+                    Chunk::<F>::sweep::<$cap, $cap, { $cap + 1 }, true, true>
+                } else {
+                    Chunk::<F>::sweep::<$cap, $cap, { $cap + 1 }, true, false>
+                },)*
+                // A population has at most MAX_STATES states (checked when it is built).
+                _ => if filtered {
+                    Chunk::<F>::sweep::<MAX_STATES, MAX_STATES, { MAX_STATES + 1 }, true, true>
+                } else {
+                    Chunk::<F>::sweep::<MAX_STATES, MAX_STATES, { MAX_STATES + 1 }, true, false>
+                },
             }
-            out[r * cols + c] = v;
-        }
+        };
     }
+    pick!((0, 1), (1, 0), (1, 1), (2, 0); 2, 4, 8)
 }
