@@ -167,13 +167,15 @@ fn divergence_is_reported_by_every_rank() {
     assert_eq!(errors[0], errors[1]);
 }
 
-/// A rank's shards run in parallel, or in order when a step hook is set (the hook sees each
-/// shard's readout): the same bits either way, for e-prop, BPTT and evaluation.
+/// A rank's shards run in parallel (e-prop: each through every step up to the next update
+/// in one task), or in order when a step hook is set (the hook sees each shard's readout):
+/// the same bits either way, for every configuration the rank counts are checked on, and
+/// for evaluation.
 #[test]
 fn shards_in_parallel_equal_shards_in_order() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    for algorithm in [Algorithm::Eprop(Feedback::Symmetric), Algorithm::Bptt] {
-        let c = config(algorithm.clone(), 3);
+    for (name, c) in cases() {
+        let shards = c.shards;
         let parallel = train::<f64>(&c, Arc::new(Single));
         let calls = Arc::new(AtomicUsize::new(0));
         let rows = Arc::new(AtomicUsize::new(0));
@@ -190,9 +192,36 @@ fn shards_in_parallel_equal_shards_in_order() {
         }
         let (x, y) = batch::<f64>(3);
         stats.push(t.evaluate(x.view(), Targets::Classes(&y)).unwrap());
-        assert_eq!((bits(t.network()), stats), parallel, "{algorithm:?}");
-        // 4 sequences of STEPS steps, 3 shards each, BATCH rows per step in all.
-        assert_eq!(calls.load(Ordering::Relaxed), 4 * STEPS * 3, "{algorithm:?}");
-        assert_eq!(rows.load(Ordering::Relaxed), 4 * STEPS * BATCH, "{algorithm:?}");
+        assert_eq!((bits(t.network()), stats), parallel, "{name}");
+        // 4 sequences of STEPS steps, every shard each step, BATCH rows per step in all.
+        assert_eq!(calls.load(Ordering::Relaxed), 4 * STEPS * shards, "{name}");
+        assert_eq!(rows.load(Ordering::Relaxed), 4 * STEPS * BATCH, "{name}");
+    }
+}
+
+/// Spike events train like the same inputs made dense, bit for bit, over sequences longer
+/// than the blocks of steps the events are expanded in, with updates inside and across
+/// those blocks.
+#[test]
+fn spike_events_train_like_dense_inputs() {
+    use plasticity_runtime::SpikeEvents;
+    const T: usize = 75;
+    for (name, c) in cases().into_iter().filter(|(_, c)| c.algorithm != Algorithm::Bptt) {
+        let mut dense = Trainer::new(network::<f64>(), c.clone()).unwrap();
+        let mut events = Trainer::new(network::<f64>(), c).unwrap();
+        for k in 0..2 {
+            let on = |t: usize, b: usize, i: usize| (t * 5 + b * 3 + i * 7 + k).is_multiple_of(4);
+            let x = ndarray::Array3::from_shape_fn((T, BATCH, 5), |(t, b, i)| f64::from(u8::from(on(t, b, i))));
+            let list = (0..T).flat_map(|t| (0..BATCH).flat_map(move |b| (0..5).map(move |i| (t, b, i))));
+            let ev = SpikeEvents::new(T, BATCH, 5, list.filter(|&(t, b, i)| on(t, b, i))).unwrap();
+            let y: Vec<usize> = (0..BATCH).map(|b| (b + k) % 3).collect();
+            let a = dense.train_batch(x.view(), Targets::Classes(&y)).unwrap();
+            let e = events.train_events(&ev, Targets::Classes(&y)).unwrap();
+            assert_eq!(a, e, "{name}: statistics of batch {k}");
+        }
+        assert!(
+            bits(dense.network()) == bits(events.network()),
+            "{name}: weights differ"
+        );
     }
 }
