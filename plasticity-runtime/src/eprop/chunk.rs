@@ -301,28 +301,35 @@ impl<F: Float> Chunk<F> {
         }
         let (n, nd, k) = (self.n, self.nd, self.steps);
         let dstride = (n * nd).max(1);
-        for (blk, lanes) in self.steps_lanes.chunks_exact_mut(batch * k * (nd + 1)).enumerate() {
-            let (j0, width) = (blk * NB, NB.min(n - blk * NB));
-            for b in 0..batch {
-                let dst = &mut lanes[(b * k + slot) * (nd + 1)..][..nd + 1];
-                // A whole block as one fixed-size copy; the last, narrower one lane by lane.
-                let put = |lane: &mut Lanes<F>, src: &[F]| match <&Lanes<F>>::try_from(&src[..width]) {
-                    Ok(whole) => *lane = *whole,
-                    Err(_) => lane[..width].copy_from_slice(&src[..width]),
-                };
-                for (d, lane) in dst[..nd].iter_mut().enumerate() {
-                    put(lane, &dynv[b * dstride + d * n + j0..]);
+        let steps_lanes = &mut self.steps_lanes;
+        // The copies and the activity's record touch different buffers: one thread each.
+        let copy = move || {
+            for (blk, lanes) in steps_lanes.chunks_exact_mut(batch * k * (nd + 1)).enumerate() {
+                let (j0, width) = (blk * NB, NB.min(n - blk * NB));
+                for b in 0..batch {
+                    let dst = &mut lanes[(b * k + slot) * (nd + 1)..][..nd + 1];
+                    // A whole block as one fixed-size copy; the last, narrower one lane by lane.
+                    let put = |lane: &mut Lanes<F>, src: &[F]| match <&Lanes<F>>::try_from(&src[..width]) {
+                        Ok(whole) => *lane = *whole,
+                        Err(_) => lane[..width].copy_from_slice(&src[..width]),
+                    };
+                    for (d, lane) in dst[..nd].iter_mut().enumerate() {
+                        put(lane, &dynv[b * dstride + d * n + j0..]);
+                    }
+                    put(&mut dst[nd], &signal[b * n + j0..]);
                 }
-                put(&mut dst[nd], &signal[b * n + j0..]);
             }
-        }
-        for s in sources.iter_mut() {
-            let Some(chunk) = &mut s.chunk else { continue };
-            let fact_len = s.factorised * s.n_pre;
-            for b in 0..batch {
-                chunk.record(slot, b, pre.row(s.source, b), &s.fact[b * fact_len..][..fact_len]);
+        };
+        let record = || {
+            for s in sources.iter_mut() {
+                let Some(chunk) = &mut s.chunk else { continue };
+                let fact_len = s.factorised * s.n_pre;
+                for b in 0..batch {
+                    chunk.record(slot, b, pre.row(s.source, b), &s.fact[b * fact_len..][..fact_len]);
+                }
             }
-        }
+        };
+        rayon::join(copy, record);
         self.len += 1;
     }
 
