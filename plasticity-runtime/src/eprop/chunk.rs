@@ -97,6 +97,10 @@ fn last_level_cache() -> usize {
 /// the L1 or L2 cache between its two passes.
 const CLOSE_TILE: usize = 32;
 
+/// Lane vectors a step copies into its chunk below which the copies and the activity's record
+/// run one after the other rather than on two threads.
+const MIN_JOIN: usize = 1 << 10;
+
 /// Work, in lane vectors, below which a block of neurons shares its parallel task with the next
 /// ones: small populations, or shards that already run in parallel, close in few tasks.
 const MIN_TASK: usize = 1 << 14;
@@ -301,9 +305,11 @@ impl<F: Float> Chunk<F> {
         }
         let (n, nd, k) = (self.n, self.nd, self.steps);
         let dstride = (n * nd).max(1);
+        // The copies and the activity's record touch different buffers: one thread each, when
+        // there is enough to copy (shards that already run in parallel gain nothing from it).
+        let per_step = self.steps_lanes.len() / k.max(1);
         let steps_lanes = &mut self.steps_lanes;
-        // The copies and the activity's record touch different buffers: one thread each.
-        let copy = move || {
+        let mut copy = move || {
             for (blk, lanes) in steps_lanes.chunks_exact_mut(batch * k * (nd + 1)).enumerate() {
                 let (j0, width) = (blk * NB, NB.min(n - blk * NB));
                 for b in 0..batch {
@@ -320,7 +326,7 @@ impl<F: Float> Chunk<F> {
                 }
             }
         };
-        let record = || {
+        let mut record = || {
             for s in sources.iter_mut() {
                 let Some(chunk) = &mut s.chunk else { continue };
                 let fact_len = s.factorised * s.n_pre;
@@ -329,7 +335,12 @@ impl<F: Float> Chunk<F> {
                 }
             }
         };
-        rayon::join(copy, record);
+        if per_step >= MIN_JOIN {
+            rayon::join(copy, record);
+        } else {
+            copy();
+            record();
+        }
         self.len += 1;
     }
 
