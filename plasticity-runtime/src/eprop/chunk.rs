@@ -174,11 +174,16 @@ impl PortPartials {
         }
     }
 
-    /// Coefficient rows of a chunk: `D` of each per-synapse row, then ē's (when `filtered`),
-    /// then the gradient's.
+    /// Coefficient rows of a chunk ([`coef_rows`]).
     fn rows(&self, filtered: bool) -> usize {
-        self.s + usize::from(filtered) + 1
+        coef_rows(self.s, filtered)
     }
+}
+
+/// Coefficient rows of a chunk for `s` per-synapse rows: `D` of each per-synapse row, then
+/// ē's (when `filtered`), then the gradient's.
+const fn coef_rows(s: usize, filtered: bool) -> usize {
+    s + filtered as usize + 1
 }
 
 /// One port's chunk coefficients.
@@ -411,7 +416,7 @@ impl<F: Float> Chunk<F> {
         let w = f_n + 1;
         let (k, n, kappa) = (self.steps, self.n, self.kappa);
         let width = NB.min(n - j0);
-        let rows = s_n + usize::from(FILTERED) + 1;
+        let rows = coef_rows(s_n, FILTERED);
         let pp = rows_per_sample(k, f_n);
         // λ, λ_E, q_G, q_E, Φ, the step's J, B̃, Jz, B̃z, the factorised rows' ρ_G, ρ_E, ρ_D,
         // and the step's c_G, c_E, D.
@@ -849,7 +854,7 @@ fn close_block<F: Float, const S: usize, const FILTERED: bool>(
 ) {
     let s_n = if S == MAX_STATES { s_n } else { S };
     let zero = [<F as Real>::zero(); NB];
-    let rows = s_n + usize::from(FILTERED) + 1;
+    let rows = coef_rows(s_n, FILTERED);
     let (sl, per_sample) = (scal_len(s_n), coef.len() / batch);
     let m = lanes.len() / (batch * (s_n + usize::from(FILTERED)) + 1);
     let (eps, rest) = lanes.split_at_mut(m * batch * s_n);
@@ -1000,25 +1005,22 @@ type SweepKernel<F> = fn(&Chunk<F>, &PortPartials, (&[F], &[F]), (usize, usize, 
 /// shipped models' counts compiled in, others with their state in arrays of the next power
 /// of two (up to [`MAX_STATES`]).
 fn sweep_kernel<F: Float>(s: usize, f: usize, filtered: bool) -> SweepKernel<F> {
+    macro_rules! sweep {
+        ($s:expr, $f:expr, $dyn:literal) => {
+            if filtered {
+                Chunk::<F>::sweep::<{ $s }, { $f }, { $f + 1 }, $dyn, true>
+            } else {
+                Chunk::<F>::sweep::<{ $s }, { $f }, { $f + 1 }, $dyn, false>
+            }
+        };
+    }
     macro_rules! pick {
         ($(($s:literal, $f:literal)),* ; $($cap:literal),*) => {
             match (s, f) {
-                $(($s, $f) => if filtered {
-                    Chunk::<F>::sweep::<$s, $f, { $f + 1 }, false, true>
-                } else {
-                    Chunk::<F>::sweep::<$s, $f, { $f + 1 }, false, false>
-                },)*
-                $(_ if s.max(f) <= $cap => if filtered {
-                    Chunk::<F>::sweep::<$cap, $cap, { $cap + 1 }, true, true>
-                } else {
-                    Chunk::<F>::sweep::<$cap, $cap, { $cap + 1 }, true, false>
-                },)*
+                $(($s, $f) => sweep!($s, $f, false),)*
+                $(_ if s.max(f) <= $cap => sweep!($cap, $cap, true),)*
                 // A population has at most MAX_STATES states (checked when it is built).
-                _ => if filtered {
-                    Chunk::<F>::sweep::<MAX_STATES, MAX_STATES, { MAX_STATES + 1 }, true, true>
-                } else {
-                    Chunk::<F>::sweep::<MAX_STATES, MAX_STATES, { MAX_STATES + 1 }, true, false>
-                },
+                _ => sweep!(MAX_STATES, MAX_STATES, true),
             }
         };
     }
